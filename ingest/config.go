@@ -1,0 +1,105 @@
+package ingest
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config holds the ingest settings. The zero value is not valid; start from
+// DefaultConfig. cmd maps these to config keys under "ingest.".
+type Config struct {
+	// MaxBatch is the most readings one batch may carry (hello.max_batch).
+	// 1000 readings of ~25 bytes is ~25 KiB, small enough for a device's RAM
+	// and big enough that per-batch overhead (one ack, one seq) is negligible.
+	MaxBatch int
+	// MaxFrame is the largest WebSocket message or HTTP body accepted, in
+	// bytes (hello.max_frame). 64 KiB covers MaxBatch readings with long metric
+	// names (1000 x ~60 bytes) and bounds the per-connection read buffer.
+	MaxFrame int
+	// Heartbeat is the ping interval. 20 s stays below the 60 s idle timeout
+	// of common proxies and load balancers; two missed intervals close.
+	Heartbeat time.Duration
+	// HandshakeTimeout bounds the HTTP upgrade, so a slow client cannot hold a
+	// socket before it has authenticated.
+	HandshakeTimeout time.Duration
+	// WriteTimeout bounds one frame write to a device.
+	WriteTimeout time.Duration
+	// MaxFuture and MaxPast bound a reading's timestamp relative to the
+	// server clock. Generous by default: devices replay offline buffers
+	// (30 days) and clocks drift (1 hour).
+	MaxFuture time.Duration
+	MaxPast   time.Duration
+
+	// QueueReadings caps readings accepted but not yet committed across all
+	// devices (queued or being flushed). When full, read loops stop reading
+	// and TCP pushes back. 200,000 readings x ~64 bytes in memory ≈ 13 MiB.
+	QueueReadings int
+	// FlushSize is the number of readings that triggers a flush. 5,000 rows
+	// per COPY amortises the transaction cost (~1-2 ms) to well under 1 µs a
+	// reading while keeping each transaction short.
+	FlushSize int
+	// FlushInterval is the longest a reading waits for a flush. 100 ms keeps
+	// ack latency low for a trickle of readings while at high rates flushes
+	// are size-triggered long before the timer.
+	FlushInterval time.Duration
+	// Writers is the number of flush goroutines. Devices are sharded to
+	// writers by id hash, so a device's batches stay in order.
+	Writers int
+	// SessionQueue bounds frames waiting to be written to one device (acks,
+	// commands). A device that does not read its socket fills it and is
+	// closed, instead of growing memory.
+	SessionQueue int
+	// ShutdownGrace bounds graceful shutdown: flush, ack, close 1001.
+	ShutdownGrace time.Duration
+	// Node names this server in session records and logs.
+	Node string
+}
+
+// DefaultConfig returns the defaults; the comments on Config say why.
+func DefaultConfig() Config {
+	return Config{
+		MaxBatch:         1000,
+		MaxFrame:         64 << 10,
+		Heartbeat:        20 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		WriteTimeout:     10 * time.Second,
+		MaxFuture:        time.Hour,
+		MaxPast:          30 * 24 * time.Hour,
+		QueueReadings:    200_000,
+		FlushSize:        5_000,
+		FlushInterval:    100 * time.Millisecond,
+		Writers:          2,
+		SessionQueue:     256,
+		ShutdownGrace:    10 * time.Second,
+	}
+}
+
+// Validate reports the first invalid value, naming its config key.
+func (c Config) Validate() error {
+	type check struct {
+		ok  bool
+		key string
+		val any
+		why string
+	}
+	for _, ch := range []check{
+		{c.MaxBatch >= 1 && c.MaxBatch <= 100_000, "ingest.max_batch", c.MaxBatch, "must be between 1 and 100000"},
+		{c.MaxFrame >= 1024 && c.MaxFrame <= 16<<20, "ingest.max_frame", c.MaxFrame, "must be between 1024 and 16777216 bytes"},
+		{c.Heartbeat >= time.Second, "ingest.heartbeat", c.Heartbeat, "must be at least 1s"},
+		{c.HandshakeTimeout > 0, "ingest.handshake_timeout", c.HandshakeTimeout, "must be > 0"},
+		{c.WriteTimeout > 0, "ingest.write_timeout", c.WriteTimeout, "must be > 0"},
+		{c.MaxFuture >= 0, "ingest.max_future", c.MaxFuture, "must be >= 0"},
+		{c.MaxPast >= 0, "ingest.max_past", c.MaxPast, "must be >= 0"},
+		{c.QueueReadings >= c.MaxBatch, "ingest.queue_readings", c.QueueReadings, fmt.Sprintf("must be >= ingest.max_batch (%d)", c.MaxBatch)},
+		{c.FlushSize >= 1, "ingest.flush_size", c.FlushSize, "must be >= 1"},
+		{c.FlushInterval > 0, "ingest.flush_interval", c.FlushInterval, "must be > 0"},
+		{c.Writers >= 1 && c.Writers <= 64, "ingest.writers", c.Writers, "must be between 1 and 64"},
+		{c.SessionQueue >= 1, "ingest.session_queue", c.SessionQueue, "must be >= 1"},
+		{c.ShutdownGrace > 0, "ingest.shutdown_grace", c.ShutdownGrace, "must be > 0"},
+	} {
+		if !ch.ok {
+			return fmt.Errorf("%s: %s, got %v", ch.key, ch.why, ch.val)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package wire
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/meridian-iot/meridian/ingest/telemetry"
+)
+
+// MaxMetricLen is the longest metric name, in bytes.
+const MaxMetricLen = 128
+
+// MaxErrors is how many distinct rejection reasons an ack carries.
+const MaxErrors = 5
+
+// Limits are the per-reading and per-batch rules of protocol v1.
+type Limits struct {
+	MaxBatch  int
+	MaxFuture time.Duration
+	MaxPast   time.Duration
+}
+
+// CheckBatch applies the frame-level rules (seq > 0, 1..MaxBatch readings).
+// Breaking them is a protocol violation that closes the connection (1002),
+// unlike a bad reading, which is rejected alone.
+func CheckBatch(b *Batch, lim Limits) error {
+	if b.Seq == 0 {
+		return Protocol("bad_seq", "seq must be > 0")
+	}
+	if len(b.Readings) == 0 {
+		return Protocol("empty_batch", "a batch must carry at least 1 reading")
+	}
+	if len(b.Readings) > lim.MaxBatch {
+		return Protocol("batch_too_large", "batch carries %d readings, max_batch is %d", len(b.Readings), lim.MaxBatch)
+	}
+	return nil
+}
+
+// Validate turns a decoded batch into the readings to store. Each invalid
+// reading is rejected on its own; errs holds up to MaxErrors distinct
+// reasons. now stamps readings whose t was nil and anchors the time window.
+// The returned slice is freshly allocated and owned by the caller.
+func Validate(readings Readings, now time.Time, lim Limits) (ok []telemetry.Reading, rejected int, errs []string) {
+	nowMs := now.UnixMilli()
+	maxT := nowMs + lim.MaxFuture.Milliseconds()
+	minT := nowMs - lim.MaxPast.Milliseconds()
+	ok = make([]telemetry.Reading, 0, len(readings))
+	for i := range readings {
+		r := &readings[i]
+		reason := r.Err
+		t := r.T
+		if !r.HasT {
+			t = nowMs
+		}
+		switch {
+		case reason != "":
+		case !ValidMetric(r.Metric):
+			reason = fmt.Sprintf("metric must be 1-%d bytes of [A-Za-z0-9_.:/-]", MaxMetricLen)
+		case t > maxT:
+			reason = fmt.Sprintf("t more than max_future (%s) ahead of server time", lim.MaxFuture)
+		case t < minT:
+			reason = fmt.Sprintf("t more than max_past (%s) behind server time", lim.MaxPast)
+		}
+		if reason != "" {
+			rejected++
+			errs = addReason(errs, reason)
+			continue
+		}
+		ok = append(ok, telemetry.Reading{Time: t, Metric: r.Metric, Value: r.Value})
+	}
+	return ok, rejected, errs
+}
+
+func addReason(errs []string, reason string) []string {
+	if len(errs) >= MaxErrors {
+		return errs
+	}
+	for _, e := range errs {
+		if e == reason {
+			return errs
+		}
+	}
+	return append(errs, reason)
+}
+
+// ValidMetric reports whether s is 1..MaxMetricLen bytes of [A-Za-z0-9_.:/-].
+func ValidMetric(s string) bool {
+	if len(s) == 0 || len(s) > MaxMetricLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '_', c == '.', c == ':', c == '/', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}

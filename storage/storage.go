@@ -1,0 +1,135 @@
+// Package storage holds what the storage backends (storage/postgres,
+// storage/sqlite) share: their configuration, the value types of the read
+// side (series, read-only query results), the device registry records, and
+// the sentinel errors callers branch on.
+//
+// The backends return concrete types; consumers (ingest, devices, cmd)
+// declare the small interfaces they need and the wiring in cmd asserts that a
+// backend fits. This package imports nothing of ours but telemetry.
+package storage
+
+import (
+	"errors"
+	"time"
+)
+
+// Modes a backend reports from Mode(): shown in logs, `meridian migrate
+// --status` and /readyz.
+const (
+	ModeTimescale = "timescaledb" // postgres with the timescaledb extension
+	ModePostgres  = "postgres"    // plain PostgreSQL, native partitioning
+	ModeSQLite    = "sqlite"      // the embedded default
+)
+
+var (
+	// ErrNotFound: the named device, token or key does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists: creating something whose id is taken.
+	ErrExists = errors.New("already exists")
+	// ErrReadOnly: a read-only query tried to write.
+	ErrReadOnly = errors.New("query must be read-only")
+	// ErrSchemaTooNew: the database was migrated by a newer binary.
+	ErrSchemaTooNew = errors.New("database schema is newer than this binary")
+)
+
+// Retention and rollup settings shared by every backend.
+type Retention struct {
+	// Raw is how long raw readings are kept; 0 keeps them forever.
+	Raw time.Duration
+	// Rollups is how long telemetry_1m/telemetry_1h rows are kept; 0 = forever.
+	Rollups time.Duration
+}
+
+// SeriesRequest asks for one device's metric between From and To
+// (inclusive From, exclusive To), at most Points points.
+type SeriesRequest struct {
+	Device string
+	Metric string
+	From   time.Time
+	To     time.Time
+	Points int
+}
+
+// SeriesPoint is one point of a series. For raw data Min == Max == Avg ==
+// Last and Count == 1; for bucketed data they summarise the bucket so spikes
+// survive downsampling.
+type SeriesPoint struct {
+	Time  time.Time `json:"t"`
+	Min   float64   `json:"min"`
+	Max   float64   `json:"max"`
+	Avg   float64   `json:"avg"`
+	Last  float64   `json:"last"`
+	Count int64     `json:"count"`
+}
+
+// Series is the answer to a SeriesRequest.
+type Series struct {
+	Device string `json:"device"`
+	Metric string `json:"metric"`
+	// Source is "raw", "1m" or "1h" (or a coarser bucket computed from one of
+	// them), so a client knows what it is looking at.
+	Source string `json:"source"`
+	// Bucket is the bucket width; 0 for raw.
+	Bucket time.Duration `json:"bucket_ms"`
+	Points []SeriesPoint `json:"points"`
+}
+
+// QueryOptions bound a read-only SQL query.
+type QueryOptions struct {
+	// Timeout is the statement timeout; 0 means the backend default (10s).
+	Timeout time.Duration
+	// MaxRows caps the rows returned; 0 means the default (10,000). Result
+	// sets larger than that are truncated and Truncated is set.
+	MaxRows int
+}
+
+// QueryResult is a read-only query's answer, values already converted to
+// JSON-friendly Go values (string, int64, float64, bool, time.Time, nil).
+type QueryResult struct {
+	Columns   []string `json:"columns"`
+	Rows      [][]any  `json:"rows"`
+	Truncated bool     `json:"truncated"`
+}
+
+// Device is a registry record.
+type Device struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	Labels    map[string]string `json:"labels"`
+	Enabled   bool              `json:"enabled"`
+	CreatedAt time.Time         `json:"created_at"`
+	LastSeen  *time.Time        `json:"last_seen,omitempty"`
+	// Acked is the device's durable watermark (highest committed seq).
+	Acked uint64 `json:"acked"`
+}
+
+// DeviceToken is a device token record; only the hash is stored.
+type DeviceToken struct {
+	Hash      []byte     `json:"-"`
+	DeviceID  string     `json:"device"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"` // set when rotated out (grace) or revoked
+}
+
+// APIKey is an operator key record; only the hash is stored.
+type APIKey struct {
+	ID        string     `json:"id"` // short public prefix that names the key
+	Hash      []byte     `json:"-"`
+	Name      string     `json:"name"`
+	Role      string     `json:"role"` // "admin" or "viewer"
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// Session is a device_sessions record.
+type Session struct {
+	ID          string     `json:"id"`
+	DeviceID    string     `json:"device"`
+	Node        string     `json:"node"`
+	RemoteAddr  string     `json:"remote_addr"`
+	Transport   string     `json:"transport"` // "ws" or "http"
+	StartedAt   time.Time  `json:"started_at"`
+	EndedAt     *time.Time `json:"ended_at,omitempty"`
+	CloseReason string     `json:"close_reason,omitempty"`
+	Readings    int64      `json:"readings"`
+}
