@@ -208,3 +208,13 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// TypeOf returns the "type" of a server frame without decoding the rest
+// (clients such as firmware-sim dispatch on it).
+func TypeOf(b []byte) (string, error) {
+	var env envelope
+	if _, err := env.UnmarshalMsg(b); err != nil {
+		return "", err
+	}
+	return env.Type, nil
+}

@@ -39,8 +39,10 @@ func CheckBatch(b *Batch, lim Limits) error {
 // Validate turns a decoded batch into the readings to store. Each invalid
 // reading is rejected on its own; errs holds up to MaxErrors distinct
 // reasons. now stamps readings whose t was nil and anchors the time window.
-// The returned slice is freshly allocated and owned by the caller.
-func Validate(readings Readings, now time.Time, lim Limits) (ok []telemetry.Reading, rejected int, errs []string) {
+// onReject, if not nil, is called with the reason of every rejected reading
+// (for metrics). The returned slice is freshly allocated and owned by the
+// caller.
+func Validate(readings Readings, now time.Time, lim Limits, onReject func(reason string)) (ok []telemetry.Reading, rejected int, errs []string) {
 	nowMs := now.UnixMilli()
 	maxT := nowMs + lim.MaxFuture.Milliseconds()
 	minT := nowMs - lim.MaxPast.Milliseconds()
@@ -63,6 +65,9 @@ func Validate(readings Readings, now time.Time, lim Limits) (ok []telemetry.Read
 		}
 		if reason != "" {
 			rejected++
+			if onReject != nil {
+				onReject(reason)
+			}
 			errs = addReason(errs, reason)
 			continue
 		}

@@ -129,7 +129,7 @@ func TestCheckBatchAndValidate(t *testing.T) {
 		{T: now.UnixMilli(), HasT: true, Metric: "", Value: 7},
 		{Err: "value must be an int, float or bool"},
 	}
-	ok, rej, errs := Validate(rs, now, lim)
+	ok, rej, errs := Validate(rs, now, lim, nil)
 	if len(ok) != 2 || rej != 6 {
 		t.Fatalf("accepted %d rejected %d: %v", len(ok), rej, errs)
 	}
@@ -183,7 +183,7 @@ func FuzzDecode(f *testing.F) {
 		}
 		if bt, ok := m.(*Batch); ok {
 			if CheckBatch(bt, lim) == nil {
-				Validate(bt.Readings, time.Now(), lim)
+				Validate(bt.Readings, time.Now(), lim, nil)
 			}
 			if len(bt.Readings) > len(b) {
 				t.Fatalf("%d readings from %d bytes", len(bt.Readings), len(b))
@@ -212,7 +212,7 @@ func BenchmarkDecodeValidate(b *testing.B) {
 		if err := CheckBatch(bt, lim); err != nil {
 			b.Fatal(err)
 		}
-		ok, _, _ := Validate(bt.Readings, now, lim)
+		ok, _, _ := Validate(bt.Readings, now, lim, nil)
 		if len(ok) != 1000 {
 			b.Fatal(len(ok))
 		}

@@ -1,0 +1,19 @@
+// Package ingest is the device side of Meridian: the WebSocket endpoint and
+// its HTTP fallback (protocol v1, docs/protocol.md), device sessions with
+// one-session-per-device takeover, and the batching pipeline that commits
+// readings through a Store and acknowledges each batch only once it is
+// durable.
+//
+// Concurrency contract: each WebSocket session has exactly one read loop
+// (the handler goroutine) and one write loop; nothing else touches the
+// socket. The pipeline shards devices over Config.Writers writer goroutines
+// by a hash of the device id, so a device's batches commit and are acked in
+// submission order whichever transport carried them. All queues are bounded:
+// QueueReadings over the whole pipeline (a full queue pauses socket reads),
+// SessionQueue in-flight batches per session. Server methods are safe for
+// concurrent use.
+//
+// ingest imports no storage, devices, bridge or dashboard code: it declares
+// the small interfaces it needs (Store, Authenticator, Limiter,
+// SessionRecorder) and cmd/meridian wires the implementations in.
+package ingest

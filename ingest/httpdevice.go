@@ -1,0 +1,159 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+
+	"github.com/tinylib/msgp/msgp"
+
+	"github.com/meridian-iot/meridian/ingest/telemetry"
+	"github.com/meridian-iot/meridian/ingest/wire"
+)
+
+// The HTTP fallback serves devices that wake, send and sleep, or sit behind
+// proxies that strip Upgrade. Same token, same seq and duplicate rules as the
+// WebSocket (the store's watermark decides duplicates), same pipeline shard
+// for the device, so per-device order holds across both transports. There is
+// no connection, so "seq must increase on this connection" does not apply:
+// a seq at or below the watermark is simply a duplicate.
+
+const msgpackType = "application/msgpack"
+
+// statusFor maps a close code to the HTTP status of the fallback.
+func statusFor(closeCode int) int {
+	switch closeCode {
+	case wire.CloseTooBig:
+		return http.StatusRequestEntityTooLarge
+	case wire.CloseTryAgainLater:
+		return http.StatusTooManyRequests
+	case wire.CloseGoingAway:
+		return http.StatusServiceUnavailable
+	case wire.ClosePolicy:
+		return http.StatusForbidden
+	case wire.CloseInternal:
+		return http.StatusInternalServerError
+	default:
+		return http.StatusBadRequest
+	}
+}
+
+// writeMsg answers with one MessagePack map.
+func writeMsg(w http.ResponseWriter, status int, m msgp.Marshaler) {
+	data, err := m.MarshalMsg(nil)
+	if err != nil {
+		http.Error(w, "encode response", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", msgpackType)
+	w.WriteHeader(status)
+	_, _ = w.Write(data)
+}
+
+func writeErr(w http.ResponseWriter, status int, code, msg string) {
+	writeMsg(w, status, &wire.Error{Type: wire.TypeError, Code: code, Message: msg})
+}
+
+func (s *Server) serveHello(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		writeErr(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET")
+		return
+	}
+	device, status, err := s.authenticate(r)
+	if err != nil {
+		http.Error(w, err.Error(), status)
+		return
+	}
+	hello, err := s.hello(r.Context(), device, "")
+	if err != nil {
+		s.log.Warn("device hello", "device", device, "err", err)
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "storage unavailable, retry later")
+		return
+	}
+	writeMsg(w, http.StatusOK, &hello)
+}
+
+func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeErr(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
+		return
+	}
+	s.httpWG.Add(1)
+	defer s.httpWG.Done()
+	if s.draining.Load() {
+		writeErr(w, http.StatusServiceUnavailable, "shutdown", "server shutting down, retry later")
+		return
+	}
+	device, status, err := s.authenticate(r)
+	if err != nil {
+		http.Error(w, err.Error(), status)
+		return
+	}
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != msgpackType {
+		writeErr(w, http.StatusUnsupportedMediaType, "bad_content_type", "Content-Type must be "+msgpackType)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeErr(w, http.StatusRequestEntityTooLarge, "frame_too_big", fmt.Sprintf("body exceeds max_frame (%d bytes)", s.cfg.MaxFrame))
+			return
+		}
+		writeErr(w, http.StatusBadRequest, "read_failed", "reading the body failed")
+		return
+	}
+	m, err := wire.Decode(body)
+	if err == nil {
+		if _, ok := m.(*wire.Batch); !ok {
+			err = wire.Protocol("unexpected_type", "this endpoint takes one batch map")
+		}
+	}
+	var b *wire.Batch
+	if err == nil {
+		b = m.(*wire.Batch)
+		s.m.frames.WithLabelValues(wire.TypeBatch).Inc()
+		err = wire.CheckBatch(b, s.limits())
+	}
+	if err == nil && s.opts.Limits != nil && !s.opts.Limits.AllowReadings(device, len(b.Readings)) {
+		err = &wire.ProtocolError{Close: wire.CloseTryAgainLater, Code: "rate_limited", Message: "readings per second over this device's limit"}
+	}
+	if err != nil {
+		var pe *wire.ProtocolError
+		if errors.As(err, &pe) {
+			writeErr(w, statusFor(pe.Close), pe.Code, pe.Message)
+			return
+		}
+		writeErr(w, http.StatusBadRequest, "invalid_frame", err.Error())
+		return
+	}
+	batch, ack := s.accept(device, b)
+	type result struct {
+		o   telemetry.Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	if err := s.pipe.submit(r.Context(), batch, func(o telemetry.Outcome, err error) { done <- result{o, err} }); err != nil {
+		writeErr(w, http.StatusServiceUnavailable, "unavailable", "not accepted, retry later")
+		return
+	}
+	// Wait for the commit. If the client goes away first the batch still
+	// commits; the device learns it from hello.acked or a duplicate ack.
+	select {
+	case res := <-done:
+		if res.err != nil {
+			writeErr(w, http.StatusServiceUnavailable, "unavailable", "not committed, retry later")
+			return
+		}
+		if res.o.Duplicate {
+			ack.Duplicate, ack.Accepted, ack.Rejected, ack.Errors = true, 0, 0, []string{}
+		}
+		s.m.acks.Inc()
+		writeMsg(w, http.StatusOK, &ack)
+	case <-r.Context().Done():
+	}
+}

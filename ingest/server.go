@@ -1,0 +1,302 @@
+package ingest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meridian-iot/meridian/ingest/telemetry"
+	"github.com/meridian-iot/meridian/ingest/wire"
+)
+
+// Limiter applies per-device rate limits. Optional; nil means unlimited.
+type Limiter interface {
+	// AllowConnect reports whether the device may open another connection now.
+	AllowConnect(device string) bool
+	// AllowReadings reports whether the device may submit n more readings now.
+	AllowReadings(device string, n int) bool
+}
+
+// SessionInfo describes a device session for presence and history.
+type SessionInfo struct {
+	ID          string
+	Device      string
+	Node        string
+	RemoteAddr  string
+	Transport   string // "ws"
+	Started     time.Time
+	Ended       time.Time // zero while open
+	CloseReason string
+	Readings    int64
+}
+
+// SessionRecorder is told when device sessions open and close (presence,
+// last seen, the device_sessions history). Calls are made synchronously from
+// the session's goroutine with a short timeout context; an error is logged
+// and never affects the session.
+type SessionRecorder interface {
+	SessionOpened(ctx context.Context, s SessionInfo) error
+	SessionClosed(ctx context.Context, s SessionInfo) error
+}
+
+// Options are the optional collaborators of a Server.
+type Options struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Sessions   SessionRecorder
+	Limits     Limiter
+	// Committed is called, from a pipeline writer, for every batch that was
+	// stored (not for duplicates). It must not block: subscribers own their
+	// own bounded queues.
+	Committed func(telemetry.Batch)
+	// Now is the clock; tests may replace it. Defaults to time.Now.
+	Now func() time.Time
+}
+
+// Server is the device endpoint: WebSocket sessions and the HTTP fallback,
+// feeding one pipeline.
+type Server struct {
+	cfg   Config
+	store Store
+	auth  Authenticator
+	opts  Options
+	log   *slog.Logger
+	m     *metrics
+	pipe  *pipeline
+	now   func() time.Time
+
+	mu       sync.Mutex
+	sessions map[string]*session // by device id; one live session per device
+	draining atomic.Bool
+
+	runOnce  sync.Once
+	stopped  chan struct{} // closed when Shutdown finished
+	sessWG   sync.WaitGroup
+	httpWG   sync.WaitGroup // in-flight HTTP fallback requests
+	shutOnce sync.Once
+	shutErr  error
+}
+
+// New builds a Server; call Run to start its pipeline and mount Handler.
+func New(cfg Config, store Store, auth Authenticator, opts Options) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil || auth == nil {
+		return nil, errors.New("ingest: store and authenticator are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Server{
+		cfg:      cfg,
+		store:    store,
+		auth:     auth,
+		opts:     opts,
+		log:      opts.Logger,
+		m:        newMetrics(opts.Registerer),
+		now:      opts.Now,
+		sessions: make(map[string]*session),
+		stopped:  make(chan struct{}),
+	}
+	s.pipe = newPipeline(cfg, store, s.log, s.m, opts.Committed)
+	return s, nil
+}
+
+// Run starts the pipeline writers and blocks until Shutdown has completed or
+// ctx ends (then it shuts down with the configured grace).
+func (s *Server) Run(ctx context.Context) error {
+	s.runOnce.Do(s.pipe.start)
+	select {
+	case <-s.stopped:
+		return s.shutErr
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
+		defer cancel()
+		return s.Shutdown(sctx)
+	}
+}
+
+// Handler serves /v1/device (WebSocket), /v1/device/batches and
+// /v1/device/hello (HTTP fallback).
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/device", s.serveWS)
+	mux.HandleFunc("/v1/device/batches", s.serveBatch)
+	mux.HandleFunc("/v1/device/hello", s.serveHello)
+	return mux
+}
+
+// Ready reports whether the server can accept and acknowledge data.
+func (s *Server) Ready(ctx context.Context) error {
+	if s.draining.Load() {
+		return errShuttingDown
+	}
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	return nil
+}
+
+// Kick closes the device's live session with 1008 and reason: used when a
+// device is disabled, deleted, or its token revoked.
+func (s *Server) Kick(device, reason string) {
+	s.mu.Lock()
+	sess := s.sessions[device]
+	s.mu.Unlock()
+	if sess != nil {
+		sess.close(wire.ClosePolicy, "policy", reason)
+	}
+}
+
+// Online reports whether the device has a live WebSocket session here.
+func (s *Server) Online(device string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[device] != nil
+}
+
+// Shutdown drains gracefully: stop reading from devices, commit and ack what
+// was read, close every device with 1001, stop the writers. If ctx ends
+// first, uncommitted batches are abandoned unacked (devices resend them).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutOnce.Do(func() {
+		s.runOnce.Do(s.pipe.start) // a never-run server still drains cleanly
+		s.draining.Store(true)
+		s.mu.Lock()
+		all := make([]*session, 0, len(s.sessions))
+		for _, sess := range s.sessions {
+			all = append(all, sess)
+		}
+		s.mu.Unlock()
+		for _, sess := range all {
+			sess.stopReading()
+		}
+		s.shutErr = s.pipe.drain(ctx)
+		s.httpWG.Wait()
+		for _, sess := range all {
+			sess.close(wire.CloseGoingAway, "shutdown", "server shutting down")
+		}
+		done := make(chan struct{})
+		go func() { s.sessWG.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			// Writers have their own write deadlines; do not hang on them.
+		}
+		close(s.stopped)
+	})
+	return s.shutErr
+}
+
+// register makes sess the device's live session, closing an older one with
+// 1008 (one session per device). It fails while draining.
+func (s *Server) register(sess *session) bool {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		return false
+	}
+	old := s.sessions[sess.device]
+	s.sessions[sess.device] = sess
+	s.sessWG.Add(1)
+	s.mu.Unlock()
+	if old != nil {
+		old.close(wire.ClosePolicy, "session_taken_over", "session taken over by a newer connection")
+	}
+	return true
+}
+
+func (s *Server) unregister(sess *session) {
+	s.mu.Lock()
+	if s.sessions[sess.device] == sess {
+		delete(s.sessions, sess.device)
+	}
+	s.mu.Unlock()
+	s.sessWG.Done()
+}
+
+// authenticate extracts the device token (Authorization: Bearer, or ?token=
+// for stacks that cannot set headers) and resolves it. status is the HTTP
+// status to answer on failure.
+func (s *Server) authenticate(r *http.Request) (device string, status int, err error) {
+	token := ""
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, rest, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			return "", http.StatusUnauthorized, errors.New("authorization header must be 'Bearer <device token>'")
+		}
+		token = strings.TrimSpace(rest)
+	} else {
+		token = r.URL.Query().Get("token")
+	}
+	if token == "" {
+		return "", http.StatusUnauthorized, errors.New("missing device token")
+	}
+	device, err = s.auth.AuthenticateDevice(r.Context(), token)
+	if err != nil {
+		var u interface{ Unauthorized() bool }
+		if errors.As(err, &u) && u.Unauthorized() {
+			return "", http.StatusUnauthorized, errors.New("invalid device token or device disabled")
+		}
+		s.log.Error("authenticate device", "err", err)
+		return "", http.StatusServiceUnavailable, errors.New("cannot check the token now, retry later")
+	}
+	return device, 0, nil
+}
+
+func (s *Server) hello(ctx context.Context, device, session string) (wire.Hello, error) {
+	acked, err := s.store.Watermark(ctx, device)
+	if err != nil {
+		return wire.Hello{}, fmt.Errorf("read watermark: %w", err)
+	}
+	return wire.Hello{
+		Type:      wire.TypeHello,
+		Device:    device,
+		Session:   session,
+		Acked:     acked,
+		Time:      s.now().UnixMilli(),
+		MaxBatch:  s.cfg.MaxBatch,
+		MaxFrame:  s.cfg.MaxFrame,
+		Heartbeat: int(s.cfg.Heartbeat / time.Second),
+	}, nil
+}
+
+func (s *Server) limits() wire.Limits {
+	return wire.Limits{MaxBatch: s.cfg.MaxBatch, MaxFuture: s.cfg.MaxFuture, MaxPast: s.cfg.MaxPast}
+}
+
+// accept validates a decoded batch into a telemetry.Batch and the ack fields
+// known before commit, counting readings.
+func (s *Server) accept(device string, b *wire.Batch) (telemetry.Batch, wire.Ack) {
+	ok, rejected, errs := wire.Validate(b.Readings, s.now(), s.limits(), s.countReject)
+	s.m.readingsAccepted.Add(float64(len(ok)))
+	if errs == nil {
+		errs = []string{}
+	}
+	return telemetry.Batch{Device: device, Seq: b.Seq, Readings: ok},
+		wire.Ack{Type: wire.TypeAck, Seq: b.Seq, Accepted: len(ok), Rejected: rejected, Errors: errs}
+}
+
+func (s *Server) countReject(reason string) {
+	s.m.readingsRejected.WithLabelValues(rejectLabel(reason)).Inc()
+}
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
