@@ -28,10 +28,10 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_device_connections", Help: "Open device WebSocket connections."}),
-		handshakes:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_device_handshakes_total", Help: "Device connection attempts by result."}, []string{"result"}),
-		frames:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_device_frames_total", Help: "Frames received from devices by message type."}, []string{"type"}),
-		closes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_device_closes_total", Help: "Device connections closed by the server, by close code."}, []string{"code"}),
+		connections:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_device_connections", Help: "Open device WebSocket connections."}),
+		handshakes:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_device_handshakes_total", Help: "Device connection attempts by result."}, []string{"result"}),
+		frames:           prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_device_frames_total", Help: "Frames received from devices by message type."}, []string{"type"}),
+		closes:           prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_device_closes_total", Help: "Device connections closed by the server, by close code."}, []string{"code"}),
 		readingsAccepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_readings_accepted_total", Help: "Readings that passed validation."}),
 		readingsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_readings_rejected_total", Help: "Readings rejected by validation, by reason."}, []string{"reason"}),
 		readingsStored:   prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_readings_stored_total", Help: "Readings committed to storage (duplicates excluded)."}),

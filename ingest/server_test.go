@@ -297,7 +297,9 @@ func TestHandshakeRejections(t *testing.T) {
 
 func TestCloseCodes(t *testing.T) {
 	ts := startServer(t, nil)
-	good := func(seq uint64) *wire.Batch { return batch(seq, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}) }
+	good := func(seq uint64) *wire.Batch {
+		return batch(seq, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1})
+	}
 	cases := []struct {
 		name    string
 		token   string

@@ -20,7 +20,9 @@ func frame(kv ...func([]byte) []byte) []byte {
 	return b
 }
 
-func str(s string) func([]byte) []byte { return func(b []byte) []byte { return msgp.AppendString(b, s) } }
+func str(s string) func([]byte) []byte {
+	return func(b []byte) []byte { return msgp.AppendString(b, s) }
+}
 func raw(x ...byte) func([]byte) []byte {
 	return func(b []byte) []byte { return append(b, x...) }
 }
