@@ -45,9 +45,13 @@ func (rs *Readings) UnmarshalMsg(b []byte) ([]byte, error) {
 	if cap(out) < int(n) {
 		out = make(Readings, 0, n)
 	}
+	// Devices repeat a handful of metric names in every batch: intern them
+	// per batch so a 1000-reading batch allocates a few strings, not 1000.
+	// (A map lookup keyed by string(bytes) does not allocate.)
+	names := make(map[string]string, 8)
 	for i := uint32(0); i < n; i++ {
 		var r Reading
-		b, err = r.unmarshal(b)
+		b, err = r.unmarshal(b, names)
 		if err != nil {
 			return b, fmt.Errorf("readings[%d]: %w", i, err)
 		}
@@ -60,7 +64,7 @@ func (rs *Readings) UnmarshalMsg(b []byte) ([]byte, error) {
 // unmarshal decodes one element. It returns an error only when the bytes are
 // not valid MessagePack (the frame is then undecodable); a well-formed element
 // of the wrong shape sets r.Err and is skipped.
-func (r *Reading) unmarshal(b []byte) ([]byte, error) {
+func (r *Reading) unmarshal(b []byte, names map[string]string) ([]byte, error) {
 	if msgp.NextType(b) != msgp.ArrayType {
 		r.Err = "reading is not an array [t, metric, value]"
 		return msgp.Skip(b)
@@ -100,7 +104,14 @@ func (r *Reading) unmarshal(b []byte) ([]byte, error) {
 		var s []byte
 		s, b, err = msgp.ReadStringZC(b)
 		if err == nil {
-			r.Metric = string(s)
+			m, ok := names[string(s)]
+			if !ok {
+				m = string(s)
+				if len(names) < 64 { // bound the map for hostile batches
+					names[m] = m
+				}
+			}
+			r.Metric = m
 		}
 	} else {
 		r.setErr("metric must be a string")
