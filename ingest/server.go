@@ -59,6 +59,13 @@ type Options struct {
 	// stored (not for duplicates). It must not block: subscribers own their
 	// own bounded queues.
 	Committed func(telemetry.Batch)
+	// Results is called, from the device's read loop, with every command
+	// result a device sends. It must not block.
+	Results func(telemetry.CommandResult)
+	// Presence is called when a device's WebSocket session opens or closes
+	// on this node (a takeover reports the new session's online only). It
+	// must not block.
+	Presence func(telemetry.Presence)
 	// Now is the clock; tests may replace it. Defaults to time.Now.
 	Now func() time.Time
 }
@@ -162,6 +169,34 @@ func (s *Server) Kick(device, reason string) {
 	}
 }
 
+// ErrOffline: the device has no live session on this node.
+var ErrOffline = errors.New("device offline")
+
+// ErrCommandQueueFull: the device's command queue is full (it is not reading).
+var ErrCommandQueueFull = errors.New("device command queue full")
+
+// SendCommand queues a command frame to the device's live session.
+func (s *Server) SendCommand(device string, c telemetry.Command) error {
+	s.mu.Lock()
+	sess := s.sessions[device]
+	s.mu.Unlock()
+	if sess == nil {
+		return ErrOffline
+	}
+	payload := c.Payload
+	if len(payload) == 0 {
+		payload = []byte{0xc0} // nil
+	}
+	data, err := (&wire.Command{Type: wire.TypeCommand, ID: c.ID, Name: c.Name, Payload: payload}).MarshalMsg(nil)
+	if err != nil {
+		return fmt.Errorf("encode command: %w", err)
+	}
+	if !sess.sendCommand(data) {
+		return ErrCommandQueueFull
+	}
+	return nil
+}
+
 // Online reports whether the device has a live WebSocket session here.
 func (s *Server) Online(device string) bool {
 	s.mu.Lock()
@@ -220,13 +255,17 @@ func (s *Server) register(sess *session) bool {
 	return true
 }
 
-func (s *Server) unregister(sess *session) {
+// unregister removes sess; it reports whether sess was still the device's
+// live session (false after a takeover: the device is still online).
+func (s *Server) unregister(sess *session) bool {
 	s.mu.Lock()
-	if s.sessions[sess.device] == sess {
+	last := s.sessions[sess.device] == sess
+	if last {
 		delete(s.sessions, sess.device)
 	}
 	s.mu.Unlock()
 	s.sessWG.Done()
+	return last
 }
 
 // authenticate extracts the device token (Authorization: Bearer, or ?token=

@@ -19,6 +19,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/tinylib/msgp/msgp"
 
+	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
@@ -43,7 +44,7 @@ func (l *testLimiter) AllowReadings(device string, n int) bool {
 	return device != "greedy"
 }
 
-func startServer(t *testing.T, mut func(*Config)) *testServer {
+func startServer(t *testing.T, mut func(*Config), opts ...func(*Options)) *testServer {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.FlushInterval = 5 * time.Millisecond
@@ -53,7 +54,11 @@ func startServer(t *testing.T, mut func(*Config)) *testServer {
 		mut(&cfg)
 	}
 	store := newMemStore()
-	srv, err := New(cfg, store, tokenAuth{}, Options{Logger: slog.New(slog.DiscardHandler), Limits: &testLimiter{}})
+	o := Options{Logger: slog.New(slog.DiscardHandler), Limits: &testLimiter{}}
+	for _, f := range opts {
+		f(&o)
+	}
+	srv, err := New(cfg, store, tokenAuth{}, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,5 +517,48 @@ func TestBackpressureSessions(t *testing.T) {
 	<-sent
 	if n := ts.store.count("bp"); n != batches*10 {
 		t.Fatalf("stored %d, want %d", n, batches*10)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	results := make(chan telemetry.CommandResult, 1)
+	presence := make(chan telemetry.Presence, 4)
+	ts := startServer(t, nil, func(o *Options) {
+		o.Results = func(r telemetry.CommandResult) { results <- r }
+		o.Presence = func(p telemetry.Presence) { presence <- p }
+	})
+	if err := ts.srv.SendCommand("cmd1", telemetry.Command{ID: "c1", Name: "reboot"}); !errors.Is(err, ErrOffline) {
+		t.Fatalf("offline device: %v", err)
+	}
+	c, _ := ts.dial("tok-cmd1")
+	if p := <-presence; !p.Online || p.Device != "cmd1" {
+		t.Fatalf("presence %+v", p)
+	}
+	payload := msgp.AppendInt(msgp.AppendString(msgp.AppendMapHeader(nil, 1), "delay_s"), 5)
+	if err := ts.srv.SendCommand("cmd1", telemetry.Command{ID: "c1", Name: "reboot", Payload: payload}); err != nil {
+		t.Fatal(err)
+	}
+	typ, data := c.next()
+	var cmd wire.Command
+	if _, err := cmd.UnmarshalMsg(data); typ != wire.TypeCommand || err != nil || cmd.ID != "c1" || cmd.Name != "reboot" || !bytes.Equal(cmd.Payload, payload) {
+		t.Fatalf("command %q %+v %v", typ, cmd, err)
+	}
+	c.send(&wire.Result{Type: wire.TypeResult, ID: "c1", OK: true, Payload: msgp.Raw{0xc3}})
+	select {
+	case r := <-results:
+		if r.Device != "cmd1" || r.ID != "c1" || !r.OK || !bytes.Equal(r.Payload, []byte{0xc3}) {
+			t.Fatalf("result %+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no result")
+	}
+	c.sendRaw(ws.OpClose, ws.NewCloseFrameBody(1000, ""))
+	select {
+	case p := <-presence:
+		if p.Online {
+			t.Fatalf("presence %+v", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no offline presence")
 	}
 }

@@ -147,6 +147,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.m.connections.Inc()
 	s.recordOpen(sess)
+	if s.opts.Presence != nil {
+		s.opts.Presence(telemetry.Presence{Device: device, Online: true, At: s.now().UnixMilli()})
+	}
 	s.log.Debug("device connected", "device", device, "session", sessID, "remote", r.RemoteAddr)
 
 	hb, _ := hello.MarshalMsg(nil)
@@ -161,7 +164,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	stop()
 	s.m.connections.Dec()
 	s.recordClose(sess)
-	s.unregister(sess)
+	if s.unregister(sess) && s.opts.Presence != nil {
+		s.opts.Presence(telemetry.Presence{Device: sess.device, Online: false, At: s.now().UnixMilli()})
+	}
 }
 
 // close asks the write loop to send an error frame (for protocol and policy
@@ -327,8 +332,13 @@ func (sess *session) handle(payload []byte) error {
 	switch msg := m.(type) {
 	case *wire.Result:
 		s.m.frames.WithLabelValues(wire.TypeResult).Inc()
-		// Command results are routed by the bridge (MQTT issue); until then
-		// they are accepted and dropped.
+		if s.opts.Results != nil {
+			payload := []byte(msg.Payload)
+			if len(payload) == 0 {
+				payload = []byte{0xc0}
+			}
+			s.opts.Results(telemetry.CommandResult{Device: sess.device, ID: msg.ID, OK: msg.OK, Payload: bytes.Clone(payload)})
+		}
 		return nil
 	case *wire.Batch:
 		s.m.frames.WithLabelValues(wire.TypeBatch).Inc()

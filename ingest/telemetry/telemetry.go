@@ -44,3 +44,29 @@ type Outcome struct {
 // ErrUnknownDevice is returned by lookups of a device id the store does not
 // know.
 var ErrUnknownDevice = errors.New("unknown device")
+
+// Command is an operator's command for one device. Payload is MessagePack
+// (any value, nil for none); bridges convert from and to JSON.
+type Command struct {
+	ID      string
+	Name    string
+	Payload []byte
+}
+
+// CommandResult is a device's answer to a Command.
+type CommandResult struct {
+	Device  string
+	ID      string
+	OK      bool
+	Payload []byte // MessagePack
+	// Error is set by the server, not the device, when the command could not
+	// be delivered or answered (e.g. "offline", "timeout").
+	Error string
+}
+
+// Presence is a device going online or offline on this node.
+type Presence struct {
+	Device string
+	Online bool
+	At     int64 // Unix ms
+}
