@@ -62,6 +62,10 @@ func (s *Server) serveHello(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET")
 		return
 	}
+	if s.draining.Load() {
+		writeErr(w, http.StatusServiceUnavailable, "shutdown", "server shutting down, retry later")
+		return
+	}
 	device, status, err := s.authenticate(r)
 	if err != nil {
 		http.Error(w, err.Error(), status)
@@ -84,6 +88,14 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	s.httpWG.Add(1)
 	defer s.httpWG.Done()
+	defer func() {
+		// Same contract as a WebSocket session (close 1011): a panic while
+		// handling one device's request answers 500 and harms nobody else.
+		if p := recover(); p != nil {
+			s.log.Error("panic handling device batch", "panic", p)
+			writeErr(w, http.StatusInternalServerError, "internal", "internal error")
+		}
+	}()
 	if s.draining.Load() {
 		writeErr(w, http.StatusServiceUnavailable, "shutdown", "server shutting down, retry later")
 		return

@@ -52,6 +52,13 @@ type pipeline struct {
 	abort     chan struct{}
 
 	inflight sync.WaitGroup // items submitted and not yet done
+
+	// pending counts each device's items submitted and not yet done, so a
+	// new session can wait for an old one's batches to commit before it reads
+	// the watermark for hello.acked. idle[device] is closed when it drops to 0.
+	pendMu  sync.Mutex
+	pending map[string]int
+	idle    map[string]chan struct{}
 	wg       sync.WaitGroup // writer goroutines
 
 	committed func(telemetry.Batch)
@@ -73,6 +80,8 @@ func newPipeline(cfg Config, store Store, log *slog.Logger, m *metrics, committe
 		stopping:  make(chan struct{}),
 		abort:     make(chan struct{}),
 		committed: committed,
+		pending:   make(map[string]int),
+		idle:      make(map[string]chan struct{}),
 	}
 	// A shard channel holds at most QueueReadings items (each weighs >= 1
 	// against the budget), so a send after a successful acquire never blocks
@@ -100,6 +109,9 @@ func (p *pipeline) start() {
 // done will not be called.
 func (p *pipeline) submit(ctx context.Context, b telemetry.Batch, done func(telemetry.Outcome, error)) error {
 	w := int64(max(len(b.Readings), 1))
+	if err := ctx.Err(); err != nil {
+		return err // e.g. the session was closed by a takeover
+	}
 	select {
 	case <-p.stopping:
 		return errShuttingDown
@@ -125,6 +137,9 @@ func (p *pipeline) submit(ctx context.Context, b telemetry.Batch, done func(tele
 	}
 	it := &item{batch: b, weight: w, done: done}
 	p.inflight.Add(1)
+	p.pendMu.Lock()
+	p.pending[b.Device]++
+	p.pendMu.Unlock()
 	p.m.queueReadings.Add(float64(w))
 	shard := p.shards[maphash.String(p.seed, b.Device)%uint64(len(p.shards))]
 	shard <- it
@@ -203,6 +218,15 @@ func (p *pipeline) flush(items []*item) {
 	}
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		// After the drain deadline nothing more may commit: an earlier flush
+		// of a device may have been abandoned unacked, and committing a later
+		// one would move its watermark past readings that were never stored.
+		select {
+		case <-p.abort:
+			p.finish(items, nil, errShuttingDown)
+			return
+		default:
+		}
 		start := time.Now()
 		// Each attempt gets its own deadline so a hung connection cannot
 		// stall the writer forever; 30 s is far above a healthy flush.
@@ -225,8 +249,6 @@ func (p *pipeline) flush(items []*item) {
 		select {
 		case <-p.abort:
 			p.log.Error("giving up on uncommitted batches at shutdown; devices will resend them", "batches", len(batches), "readings", n)
-			p.finish(items, nil, errShuttingDown)
-			return
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
@@ -248,9 +270,41 @@ func (p *pipeline) finish(items []*item, outcomes []telemetry.Outcome, err error
 			}
 		}
 		it.done(o, err)
+		p.pendMu.Lock()
+		if p.pending[it.batch.Device]--; p.pending[it.batch.Device] == 0 {
+			delete(p.pending, it.batch.Device)
+			if ch := p.idle[it.batch.Device]; ch != nil {
+				close(ch)
+				delete(p.idle, it.batch.Device)
+			}
+		}
+		p.pendMu.Unlock()
 		p.budget.Release(it.weight)
 		p.m.queueReadings.Sub(float64(it.weight))
 		p.inflight.Done()
+	}
+}
+
+// waitIdle returns once the device has no batch in the pipeline, or when
+// ctx ends. Called before reading the watermark for hello, so hello.acked
+// covers every batch an earlier session of the device got into the pipeline.
+func (p *pipeline) waitIdle(ctx context.Context, device string) error {
+	p.pendMu.Lock()
+	if p.pending[device] == 0 {
+		p.pendMu.Unlock()
+		return nil
+	}
+	ch := p.idle[device]
+	if ch == nil {
+		ch = make(chan struct{})
+		p.idle[device] = ch
+	}
+	p.pendMu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

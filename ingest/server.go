@@ -172,6 +172,9 @@ func (s *Server) Kick(device, reason string) {
 // ErrOffline: the device has no live session on this node.
 var ErrOffline = errors.New("device offline")
 
+// ErrCommandTooLarge: the command would not fit the device's max_frame.
+var ErrCommandTooLarge = errors.New("command too large")
+
 // ErrCommandQueueFull: the device's command queue is full (it is not reading).
 var ErrCommandQueueFull = errors.New("device command queue full")
 
@@ -186,6 +189,11 @@ func (s *Server) SendCommand(device string, c telemetry.Command) error {
 	payload := c.Payload
 	if len(payload) == 0 {
 		payload = []byte{0xc0} // nil
+	}
+	// A device never has to accept a frame larger than the max_frame it was
+	// told in hello; commands honour the same bound.
+	if len(payload)+len(c.ID)+len(c.Name)+64 > s.cfg.MaxFrame {
+		return fmt.Errorf("%w: command frame would exceed max_frame (%d bytes)", ErrCommandTooLarge, s.cfg.MaxFrame)
 	}
 	data, err := (&wire.Command{Type: wire.TypeCommand, ID: c.ID, Name: c.Name, Payload: payload}).MarshalMsg(nil)
 	if err != nil {
@@ -238,21 +246,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // register makes sess the device's live session, closing an older one with
-// 1008 (one session per device). It fails while draining.
-func (s *Server) register(sess *session) bool {
+// 1008 (one session per device) and returning it. It fails while draining.
+func (s *Server) register(sess *session) (*session, bool) {
 	s.mu.Lock()
 	if s.draining.Load() {
 		s.mu.Unlock()
-		return false
+		return nil, false
 	}
 	old := s.sessions[sess.device]
 	s.sessions[sess.device] = sess
 	s.sessWG.Add(1)
 	s.mu.Unlock()
 	if old != nil {
-		old.close(wire.ClosePolicy, "session_taken_over", "session taken over by a newer connection")
+		old.close(wire.ClosePolicy, "session_taken_over", "session taken over")
 	}
-	return true
+	return old, true
 }
 
 // unregister removes sess; it reports whether sess was still the device's
@@ -298,6 +306,9 @@ func (s *Server) authenticate(r *http.Request) (device string, status int, err e
 }
 
 func (s *Server) hello(ctx context.Context, device, session string) (wire.Hello, error) {
+	if err := s.pipe.waitIdle(ctx, device); err != nil {
+		return wire.Hello{}, fmt.Errorf("wait for in-flight batches: %w", err)
+	}
 	acked, err := s.store.Watermark(ctx, device)
 	if err != nil {
 		return wire.Hello{}, fmt.Errorf("read watermark: %w", err)

@@ -562,3 +562,37 @@ func TestCommands(t *testing.T) {
 		t.Fatal("no offline presence")
 	}
 }
+
+// TestTakeoverWaitsForInFlight: hello.acked on a new connection covers a
+// batch the previous session had in the pipeline, so a device that lost its
+// counter and restarts at acked+1 never has new readings judged duplicates.
+func TestTakeoverWaitsForInFlight(t *testing.T) {
+	ts := startServer(t, nil)
+	c1, _ := ts.dial("tok-tw")
+	ts.store.stall()
+	c1.send(batch(7, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}))
+	time.Sleep(50 * time.Millisecond)
+	type res struct {
+		h wire.Hello
+	}
+	got := make(chan res, 1)
+	go func() {
+		_, h := ts.dial("tok-tw")
+		got <- res{h}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case r := <-got:
+		t.Fatalf("hello sent while the old session's batch was uncommitted: %+v", r.h)
+	default:
+	}
+	ts.store.resume()
+	select {
+	case r := <-got:
+		if r.h.Acked != 7 {
+			t.Fatalf("hello.acked %d, want 7", r.h.Acked)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no hello")
+	}
+}

@@ -51,6 +51,7 @@ type session struct {
 
 	closeOnce sync.Once
 	closing   chan struct{}
+	readDone  chan struct{} // closed when the read loop has returned
 	closeCode int
 	errCode   string
 	closeMsg  string
@@ -87,12 +88,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many connection attempts for this device, retry later", http.StatusTooManyRequests)
 		return
 	}
-	// The watermark is read before the upgrade: if storage is down the device
-	// gets a plain 503 and retries, rather than a hello with a wrong acked
-	// (a device that lost its counter restarts at acked+1).
+	// Storage is checked before the upgrade: if it is down the device gets a
+	// plain 503 and retries. (The watermark is read again for hello below.)
 	sessID := newID()
 	hctx, cancel := context.WithTimeout(r.Context(), s.cfg.HandshakeTimeout)
-	hello, err := s.hello(hctx, device, sessID)
+	_, err = s.store.Watermark(hctx, device)
 	cancel()
 	if err != nil {
 		s.m.handshakes.WithLabelValues("error").Inc()
@@ -136,9 +136,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		ctx:      ctx,
 		cancel:   stop,
 		closing:  make(chan struct{}),
+		readDone: make(chan struct{}),
 		started:  s.now(),
 	}
-	if !s.register(sess) {
+	old, ok := s.register(sess)
+	if !ok {
 		_ = conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(wire.CloseGoingAway, "server shutting down")))
 		_ = conn.Close()
@@ -152,14 +154,32 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Debug("device connected", "device", device, "session", sessID, "remote", r.RemoteAddr)
 
-	hb, _ := hello.MarshalMsg(nil)
-	sess.out <- outFrame{data: hb}
+	// hello.acked must cover every batch an earlier session of this device
+	// (or an HTTP post) already put into the pipeline: otherwise a device
+	// that lost its counter and restarts at acked+1 would have new readings
+	// judged duplicates. So: let a taken-over session's read loop finish,
+	// wait until the device has nothing in the pipeline, then read the
+	// watermark. hello is queued before the write loop starts, so it is the
+	// first data frame even if a command arrives meanwhile.
+	hctx, cancel = context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	hello, err := s.helloAfterIdle(hctx, old, device, sessID)
+	cancel()
+	if err == nil {
+		hb, _ := hello.MarshalMsg(nil)
+		sess.out <- outFrame{data: hb}
+	}
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
 		sess.writeLoop()
 	}()
-	sess.readLoop()
+	if err != nil {
+		s.log.Warn("device hello", "device", device, "session", sessID, "err", err)
+		sess.close(wire.CloseTryAgainLater, "unavailable", "storage unavailable, retry later")
+		close(sess.readDone)
+	} else {
+		sess.readLoop()
+	}
 	<-writerDone
 	stop()
 	s.m.connections.Dec()
@@ -189,15 +209,31 @@ func (sess *session) stopReading() {
 	_ = sess.conn.SetReadDeadline(time.Now())
 }
 
+// helloAfterIdle waits for old's read loop (if a takeover happened) and for
+// the device's pipeline items to finish, then builds hello.
+func (s *Server) helloAfterIdle(ctx context.Context, old *session, device, sessID string) (wire.Hello, error) {
+	if old != nil {
+		select {
+		case <-old.readDone:
+		case <-ctx.Done():
+			return wire.Hello{}, fmt.Errorf("wait for the previous session: %w", ctx.Err())
+		}
+	}
+	if err := s.pipe.waitIdle(ctx, device); err != nil {
+		return wire.Hello{}, fmt.Errorf("wait for in-flight batches: %w", err)
+	}
+	return s.hello(ctx, device, sessID)
+}
+
 func (sess *session) readLoop() {
+	defer close(sess.readDone)
 	s := sess.srv
 	idle := 2 * s.cfg.Heartbeat
 	for {
 		if sess.readStop.Load() {
 			return
 		}
-		_ = sess.conn.SetReadDeadline(time.Now().Add(idle))
-		payload, err := sess.readMessage()
+		payload, err := sess.readMessage(idle)
 		if err != nil {
 			sess.readFailed(err)
 			return
@@ -240,10 +276,16 @@ func (sess *session) readFailed(err error) {
 
 // readMessage reads one complete data message (reassembling fragments) of at
 // most MaxFrame bytes. Control frames are answered and yield (nil, nil).
-func (sess *session) readMessage() ([]byte, error) {
+func (sess *session) readMessage(idle time.Duration) ([]byte, error) {
 	max := int64(sess.srv.cfg.MaxFrame)
 	var msg []byte
 	for {
+		// Every frame, control frames and fragments included, restarts the
+		// idle clock: "no frame or pong for two heartbeat intervals".
+		if sess.readStop.Load() {
+			return nil, os.ErrDeadlineExceeded
+		}
+		_ = sess.conn.SetReadDeadline(time.Now().Add(idle))
 		h, err := ws.ReadHeader(sess.br)
 		if err != nil {
 			if errors.Is(err, ws.ErrHeaderLengthUnexpected) || errors.Is(err, ws.ErrHeaderLengthMSB) {
