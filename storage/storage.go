@@ -9,6 +9,7 @@
 package storage
 
 import (
+	"encoding/json"
 	"errors"
 	"time"
 )
@@ -69,9 +70,33 @@ type Series struct {
 	// Source is "raw", "1m" or "1h" (or a coarser bucket computed from one of
 	// them), so a client knows what it is looking at.
 	Source string `json:"source"`
-	// Bucket is the bucket width; 0 for raw.
-	Bucket time.Duration `json:"bucket_ms"`
+	// Bucket is the bucket width; 0 for raw. JSON carries it as bucket_ms.
+	Bucket time.Duration `json:"-"`
 	Points []SeriesPoint `json:"points"`
+}
+
+// MarshalJSON writes the bucket width in milliseconds (bucket_ms) and point
+// times as Unix milliseconds, the units the dashboard and API clients use.
+func (s Series) MarshalJSON() ([]byte, error) {
+	type point struct {
+		T     int64   `json:"t"`
+		Min   float64 `json:"min"`
+		Max   float64 `json:"max"`
+		Avg   float64 `json:"avg"`
+		Last  float64 `json:"last"`
+		Count int64   `json:"count"`
+	}
+	pts := make([]point, len(s.Points))
+	for i, p := range s.Points {
+		pts[i] = point{T: p.Time.UnixMilli(), Min: p.Min, Max: p.Max, Avg: p.Avg, Last: p.Last, Count: p.Count}
+	}
+	return json.Marshal(struct {
+		Device   string  `json:"device"`
+		Metric   string  `json:"metric"`
+		Source   string  `json:"source"`
+		BucketMs int64   `json:"bucket_ms"`
+		Points   []point `json:"points"`
+	}{s.Device, s.Metric, s.Source, s.Bucket.Milliseconds(), pts})
 }
 
 // QueryOptions bound a read-only SQL query.

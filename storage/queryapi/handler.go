@@ -1,0 +1,188 @@
+package queryapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meridian-iot/meridian/storage"
+)
+
+// Reader is what the handlers need from a storage backend.
+type Reader interface {
+	Query(ctx context.Context, sql string, opts storage.QueryOptions) (storage.QueryResult, error)
+	Series(ctx context.Context, req storage.SeriesRequest) (storage.Series, error)
+}
+
+// Options bound the API. Zero values take the defaults below.
+type Options struct {
+	// Timeout is the statement timeout of /v1/query (default 10s).
+	Timeout time.Duration
+	// MaxRows caps /v1/query results (default 10,000).
+	MaxRows int
+	// MaxPoints caps /v1/series?points= (default 10,000).
+	MaxPoints int
+	Logger    *slog.Logger
+}
+
+// Handler serves GET /v1/query and GET /v1/series.
+func Handler(r Reader, o Options) http.Handler {
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.MaxRows <= 0 {
+		o.MaxRows = 10_000
+	}
+	if o.MaxPoints <= 0 {
+		o.MaxPoints = 10_000
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{r: r, o: o}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/query", h.query)
+	mux.HandleFunc("GET /v1/series", h.series)
+	return mux
+}
+
+type handler struct {
+	r Reader
+	o Options
+}
+
+func httpError(w http.ResponseWriter, status int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+func (h *handler) query(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sql := strings.TrimSpace(q.Get("sql"))
+	if sql == "" {
+		httpError(w, http.StatusBadRequest, "sql: required (one read-only SQL statement)")
+		return
+	}
+	format := q.Get("format")
+	if format == "" {
+		format = "json"
+	}
+	write, ok := Writers[format]
+	if !ok {
+		httpError(w, http.StatusBadRequest, "format: must be json, csv or table, got %q", format)
+		return
+	}
+	maxRows := h.o.MaxRows
+	if s := q.Get("max_rows"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			httpError(w, http.StatusBadRequest, "max_rows: must be a positive integer, got %q", s)
+			return
+		}
+		maxRows = min(n, h.o.MaxRows)
+	}
+	res, err := h.r.Query(r.Context(), sql, storage.QueryOptions{Timeout: h.o.Timeout, MaxRows: maxRows})
+	if err != nil {
+		status := http.StatusBadRequest
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			status = http.StatusGatewayTimeout
+		case errors.Is(err, storage.ErrReadOnly):
+			status = http.StatusForbidden
+		}
+		httpError(w, status, "%v", err)
+		return
+	}
+	switch format {
+	case "csv":
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	case "table":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	default:
+		w.Header().Set("Content-Type", "application/json")
+	}
+	if res.Truncated {
+		w.Header().Set("X-Meridian-Truncated", "true")
+	}
+	if err := write(w, res); err != nil {
+		h.o.Logger.Warn("write query result", "err", err)
+	}
+}
+
+// parseTime accepts RFC 3339 or Unix milliseconds.
+func parseTime(key, s string) (time.Time, error) {
+	if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.UnixMilli(ms), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: must be RFC 3339 or Unix milliseconds, got %q", key, s)
+	}
+	return t, nil
+}
+
+func (h *handler) series(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	req := storage.SeriesRequest{Device: q.Get("device"), Metric: q.Get("metric"), Points: 500}
+	if req.Device == "" {
+		httpError(w, http.StatusBadRequest, "device: required")
+		return
+	}
+	if req.Metric == "" {
+		httpError(w, http.StatusBadRequest, "metric: required")
+		return
+	}
+	now := time.Now()
+	req.To, req.From = now, now.Add(-time.Hour)
+	var err error
+	if s := q.Get("to"); s != "" {
+		if req.To, err = parseTime("to", s); err != nil {
+			httpError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+	}
+	if s := q.Get("from"); s != "" {
+		if req.From, err = parseTime("from", s); err != nil {
+			httpError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+	} else {
+		req.From = req.To.Add(-time.Hour)
+	}
+	if !req.From.Before(req.To) {
+		httpError(w, http.StatusBadRequest, "from: must be before to")
+		return
+	}
+	if s := q.Get("points"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > h.o.MaxPoints {
+			httpError(w, http.StatusBadRequest, "points: must be an integer from 1 to %d, got %q", h.o.MaxPoints, s)
+			return
+		}
+		req.Points = n
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.Timeout)
+	defer cancel()
+	res, err := h.r.Series(ctx, req)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			httpError(w, http.StatusNotFound, "%v", err)
+			return
+		}
+		h.o.Logger.Warn("series", "device", req.Device, "metric", req.Metric, "err", err)
+		httpError(w, http.StatusServiceUnavailable, "series: %v", err)
+		return
+	}
+	if res.Points == nil {
+		res.Points = []storage.SeriesPoint{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(res)
+}
