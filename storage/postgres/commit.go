@@ -1,0 +1,354 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/meridian-iot/meridian/ingest/telemetry"
+)
+
+// Commit stores batches in one transaction: lock the devices' rows (in name
+// order, creating unknown devices), decide duplicates against the locked
+// watermarks, COPY the readings of the rest, move the watermarks, mark hours
+// that received late readings, commit. On any error nothing is stored.
+func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]telemetry.Outcome, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	out := make([]telemetry.Outcome, len(batches))
+	if len(batches) == 0 {
+		return out, nil
+	}
+	var devices, metrics []string
+	seenDev := map[string]bool{}
+	seenMetric := map[string]bool{}
+	for _, b := range batches {
+		if b.Seq == 0 || b.Seq > math.MaxInt64 {
+			return nil, fmt.Errorf("commit: device %s: seq %d out of range 1..2^63-1", b.Device, b.Seq)
+		}
+		if !seenDev[b.Device] {
+			seenDev[b.Device] = true
+			devices = append(devices, b.Device)
+		}
+		for _, r := range b.Readings {
+			if !seenMetric[r.Metric] {
+				seenMetric[r.Metric] = true
+				metrics = append(metrics, r.Metric)
+			}
+		}
+	}
+	slices.Sort(devices)
+	// Names are registered outside the transaction: registration is
+	// idempotent and must not hold locks while the batch commits.
+	devIDs, err := s.resolveNames(ctx, &s.deviceIDs, deviceNames, devices)
+	if err != nil {
+		return nil, fmt.Errorf("commit: register devices: %w", err)
+	}
+	metricIDs, err := s.resolveNames(ctx, &s.metricIDs, metricNames, metrics)
+	if err != nil {
+		return nil, fmt.Errorf("commit: register metrics: %w", err)
+	}
+
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		marks, err := lockDevices(ctx, tx, devices)
+		if err != nil {
+			return err
+		}
+		src := &readingSource{devIDs: devIDs, metricIDs: metricIDs}
+		moved := map[string]bool{}
+		for i, b := range batches {
+			if b.Seq <= marks[b.Device] {
+				out[i].Duplicate = true
+				continue
+			}
+			marks[b.Device] = b.Seq
+			moved[b.Device] = true
+			src.batches = append(src.batches, b)
+		}
+		if len(src.batches) == 0 {
+			return nil
+		}
+		lateBefore := s.now().Add(-lateAfter).UnixMilli()
+		late := map[int64]bool{}
+		for _, b := range src.batches {
+			for _, r := range b.Readings {
+				if r.Time < lateBefore {
+					late[r.Time-mod(r.Time, time.Hour.Milliseconds())] = true
+				}
+			}
+		}
+		if n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, []string{"time", "device_id", "metric_id", "value"}, src); err != nil {
+			return fmt.Errorf("copy readings: %w", err)
+		} else if n != int64(src.total()) {
+			return fmt.Errorf("copy readings: stored %d of %d", n, src.total())
+		}
+		var wmDev []string
+		var wmSeq []int64
+		for _, d := range devices {
+			if moved[d] {
+				wmDev, wmSeq = append(wmDev, d), append(wmSeq, int64(marks[d]))
+			}
+		}
+		var pb pgx.Batch
+		pb.Queue(`UPDATE devices d SET acked_seq = v.seq
+			FROM unnest($1::text[], $2::bigint[]) AS v(device, seq)
+			WHERE d.device = v.device`, wmDev, wmSeq)
+		if len(late) > 0 {
+			hours := make([]time.Time, 0, len(late))
+			for h := range late {
+				hours = append(hours, time.UnixMilli(h).UTC())
+			}
+			// Sorted, so concurrent commits take the marks' row locks in
+			// the same order.
+			slices.SortFunc(hours, func(a, b time.Time) int { return a.Compare(b) })
+			pb.Queue(`INSERT INTO rollup_dirty (hour, gen)
+				SELECT h, nextval('rollup_dirty_gen') FROM unnest($1::timestamptz[]) AS h ORDER BY h
+				ON CONFLICT (hour) DO UPDATE SET gen = excluded.gen`, hours)
+		}
+		if err := tx.SendBatch(ctx, &pb).Close(); err != nil {
+			return fmt.Errorf("update watermarks: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return out, nil
+}
+
+// lockDevices locks the registry rows of devices (sorted), creating the
+// missing ones first, and returns their watermarks. Existing rows are locked
+// before any insert and inserts go in name order, so two commits cannot wait
+// on each other in a cycle.
+func lockDevices(ctx context.Context, tx pgx.Tx, devices []string) (map[string]uint64, error) {
+	marks := make(map[string]uint64, len(devices))
+	scan := func(names []string) error {
+		rows, err := tx.Query(ctx, `SELECT device, acked_seq FROM devices WHERE device = ANY($1) ORDER BY device FOR UPDATE`, names)
+		if err != nil {
+			return fmt.Errorf("lock devices: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var d string
+			var seq int64
+			if err := rows.Scan(&d, &seq); err != nil {
+				return fmt.Errorf("lock devices: %w", err)
+			}
+			marks[d] = uint64(seq)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("lock devices: %w", err)
+		}
+		return nil
+	}
+	if err := scan(devices); err != nil {
+		return nil, err
+	}
+	if len(marks) == len(devices) {
+		return marks, nil
+	}
+	var missing []string
+	for _, d := range devices {
+		if _, ok := marks[d]; !ok {
+			missing = append(missing, d)
+		}
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO devices (device) SELECT d FROM unnest($1::text[]) AS d ORDER BY d ON CONFLICT DO NOTHING`, missing); err != nil {
+		return nil, fmt.Errorf("create devices: %w", err)
+	}
+	if err := scan(missing); err != nil {
+		return nil, err
+	}
+	if len(marks) != len(devices) {
+		// Only possible if a device was deleted between insert and lock.
+		return nil, errors.New("lock devices: a device vanished during commit")
+	}
+	return marks, nil
+}
+
+// readingSource feeds CopyFrom from the batches without building a row
+// slice; Values reuses one buffer (CopyFrom encodes each row before asking
+// for the next).
+type readingSource struct {
+	batches   []telemetry.Batch
+	devIDs    map[string]int32
+	metricIDs map[string]int32
+	b, r      int
+	started   bool
+	row       [4]any
+}
+
+func (s *readingSource) total() int {
+	n := 0
+	for _, b := range s.batches {
+		n += len(b.Readings)
+	}
+	return n
+}
+
+func (s *readingSource) Next() bool {
+	if s.started {
+		s.r++
+	}
+	s.started = true
+	for s.b < len(s.batches) {
+		if s.r < len(s.batches[s.b].Readings) {
+			return true
+		}
+		s.b++
+		s.r = 0
+	}
+	return false
+}
+
+func (s *readingSource) Values() ([]any, error) {
+	b := &s.batches[s.b]
+	r := &b.Readings[s.r]
+	s.row[0] = time.UnixMilli(r.Time).UTC()
+	s.row[1] = s.devIDs[b.Device]
+	s.row[2] = s.metricIDs[r.Metric]
+	s.row[3] = r.Value
+	return s.row[:], nil
+}
+
+func (s *readingSource) Err() error { return nil }
+
+// nameTable holds the statements for one name->id table, written out in
+// full rather than assembled, so no SQL is built from strings at run time.
+type nameTable struct {
+	// register inserts the names and returns id and name of the new rows
+	// (RETURNING) plus those that existed before (the SELECT, under the same
+	// statement snapshot). A row committed by a concurrent registration
+	// after the snapshot is in neither, hence lookup as a second pass.
+	register string
+	lookup   string // all given names
+	one      string // one name
+}
+
+var (
+	deviceNames = nameTable{
+		register: `WITH ins AS (
+				INSERT INTO device_ids (device) SELECT n FROM unnest($1::text[]) AS n ORDER BY n
+				ON CONFLICT DO NOTHING RETURNING id, device)
+			SELECT id, device FROM ins
+			UNION ALL
+			SELECT id, device FROM device_ids WHERE device = ANY($1)`,
+		lookup: `SELECT id, device FROM device_ids WHERE device = ANY($1)`,
+		one:    `SELECT id FROM device_ids WHERE device = $1`,
+	}
+	metricNames = nameTable{
+		register: `WITH ins AS (
+				INSERT INTO metrics (metric) SELECT n FROM unnest($1::text[]) AS n ORDER BY n
+				ON CONFLICT DO NOTHING RETURNING id, metric)
+			SELECT id, metric FROM ins
+			UNION ALL
+			SELECT id, metric FROM metrics WHERE metric = ANY($1)`,
+		lookup: `SELECT id, metric FROM metrics WHERE metric = ANY($1)`,
+		one:    `SELECT id FROM metrics WHERE metric = $1`,
+	}
+)
+
+// resolveNames maps names to ids, from the cache when possible; unknown
+// names are registered with one statement for all of them.
+func (s *Store) resolveNames(ctx context.Context, cache *sync.Map, nt nameTable, names []string) (map[string]int32, error) {
+	ids := make(map[string]int32, len(names))
+	var missing []string
+	for _, n := range names {
+		if v, ok := cache.Load(n); ok {
+			ids[n] = v.(int32)
+		} else {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) == 0 {
+		return ids, nil
+	}
+	slices.Sort(missing)
+	for attempt, q := range []string{nt.register, nt.lookup} {
+		if attempt > 0 {
+			var still []string
+			for _, n := range missing {
+				if _, ok := ids[n]; !ok {
+					still = append(still, n)
+				}
+			}
+			if missing = still; len(missing) == 0 {
+				break
+			}
+		}
+		rows, err := s.pool.Query(ctx, q, missing)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id int32
+			var n string
+			if err := rows.Scan(&id, &n); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			ids[n] = id
+			cache.Store(n, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	for _, n := range names {
+		if _, ok := ids[n]; !ok {
+			return nil, fmt.Errorf("name %q not registered", n)
+		}
+	}
+	return ids, nil
+}
+
+// lookupName returns the id of an existing name without registering it.
+func (s *Store) lookupName(ctx context.Context, cache *sync.Map, nt nameTable, name string) (int32, bool, error) {
+	if v, ok := cache.Load(name); ok {
+		return v.(int32), true, nil
+	}
+	var id int32
+	err := s.pool.QueryRow(ctx, nt.one, name).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	cache.Store(name, id)
+	return id, true, nil
+}
+
+// Watermark is the device's highest committed seq; 0 when unknown.
+func (s *Store) Watermark(ctx context.Context, device string) (uint64, error) {
+	if err := s.ready(); err != nil {
+		return 0, err
+	}
+	var seq int64
+	err := s.pool.QueryRow(ctx, `SELECT acked_seq FROM devices WHERE device = $1`, device).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read watermark of %s: %w", device, err)
+	}
+	return uint64(seq), nil
+}
+
+// mod is the non-negative remainder, so readings before 1970 still land in
+// the right hour.
+func mod(a, b int64) int64 {
+	m := a % b
+	if m < 0 {
+		m += b
+	}
+	return m
+}

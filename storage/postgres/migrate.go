@@ -1,0 +1,294 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/meridian-iot/meridian/migrations"
+	"github.com/meridian-iot/meridian/storage"
+)
+
+// setupLockID is the advisory lock that serialises mode detection (and the
+// TimescaleDB policy setup) between nodes starting together; goose uses its
+// own lock for the migrations themselves.
+const setupLockID int64 = 0x6d65726964690001 // "meridi" + 1
+
+// Status is the migration state `meridian migrate --status` shows.
+type Status struct {
+	// Mode is the database's recorded mode, or the one that would be chosen
+	// if it has not been migrated yet.
+	Mode string `json:"mode"`
+	// Current is the database's schema version (0: never migrated).
+	Current int64 `json:"current"`
+	// Latest is the newest migration embedded in this binary.
+	Latest int64 `json:"latest"`
+	// Pending lists migrations not yet applied, by file name.
+	Pending []string `json:"pending"`
+	// TooNew is set when the database was migrated by a newer binary.
+	TooNew bool `json:"too_new"`
+}
+
+// Migrate detects the mode (creating the timescaledb extension when
+// available) and applies pending migrations. Safe to call while the
+// background setup runs, and from several nodes at once.
+func (s *Store) Migrate(ctx context.Context) error {
+	return s.setup(ctx, true)
+}
+
+// MigrateStatus reports the schema version without changing anything.
+func (s *Store) MigrateStatus(ctx context.Context) (Status, error) {
+	var st Status
+	mode, err := s.recordedMode(ctx, s.pool)
+	if err != nil {
+		return st, err
+	}
+	if mode == "" {
+		var avail bool
+		if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')`).Scan(&avail); err != nil {
+			return st, fmt.Errorf("check for timescaledb: %w", err)
+		}
+		mode = storage.ModePostgres
+		if avail {
+			mode = storage.ModeTimescale
+		}
+	}
+	st.Mode = mode
+	fsys := migrationsFor(mode)
+	latest, names, err := embeddedVersions(fsys)
+	if err != nil {
+		return st, err
+	}
+	applied, err := appliedVersions(ctx, s.pool)
+	if err != nil {
+		return st, err
+	}
+	st.Latest = latest
+	for v := range applied {
+		st.Current = max(st.Current, v)
+	}
+	st.TooNew = st.Current > latest
+	for v, name := range names {
+		if !applied[v] {
+			st.Pending = append(st.Pending, name)
+		}
+	}
+	slices.Sort(st.Pending)
+	return st, nil
+}
+
+// setup runs once per process on first contact: pick the mode, check the
+// schema version, migrate (when allowed), set TimescaleDB policies, then mark
+// the store ready.
+func (s *Store) setup(ctx context.Context, migrate bool) error {
+	mode, err := s.detectMode(ctx)
+	if err != nil {
+		return err
+	}
+	fsys := migrationsFor(mode)
+	latest, _, err := embeddedVersions(fsys)
+	if err != nil {
+		return err
+	}
+	applied, err := appliedVersions(ctx, s.pool)
+	if err != nil {
+		return err
+	}
+	var current int64
+	for v := range applied {
+		current = max(current, v)
+	}
+	if current > latest {
+		return fmt.Errorf("%w: database is at schema version %d, this binary knows up to %d; upgrade meridian", storage.ErrSchemaTooNew, current, latest)
+	}
+	if current < latest || len(applied) < int(latest) {
+		if !migrate {
+			return fmt.Errorf("database schema at version %d, this binary needs %d: run `meridian migrate` or enable migration at start", current, latest)
+		}
+		if err := s.runMigrations(ctx, fsys); err != nil {
+			return err
+		}
+	}
+	if mode == storage.ModeTimescale {
+		if err := s.applyTimescalePolicies(ctx); err != nil {
+			return err
+		}
+	}
+	s.markReady(mode)
+	return nil
+}
+
+func (s *Store) runMigrations(ctx context.Context, fsys fs.FS) error {
+	// Check every 2s for up to 5 minutes: long enough for another node's
+	// migration, short enough to start promptly once it is done.
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(2, 150))
+	if err != nil {
+		return fmt.Errorf("create migration lock: %w", err)
+	}
+	db := stdlib.OpenDBFromPool(s.pool)
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
+		goose.WithSessionLocker(locker), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return fmt.Errorf("load migrations: %w", err)
+	}
+	results, err := p.Up(ctx)
+	for _, r := range results {
+		s.log.Info("migration applied", "migration", path.Base(r.Source.Path), "took", r.Duration)
+	}
+	if err != nil {
+		return fmt.Errorf("apply migrations: %w", err)
+	}
+	return nil
+}
+
+// detectMode returns the recorded mode, or for a fresh database tries to
+// create the timescaledb extension and picks the mode from the outcome.
+func (s *Store) detectMode(ctx context.Context) (string, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return "", fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, setupLockID); err != nil {
+		return "", fmt.Errorf("take setup lock: %w", err)
+	}
+	defer func() {
+		// Unlock on a fresh context: ctx may be what failed.
+		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, setupLockID); err != nil {
+			conn.Conn().Close(uctx) // the lock dies with the session
+		}
+	}()
+
+	mode, err := s.recordedMode(ctx, conn)
+	if err != nil {
+		return "", err
+	}
+	switch mode {
+	case storage.ModeTimescale:
+		if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS timescaledb`); err != nil {
+			return "", fmt.Errorf("database was set up for TimescaleDB but the extension cannot be loaded: %w", err)
+		}
+		return mode, nil
+	case storage.ModePostgres:
+		return mode, nil
+	case "":
+	default:
+		return "", fmt.Errorf("database records unknown storage mode %q", mode)
+	}
+	var avail bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')`).Scan(&avail); err != nil {
+		return "", fmt.Errorf("check for timescaledb: %w", err)
+	}
+	if !avail {
+		s.log.Info("timescaledb extension not available, using plain PostgreSQL partitioning")
+		return storage.ModePostgres, nil
+	}
+	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS timescaledb`); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			// Installed but not loadable (shared_preload_libraries) or not
+			// permitted: plain mode still works.
+			s.log.Warn("timescaledb extension available but cannot be created, using plain PostgreSQL", "err", err)
+			return storage.ModePostgres, nil
+		}
+		return "", fmt.Errorf("create extension timescaledb: %w", err)
+	}
+	return storage.ModeTimescale, nil
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// recordedMode reads the mode the migrations wrote, "" on a fresh database.
+func (s *Store) recordedMode(ctx context.Context, q querier) (string, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('meridian_meta') IS NOT NULL`).Scan(&exists); err != nil {
+		return "", fmt.Errorf("read storage mode: %w", err)
+	}
+	if !exists {
+		return "", nil
+	}
+	var mode string
+	err := q.QueryRow(ctx, `SELECT value FROM meridian_meta WHERE key = 'mode'`).Scan(&mode)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read storage mode: %w", err)
+	}
+	return mode, nil
+}
+
+func migrationsFor(mode string) fs.FS {
+	if mode == storage.ModeTimescale {
+		return migrations.Timescale()
+	}
+	return migrations.Postgres()
+}
+
+// embeddedVersions lists the migrations in fsys by version.
+func embeddedVersions(fsys fs.FS) (latest int64, names map[int64]string, err error) {
+	files, err := fs.Glob(fsys, "*.sql")
+	if err != nil {
+		return 0, nil, fmt.Errorf("list migrations: %w", err)
+	}
+	names = map[int64]string{}
+	for _, f := range files {
+		v, err := goose.NumericComponent(f)
+		if err != nil {
+			return 0, nil, fmt.Errorf("migration %s: %w", f, err)
+		}
+		names[v] = f
+		latest = max(latest, v)
+	}
+	return latest, names, nil
+}
+
+// appliedVersions reads goose's version table directly (it may not exist
+// yet), so a too-new database is caught before goose touches anything.
+func appliedVersions(ctx context.Context, pool *pgxpool.Pool) (map[int64]bool, error) {
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('goose_db_version') IS NOT NULL`).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("read schema version: %w", err)
+	}
+	out := map[int64]bool{}
+	if !exists {
+		return out, nil
+	}
+	// goose records each up and down; the latest row per version wins.
+	rows, err := pool.Query(ctx, `SELECT DISTINCT ON (version_id) version_id, is_applied
+		FROM goose_db_version WHERE version_id > 0 ORDER BY version_id, id DESC`)
+	if err != nil {
+		return nil, fmt.Errorf("read schema version: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var v int64
+		var applied bool
+		if err := rows.Scan(&v, &applied); err != nil {
+			return nil, fmt.Errorf("read schema version: %w", err)
+		}
+		if applied {
+			out[v] = true
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read schema version: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,292 @@
+package postgres
+
+import (
+	"context"
+	"database/sql/driver"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/meridian-iot/meridian/storage"
+)
+
+const (
+	defaultQueryTimeout = 10 * time.Second
+	defaultQueryRows    = 10000
+)
+
+// SQLSTATEs that mean "this statement tried to write".
+const (
+	sqlReadOnlyTransaction = "25006"
+	sqlInsufficientPriv    = "42501"
+	sqlFeatureNotSupported = "0A000"
+)
+
+// Query runs one read-only statement: inside a READ ONLY transaction that is
+// always rolled back, with a statement timeout, as ReadOnlyRole when
+// configured, returning at most MaxRows rows.
+//
+// Queries (SELECT, WITH, VALUES, TABLE) are read through a cursor so a huge
+// result is never sent whole. EXPLAIN and SHOW run directly. Everything else
+// is refused before it reaches the server with storage.ErrReadOnly: a
+// read-only transaction stops table writes, but not e.g. COPY TO PROGRAM or
+// session changes, which a superuser connection would otherwise allow.
+func (s *Store) Query(ctx context.Context, sql string, opts storage.QueryOptions) (storage.QueryResult, error) {
+	if err := s.ready(); err != nil {
+		return storage.QueryResult{}, err
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = defaultQueryTimeout
+	}
+	if opts.MaxRows <= 0 {
+		opts.MaxRows = defaultQueryRows
+	}
+	// A trailing semicolon is habit, not a second statement.
+	sql = strings.TrimRight(strings.TrimSpace(sql), "; \t\r\n")
+	if sql == "" {
+		return storage.QueryResult{}, errors.New("query: empty statement")
+	}
+	kw := firstKeyword(sql)
+	var cursor bool
+	switch kw {
+	case "SELECT", "WITH", "VALUES", "TABLE":
+		cursor = true
+	case "EXPLAIN", "SHOW":
+	default:
+		if !isKeyword(kw) {
+			// Not a statement we know: let the server name the syntax
+			// error, through the cursor, where nothing can run.
+			cursor = true
+			break
+		}
+		return storage.QueryResult{}, fmt.Errorf("query: %w: %s statements are not allowed, only SELECT, WITH, VALUES, TABLE, EXPLAIN and SHOW", storage.ErrReadOnly, kw)
+	}
+	res, err := s.queryTx(ctx, sql, opts, cursor)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == sqlReadOnlyTransaction, pgErr.Code == sqlInsufficientPriv,
+			pgErr.Code == sqlFeatureNotSupported && strings.Contains(pgErr.Message, "data-modifying"):
+			return storage.QueryResult{}, fmt.Errorf("query: %w: %w", storage.ErrReadOnly, err)
+		}
+	}
+	if err != nil {
+		return storage.QueryResult{}, fmt.Errorf("query: %w", err)
+	}
+	return res, nil
+}
+
+// firstKeyword returns the statement's first word, upper-cased, after
+// leading blanks, comments and opening parentheses.
+func firstKeyword(sql string) string {
+	i := 0
+	for i < len(sql) {
+		switch {
+		case sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r' || sql[i] == '(':
+			i++
+		case strings.HasPrefix(sql[i:], "--"):
+			for i < len(sql) && sql[i] != '\n' {
+				i++
+			}
+		case strings.HasPrefix(sql[i:], "/*"):
+			// Block comments nest in PostgreSQL.
+			depth := 0
+			for i < len(sql) {
+				if strings.HasPrefix(sql[i:], "/*") {
+					depth++
+					i += 2
+				} else if strings.HasPrefix(sql[i:], "*/") {
+					depth--
+					i += 2
+					if depth == 0 {
+						break
+					}
+				} else {
+					i++
+				}
+			}
+		default:
+			j := i
+			for j < len(sql) && (sql[j] == '_' || sql[j] >= 'a' && sql[j] <= 'z' || sql[j] >= 'A' && sql[j] <= 'Z') {
+				j++
+			}
+			return strings.ToUpper(sql[i:j])
+		}
+	}
+	return ""
+}
+
+// statementKeywords are the first words of PostgreSQL statements other than
+// the allowed ones; a statement starting with one is refused unsent.
+var statementKeywords = map[string]bool{
+	"ABORT": true, "ALTER": true, "ANALYZE": true, "BEGIN": true, "CALL": true, "CHECKPOINT": true,
+	"CLOSE": true, "CLUSTER": true, "COMMENT": true, "COMMIT": true, "COPY": true, "CREATE": true,
+	"DEALLOCATE": true, "DECLARE": true, "DELETE": true, "DISCARD": true, "DO": true, "DROP": true,
+	"END": true, "EXECUTE": true, "FETCH": true, "GRANT": true, "IMPORT": true, "INSERT": true,
+	"LISTEN": true, "LOAD": true, "LOCK": true, "MERGE": true, "MOVE": true, "NOTIFY": true,
+	"PREPARE": true, "REASSIGN": true, "REFRESH": true, "REINDEX": true, "RELEASE": true, "RESET": true,
+	"REVOKE": true, "ROLLBACK": true, "SAVEPOINT": true, "SECURITY": true, "SET": true, "START": true,
+	"TRUNCATE": true, "UNLISTEN": true, "UPDATE": true, "VACUUM": true,
+}
+
+func isKeyword(kw string) bool { return statementKeywords[kw] }
+
+func (s *Store) queryTx(ctx context.Context, sql string, opts storage.QueryOptions, cursor bool) (res storage.QueryResult, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer conn.Release()
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		// Always roll back, never commit: a session-level SET the statement
+		// made is undone with the transaction, so the pooled connection
+		// goes back as it came. Session advisory locks survive rollback, so
+		// drop any the statement took.
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rerr := tx.Rollback(rctx)
+		if rerr == nil || errors.Is(rerr, pgx.ErrTxClosed) {
+			_, rerr = conn.Exec(rctx, `SELECT pg_advisory_unlock_all()`)
+		}
+		if rerr != nil {
+			// Unknown session state: do not reuse the connection.
+			conn.Conn().Close(rctx)
+		}
+	}()
+	if _, err := tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`,
+		strconv.FormatInt(opts.Timeout.Milliseconds(), 10)); err != nil {
+		return res, err
+	}
+	if s.cfg.ReadOnlyRole != "" {
+		if _, err := tx.Exec(ctx, `SET LOCAL ROLE `+pgx.Identifier{s.cfg.ReadOnlyRole}.Sanitize()); err != nil {
+			return res, fmt.Errorf("switch to read-only role: %w", err)
+		}
+	}
+	// User SQL only ever goes through Query in DescribeExec mode: the
+	// extended protocol runs exactly one statement (Exec without arguments
+	// would fall back to the simple protocol, which runs several), and no
+	// prepared statement is cached for ad-hoc text.
+	if cursor {
+		rows, err := tx.Query(ctx, `DECLARE meridian_query NO SCROLL CURSOR FOR `+sql, pgx.QueryExecModeDescribeExec)
+		if err != nil {
+			return res, err
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return res, err
+		}
+		rows, err = tx.Query(ctx, `FETCH FORWARD `+strconv.Itoa(opts.MaxRows+1)+` FROM meridian_query`, pgx.QueryExecModeDescribeExec)
+		if err != nil {
+			return res, err
+		}
+		return collect(rows, opts.MaxRows)
+	}
+	rows, err := tx.Query(ctx, sql, pgx.QueryExecModeDescribeExec)
+	if err != nil {
+		return res, err
+	}
+	return collect(rows, opts.MaxRows)
+}
+
+// collect reads at most max rows and sets Truncated if there were more.
+func collect(rows pgx.Rows, max int) (storage.QueryResult, error) {
+	defer rows.Close()
+	res := storage.QueryResult{Columns: []string{}, Rows: [][]any{}}
+	fields := rows.FieldDescriptions()
+	for _, f := range fields {
+		res.Columns = append(res.Columns, f.Name)
+	}
+	for rows.Next() {
+		if len(res.Rows) == max {
+			res.Truncated = true
+			break
+		}
+		vals, err := rows.Values()
+		if err != nil {
+			return res, err
+		}
+		row := make([]any, len(vals))
+		for i, v := range vals {
+			row[i] = jsonValue(v)
+		}
+		res.Rows = append(res.Rows, row)
+	}
+	rows.Close()
+	return res, rows.Err()
+}
+
+// jsonValue converts what pgx decodes into the QueryResult vocabulary:
+// string, int64, float64, bool, time.Time, nil; anything else becomes text.
+func jsonValue(v any) any {
+	switch x := v.(type) {
+	case nil, string, int64, float64, bool, time.Time:
+		return x
+	case int16:
+		return int64(x)
+	case int32:
+		return int64(x)
+	case int:
+		return int64(x)
+	case float32:
+		return float64(x)
+	case []byte:
+		return `\x` + hex.EncodeToString(x)
+	case pgtype.Numeric:
+		return numericValue(x)
+	case map[string]any, []any:
+		b, err := json.Marshal(x)
+		if err != nil {
+			return fmt.Sprint(x)
+		}
+		return string(b)
+	case [16]byte: // uuid
+		return fmt.Sprintf("%x-%x-%x-%x-%x", x[0:4], x[4:6], x[6:8], x[8:10], x[10:16])
+	case fmt.Stringer:
+		return x.String()
+	case driver.Valuer:
+		if dv, err := x.Value(); err == nil {
+			return jsonValue(dv)
+		}
+	}
+	return fmt.Sprint(v)
+}
+
+// numericValue returns an int64 for integral numerics that fit (sum of a
+// bigint column is numeric), float64 otherwise.
+func numericValue(n pgtype.Numeric) any {
+	if !n.Valid {
+		return nil
+	}
+	if n.NaN {
+		return "NaN"
+	}
+	if n.InfinityModifier != pgtype.Finite {
+		f, _ := n.Float64Value()
+		return f.Float64
+	}
+	if n.Exp >= 0 {
+		i := new(big.Int).Set(n.Int)
+		i.Mul(i, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(n.Exp)), nil))
+		if i.IsInt64() {
+			return i.Int64()
+		}
+	}
+	f, err := n.Float64Value()
+	if err != nil {
+		return n.Int.String()
+	}
+	return f.Float64
+}
