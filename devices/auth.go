@@ -1,0 +1,203 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/meridian-iot/meridian/storage"
+)
+
+// AuthenticateDevice resolves a device token to its device id. It satisfies
+// ingest.Authenticator. A missing, malformed, unknown, expired or non-device
+// credential, or a disabled or deleted device, gives an error wrapping
+// ErrUnauthorized (test with errors.Is, or errors.As against
+// interface{ Unauthorized() bool }); any other error is a storage failure.
+func (s *Service) AuthenticateDevice(ctx context.Context, token string) (string, error) {
+	switch {
+	case token == "":
+		return "", unauthorized("no device token")
+	case strings.HasPrefix(token, APIKeyPrefix):
+		return "", unauthorized("an API key is not a device token")
+	case !strings.HasPrefix(token, DeviceTokenPrefix):
+		return "", unauthorized("not a device token")
+	case len(token) > maxCredentialLen:
+		return "", unauthorized("device token too long")
+	}
+	hash := hashSecret(token)
+	rec, err := s.repo.LookupDeviceToken(ctx, hash)
+	if errors.Is(err, storage.ErrNotFound) {
+		return "", unauthorized("unknown device token")
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up device token: %w", err)
+	}
+	if !sameHash(rec.Hash, hash) {
+		return "", unauthorized("unknown device token")
+	}
+	if rec.ExpiresAt != nil && !s.now().Before(*rec.ExpiresAt) {
+		return "", unauthorized("device token expired")
+	}
+	d, err := s.repo.GetDevice(ctx, rec.DeviceID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return "", unauthorized("device deleted")
+	}
+	if err != nil {
+		return "", fmt.Errorf("get device %q: %w", rec.DeviceID, err)
+	}
+	if !d.Enabled {
+		return "", unauthorized("device disabled")
+	}
+	return d.ID, nil
+}
+
+// Roles of API keys. An admin key satisfies both; a viewer key only viewer.
+const (
+	RoleAdmin  = "admin"
+	RoleViewer = "viewer"
+)
+
+func validRole(r string) bool { return r == RoleAdmin || r == RoleViewer }
+
+// satisfies reports whether a key with role have may use a route needing want.
+func satisfies(have, want string) bool {
+	return have == RoleAdmin || (have == RoleViewer && want == RoleViewer)
+}
+
+// AuthenticateOperator resolves an API key. A device token, an unknown or
+// revoked key gives an error wrapping ErrUnauthorized.
+func (s *Service) AuthenticateOperator(ctx context.Context, key string) (storage.APIKey, error) {
+	switch {
+	case key == "":
+		return storage.APIKey{}, unauthorized("no API key")
+	case strings.HasPrefix(key, DeviceTokenPrefix):
+		return storage.APIKey{}, unauthorized("a device token is not an API key")
+	case !strings.HasPrefix(key, APIKeyPrefix):
+		return storage.APIKey{}, unauthorized("not an API key")
+	case len(key) > maxCredentialLen:
+		return storage.APIKey{}, unauthorized("API key too long")
+	}
+	hash := hashSecret(key)
+	k, err := s.repo.LookupAPIKey(ctx, hash)
+	if errors.Is(err, storage.ErrNotFound) {
+		return storage.APIKey{}, unauthorized("unknown API key")
+	}
+	if err != nil {
+		return storage.APIKey{}, fmt.Errorf("look up API key: %w", err)
+	}
+	if !sameHash(k.Hash, hash) {
+		return storage.APIKey{}, unauthorized("unknown API key")
+	}
+	if k.RevokedAt != nil && !s.now().Before(*k.RevokedAt) {
+		return storage.APIKey{}, unauthorized("API key revoked")
+	}
+	if !validRole(k.Role) {
+		return storage.APIKey{}, unauthorized("API key has unknown role " + k.Role)
+	}
+	return k, nil
+}
+
+type ctxKey struct{}
+
+// KeyFromContext returns the API key RequireRole authenticated the request
+// with, for handlers that log who did what.
+func KeyFromContext(ctx context.Context) (storage.APIKey, bool) {
+	k, ok := ctx.Value(ctxKey{}).(storage.APIKey)
+	return k, ok
+}
+
+// bearer extracts the credential of "Authorization: Bearer <key>".
+func bearer(r *http.Request) string {
+	scheme, cred, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(cred)
+}
+
+// RequireRole wraps next so it runs only for a request carrying
+// "Authorization: Bearer <API key>" whose role satisfies role ("viewer" or
+// "admin"; an admin key satisfies both). Otherwise it answers a JSON error:
+// 401 without a valid API key (a device token included), 403 for a viewer on
+// an admin route, 503 when the store cannot be asked. It panics on an unknown
+// role, which is a wiring mistake.
+func (s *Service) RequireRole(role string, next http.Handler) http.Handler {
+	if !validRole(role) {
+		panic(fmt.Sprintf("devices.RequireRole: unknown role %q", role))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cred := bearer(r)
+		if cred == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="meridian"`)
+			writeError(w, http.StatusUnauthorized, "missing API key: send Authorization: Bearer mak_...")
+			return
+		}
+		k, err := s.AuthenticateOperator(r.Context(), cred)
+		if errors.Is(err, ErrUnauthorized) {
+			s.log.Debug("operator authentication failed", "err", err, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="meridian", error="invalid_token"`)
+			writeError(w, http.StatusUnauthorized, "invalid API key")
+			return
+		}
+		if err != nil {
+			s.log.Error("operator authentication", "err", err)
+			writeError(w, http.StatusServiceUnavailable, "cannot check credentials now")
+			return
+		}
+		if !satisfies(k.Role, role) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("API key %s has role %s; this needs %s", k.ID, k.Role, role))
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, k)))
+	})
+}
+
+// EnsureAdminKey makes sure operators can get in. With configured set (the
+// devices.admin_key setting) it registers that key as an admin key unless the
+// store already has it, and returns "" since the operator already knows it.
+// Otherwise, if the store has no API key at all (revoked ones count: revoking
+// every key is a deliberate lockout, not a reason to mint a new one), it
+// creates an admin key and returns its secret, which the caller prints once;
+// in every other case it returns "".
+func (s *Service) EnsureAdminKey(ctx context.Context, configured string) (string, error) {
+	if configured != "" {
+		if !adminKeyRe.MatchString(configured) {
+			return "", invalid("devices.admin_key", `must be "mak_" followed by 32-200 characters of [A-Za-z0-9_-]`)
+		}
+		hash := hashSecret(configured)
+		k, err := s.repo.LookupAPIKey(ctx, hash)
+		switch {
+		case err == nil:
+			if k.RevokedAt != nil {
+				s.log.Warn("the configured admin key was revoked; it will not authenticate", "apikey", k.ID)
+			}
+			return "", nil
+		case !errors.Is(err, storage.ErrNotFound):
+			return "", fmt.Errorf("look up configured admin key: %w", err)
+		}
+		id := apiKeyID(configured)
+		if id == "" {
+			id = fmt.Sprintf("cfg-%x", hash[:4])
+		}
+		if err := s.repo.AddAPIKey(ctx, storage.APIKey{ID: id, Hash: hash, Name: "configured admin key", Role: RoleAdmin, CreatedAt: s.now().UTC()}); err != nil {
+			return "", fmt.Errorf("register configured admin key: %w", err)
+		}
+		s.log.Info("registered the configured admin key", "apikey", id)
+		return "", nil
+	}
+	keys, err := s.repo.ListAPIKeys(ctx)
+	if err != nil {
+		return "", fmt.Errorf("list API keys: %w", err)
+	}
+	if len(keys) > 0 {
+		return "", nil
+	}
+	k, secret, err := s.AddAPIKey(ctx, "initial admin key", RoleAdmin)
+	if err != nil {
+		return "", fmt.Errorf("create initial admin key: %w", err)
+	}
+	s.log.Info("created the initial admin key", "apikey", k.ID)
+	return secret, nil
+}

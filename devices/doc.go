@@ -1,0 +1,28 @@
+// Package devices is Meridian's registry logic: who may connect and who may
+// look. It issues and checks device tokens (with rotation grace and
+// revocation), lets a fleet provision itself with a shared provisioning key,
+// manages operator API keys with the roles "admin" and "viewer", applies the
+// per-device rate limits, and serves the admin HTTP API (/v1/admin/...) and
+// POST /v1/provision.
+//
+// Credentials are kept apart by prefix: device tokens start with "mdt_" and
+// API keys with "mak_", so a device token is refused before any lookup when
+// presented as an operator key, and the other way round. Secrets are 32 random
+// bytes, returned once and stored only as their SHA-256 hash; a stored hash is
+// compared with crypto/subtle after the lookup, so a backend that matched
+// loosely could not let a wrong secret through.
+//
+// The package owns the small Repo interface it needs from storage; the storage
+// backends satisfy it and cmd/meridian does the wiring. Authentication errors
+// wrap ErrUnauthorized, whose type has an `Unauthorized() bool` method, so
+// ingest can recognise them with errors.As against its own one-method
+// interface without importing this package.
+//
+// Concurrency: a *Service is safe for concurrent use by any number of
+// goroutines. The rate-limiter maps are guarded by their own mutexes and
+// bounded in size; kick callbacks are called synchronously, outside any lock,
+// after the store change they announce has been made, so they must not block
+// (ingest only signals the session to close). Kicks are local to this
+// process: a second node learns of a revoked or disabled device at its next
+// authentication.
+package devices
