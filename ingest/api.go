@@ -16,9 +16,11 @@ type Store interface {
 	Ping(ctx context.Context) error
 }
 
-// Authenticator resolves a device token to the device id. It returns
-// ErrUnauthorized (possibly wrapped) for a missing, unknown, expired or
-// disabled token; any other error is an internal failure (HTTP 503).
+// Authenticator resolves a device token to the device id. For a missing,
+// unknown, expired or revoked token or a disabled device it returns an error
+// that implements interface{ Unauthorized() bool } returning true (ingest
+// answers 401); any other error is an internal failure (ingest answers 503).
+// The interface check keeps ingest free of imports of the devices package.
 type Authenticator interface {
 	AuthenticateDevice(ctx context.Context, token string) (device string, err error)
 }
