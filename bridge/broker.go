@@ -1,0 +1,180 @@
+package bridge
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// authTimeout bounds one API key check during an MQTT CONNECT (it may hit
+// the database).
+const authTimeout = 5 * time.Second
+
+// startBroker starts the embedded broker and returns it with the address
+// the bridge's own client should dial.
+func (b *Bridge) startBroker() (*mqtt.Server, string, error) {
+	caps := mqtt.NewDefaultServerCapabilities()
+	// Sessions of clients that asked for a persistent session (clean=false)
+	// would otherwise be kept forever, with their queued messages, in this
+	// process's memory. One hour covers a client's restart.
+	caps.MaximumSessionExpiryInterval = 3600
+	srv := mqtt.New(&mqtt.Options{
+		Logger:       slog.New(redactPackets{b.log.Handler()}).With("component", "mqtt-broker"),
+		Capabilities: caps,
+	})
+	if err := srv.AddHook(&authHook{b: b, access: make(map[*mqtt.Client]Access)}, nil); err != nil {
+		return nil, "", fmt.Errorf("embedded broker: add auth hook: %w", err)
+	}
+	tcp := listeners.NewTCP(listeners.Config{ID: "meridian-tcp", Address: b.cfg.Embedded.Listen})
+	if err := srv.AddListener(tcp); err != nil {
+		return nil, "", fmt.Errorf("embedded broker: listen on %s (mqtt.embedded.listen): %w", b.cfg.Embedded.Listen, err)
+	}
+	if err := srv.Serve(); err != nil {
+		_ = srv.Close()
+		return nil, "", fmt.Errorf("embedded broker: serve: %w", err)
+	}
+	return srv, dialAddr(tcp.Address()), nil
+}
+
+// dialAddr turns a listen address into one to connect to: a wildcard host
+// becomes loopback.
+func dialAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// authHook is the embedded broker's only authority: operators connect with
+// an API key as password (any username); the bridge's own client uses a
+// random per-process credential. Anonymous connections are refused. What
+// each connected client may do is kept per client until it disconnects.
+type authHook struct {
+	mqtt.HookBase
+	b      *Bridge
+	mu     sync.Mutex
+	access map[*mqtt.Client]Access
+}
+
+func (h *authHook) ID() string { return "meridian-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect
+}
+
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	a := h.authenticate(pk)
+	if a == AccessNone {
+		h.b.m.authFailed.Inc()
+		// The remote address only: never the password.
+		h.b.log.Info("mqtt broker: connection refused", "remote", cl.Net.Remote, "client_id", pk.Connect.ClientIdentifier)
+		return false
+	}
+	h.mu.Lock()
+	h.access[cl] = a
+	h.mu.Unlock()
+	return true
+}
+
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.mu.Lock()
+	delete(h.access, cl)
+	h.mu.Unlock()
+}
+
+// accessInternal marks the bridge's own client.
+const accessInternal Access = -1
+
+func (h *authHook) authenticate(pk packets.Packet) Access {
+	b := h.b
+	user := string(pk.Connect.Username)
+	if user == b.internalUser {
+		// Reserved: only the bridge itself, with the per-process secret.
+		if pk.Connect.PasswordFlag && subtle.ConstantTimeCompare(pk.Connect.Password, []byte(b.internalPass)) == 1 {
+			return accessInternal
+		}
+		return AccessNone
+	}
+	// The bridge's client id is reserved too: a client taking it over would
+	// disconnect the bridge (MQTT session takeover).
+	if pk.Connect.ClientIdentifier == b.clientID {
+		return AccessNone
+	}
+	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 || b.opts.Authenticate == nil {
+		return AccessNone
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
+	defer cancel()
+	switch a := b.opts.Authenticate(ctx, user, string(pk.Connect.Password)); a {
+	case AccessRead, AccessCommand:
+		return a
+	}
+	return AccessNone
+}
+
+// OnACLCheck: the bridge may do anything. Operators may subscribe to
+// anything and publish anywhere outside the prefix; inside it, only
+// AccessCommand clients and only to <prefix>/<device>/commands. Telemetry,
+// status, ownership and results under the prefix come from Meridian nodes
+// only, so a key holder cannot forge readings that other nodes would show
+// on their dashboards.
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	h.mu.Lock()
+	a, ok := h.access[cl]
+	h.mu.Unlock()
+	switch {
+	case !ok:
+		return false
+	case a == accessInternal || !write:
+		return true
+	}
+	p := h.b.cfg.TopicPrefix
+	rest, under := strings.CutPrefix(topic, p+"/")
+	if !under {
+		return topic != p
+	}
+	dev, tail, _ := strings.Cut(rest, "/")
+	return a == AccessCommand && tail == "commands" && validDevice(dev)
+}
+
+// redactPackets drops the whole-packet attributes mochi adds to some log
+// lines ("pk", "packet"): a packet can be a CONNECT carrying an API key.
+type redactPackets struct{ h slog.Handler }
+
+func (r redactPackets) Enabled(ctx context.Context, l slog.Level) bool { return r.h.Enabled(ctx, l) }
+
+func (r redactPackets) Handle(ctx context.Context, rec slog.Record) error {
+	out := slog.NewRecord(rec.Time, rec.Level, rec.Message, rec.PC)
+	rec.Attrs(func(a slog.Attr) bool {
+		if a.Key != "pk" && a.Key != "packet" {
+			out.AddAttrs(a)
+		}
+		return true
+	})
+	return r.h.Handle(ctx, out)
+}
+
+func (r redactPackets) WithAttrs(as []slog.Attr) slog.Handler {
+	keep := as[:0:0]
+	for _, a := range as {
+		if a.Key != "pk" && a.Key != "packet" {
+			keep = append(keep, a)
+		}
+	}
+	return redactPackets{r.h.WithAttrs(keep)}
+}
+
+func (r redactPackets) WithGroup(name string) slog.Handler { return redactPackets{r.h.WithGroup(name)} }
