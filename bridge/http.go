@@ -1,11 +1,16 @@
 package bridge
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
 // CommandHandler serves POST /v1/admin/devices/{id}/commands: body
@@ -80,13 +85,87 @@ func (b *Bridge) serveCommand(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	res, got, err := b.await(r.Context(), device, cmd, b.cfg.CommandTimeout)
+	switch {
+	case errors.Is(err, ErrDuplicateID):
+		writeJSON(w, http.StatusConflict, httpError{ID: cmd.ID, Error: "duplicate_id", Detail: err.Error()})
+	case errors.Is(err, ErrOverloaded):
+		writeJSON(w, http.StatusServiceUnavailable, httpError{ID: cmd.ID, Error: "overloaded", Detail: err.Error()})
+	case errors.Is(err, ErrBrokerUnavailable):
+		writeJSON(w, http.StatusServiceUnavailable, httpError{ID: cmd.ID, Error: "broker_unavailable", Detail: err.Error()})
+	case err != nil:
+		// The caller went away; nobody is listening.
+	case got:
+		writeJSON(w, resultStatus(res), res)
+	case cmd.Queue:
+		writeJSON(w, http.StatusAccepted, struct {
+			ID     string `json:"id"`
+			Queued bool   `json:"queued"`
+		}{cmd.ID, true})
+	default:
+		writeJSON(w, http.StatusGatewayTimeout, httpError{ID: cmd.ID, Error: "timeout", Detail: "no result within mqtt.command_timeout"})
+	}
+}
+
+// Errors of Send (and the HTTP endpoint) for commands that could not even
+// be tried.
+var (
+	ErrDuplicateID       = errors.New("a command with this id is already waiting for its result")
+	ErrOverloaded        = errors.New("the MQTT publish queue is full")
+	ErrBrokerUnavailable = errors.New("the device is not on this node and the MQTT broker is unreachable")
+)
+
+// Send delivers a command wherever the device is connected (through the
+// broker when it is on another node) and waits up to wait for its result;
+// it is what the HTTP endpoint does, for Go callers such as the dashboard.
+// An offline device, a busy one or no answer in time come back in
+// CommandResult.Error ("offline", "busy", "timeout", ...); err is for
+// commands that could not be tried. Payloads are MessagePack both ways.
+func (b *Bridge) Send(ctx context.Context, device string, c telemetry.Command, wait time.Duration) (telemetry.CommandResult, error) {
+	cmd := command{ID: c.ID, Name: c.Name}
+	if cmd.ID == "" {
+		cmd.ID = "h-" + randomHex(8)
+	}
+	if err := checkID(cmd.ID); err != nil {
+		return telemetry.CommandResult{}, err
+	}
+	if len(c.Payload) > 0 && !bytes.Equal(c.Payload, []byte{0xc0}) {
+		js, err := msgpackToJSON(c.Payload)
+		if err != nil {
+			return telemetry.CommandResult{}, fmt.Errorf("command payload: %w", err)
+		}
+		cmd.Payload, cmd.JSON = c.Payload, js
+	}
+	res, got, err := b.await(ctx, device, cmd, wait)
+	if err != nil {
+		return telemetry.CommandResult{}, err
+	}
+	out := telemetry.CommandResult{Device: device, ID: cmd.ID}
+	if !got {
+		out.Error = "timeout"
+		return out, nil
+	}
+	out.OK, out.Error = res.OK, res.Error
+	if len(res.Payload) > 0 && !bytes.Equal(bytes.TrimSpace(res.Payload), []byte("null")) {
+		p, err := jsonToMsgpack(res.Payload)
+		if err != nil {
+			out.Error = "bad_payload"
+			return out, nil
+		}
+		out.Payload = p
+	}
+	return out, nil
+}
+
+// await registers a waiter for the command's result, delivers it, and waits
+// up to wait. got is false when no result came in time.
+func (b *Bridge) await(ctx context.Context, device string, cmd command, wait time.Duration) (res resultJSON, got bool, err error) {
 	k := waitKey{device, cmd.ID}
 	ch := make(chan resultJSON, 1)
 	b.mu.Lock()
 	if _, dup := b.waiters[k]; dup {
 		b.mu.Unlock()
-		writeJSON(w, http.StatusConflict, httpError{ID: cmd.ID, Error: "duplicate_id", Detail: "a command with this id is already waiting for its result"})
-		return
+		return res, false, ErrDuplicateID
 	}
 	b.waiters[k] = ch
 	_, here := b.held[device]
@@ -107,32 +186,24 @@ func (b *Bridge) serveCommand(w http.ResponseWriter, r *http.Request) {
 		// delivers it (this one included, if the device connects meanwhile).
 		payload, _ := json.Marshal(commandJSON{ID: cmd.ID, Name: cmd.Name, Payload: cmd.JSON, Queue: cmd.Queue})
 		if !b.sendEvent(outMsg{topic: b.t.commands(device), payload: payload, kind: "command"}) {
-			writeJSON(w, http.StatusServiceUnavailable, httpError{ID: cmd.ID, Error: "overloaded", Detail: "the MQTT publish queue is full"})
-			return
+			return res, false, ErrOverloaded
 		}
 	case b.responsible(device):
 		// No broker, but no other node could answer either.
 		b.dispatch(device, cmd)
 	default:
-		writeJSON(w, http.StatusServiceUnavailable, httpError{ID: cmd.ID, Error: "broker_unavailable", Detail: "the device is not on this node and the MQTT broker is unreachable"})
-		return
+		return res, false, ErrBrokerUnavailable
 	}
 
-	timer := time.NewTimer(b.cfg.CommandTimeout)
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case res := <-ch:
-		writeJSON(w, resultStatus(res), res)
+		return res, true, nil
 	case <-timer.C:
-		if cmd.Queue {
-			writeJSON(w, http.StatusAccepted, struct {
-				ID     string `json:"id"`
-				Queued bool   `json:"queued"`
-			}{cmd.ID, true})
-			return
-		}
-		writeJSON(w, http.StatusGatewayTimeout, httpError{ID: cmd.ID, Error: "timeout", Detail: "no result within mqtt.command_timeout"})
-	case <-r.Context().Done():
+		return res, false, nil
+	case <-ctx.Done():
+		return res, false, ctx.Err()
 	}
 }
 

@@ -102,3 +102,50 @@ func TestCommandHTTP(t *testing.T) {
 		return len(b.queued["d2"]) == 0
 	})
 }
+
+// TestSend: the Go-level Send (used by the dashboard) takes and returns
+// MessagePack payloads and reports offline/timeout in the result.
+func TestSend(t *testing.T) {
+	t.Parallel()
+	url := mqttURL(t)
+	prefix := randomPrefix()
+	clearRetained(t, url, retainedTopics(prefix, []string{"s1", "s2", "s3"}, []string{"n1"})...)
+	cfg := externalConfig(url, prefix, "n1")
+	devs := newFakeDevices()
+	b := startBridge(t, cfg, devs, nil)
+	connect(b, devs, "s1")
+	connect(b, devs, "s3")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case s := <-devs.cmds:
+				if s.device == "s1" {
+					b.Result(telemetry.CommandResult{Device: s.device, ID: s.cmd.ID, OK: true, Payload: s.cmd.Payload})
+				}
+			}
+		}
+	}()
+	payload, _ := msgp.AppendIntf(nil, map[string]any{"level": int64(3)})
+	res, err := b.Send(context.Background(), "s1", telemetry.Command{Name: "set"}, 2*time.Second)
+	if err != nil || !res.OK || res.Error != "" || !strings.HasPrefix(res.ID, "h-") {
+		t.Fatalf("no-payload send: %+v %v", res, err)
+	}
+	res, err = b.Send(context.Background(), "s1", telemetry.Command{ID: "x1", Name: "set", Payload: payload}, 2*time.Second)
+	if err != nil || !res.OK || res.ID != "x1" {
+		t.Fatalf("send: %+v %v", res, err)
+	}
+	v, _, err := msgp.ReadIntfBytes(res.Payload)
+	if m, ok := v.(map[string]any); err != nil || !ok || m["level"] != int64(3) {
+		t.Fatalf("echoed payload %#v %v", v, err)
+	}
+	if res, err := b.Send(context.Background(), "s2", telemetry.Command{Name: "set"}, time.Second); err != nil || res.Error != "offline" {
+		t.Fatalf("offline: %+v %v", res, err)
+	}
+	if res, err := b.Send(context.Background(), "s3", telemetry.Command{Name: "set"}, 300*time.Millisecond); err != nil || res.Error != "timeout" {
+		t.Fatalf("timeout: %+v %v", res, err)
+	}
+}
