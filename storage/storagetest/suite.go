@@ -674,8 +674,8 @@ func testQueryMaxRows(t *testing.T, newStore NewStore) {
 		}
 	}
 	// Types: counts are integers, values floats, NULL is nil, text is string.
-	res := mustQuery(t, b, "SELECT count(*) AS n, max(value) AS hi, NULL AS nothing, 'x' AS s FROM telemetry")
-	if want := []string{"n", "hi", "nothing", "s"}; !slices.Equal(res.Columns, want) {
+	res := mustQuery(t, b, "SELECT count(*) AS n, max(value) AS hi, NULL AS empty_value, 'x' AS s FROM telemetry")
+	if want := []string{"n", "hi", "empty_value", "s"}; !slices.Equal(res.Columns, want) {
 		t.Fatalf("columns %v, want %v", res.Columns, want)
 	}
 	row := res.Rows[0]

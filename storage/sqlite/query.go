@@ -1,0 +1,350 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	sqlite3 "github.com/ncruces/go-sqlite3"
+	"github.com/ncruces/go-sqlite3/driver"
+
+	"github.com/meridian-iot/meridian/storage"
+)
+
+const (
+	defaultQueryTimeout = 10 * time.Second
+	defaultQueryRows    = 10000
+	defaultSeriesPoints = 1000
+)
+
+// withReader runs f on a read-only connection with ctx wired to
+// sqlite3_interrupt, so a deadline stops a running statement.
+func (s *Store) withReader(ctx context.Context, f func(c *sqlite3.Conn) error) error {
+	conn, err := s.r.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("get a read connection: %w", err)
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		c := dc.(driver.Conn).Raw()
+		// Ad-hoc SQL must not reach other files: ATTACH passes SQLite's
+		// read-only statement check.
+		c.Limit(sqlite3.LIMIT_ATTACHED, 0)
+		old := c.SetInterrupt(ctx)
+		defer c.SetInterrupt(old)
+		err := f(c)
+		if !c.GetAutocommit() {
+			// A BEGIN in ad-hoc SQL: do not pool a connection stuck in it.
+			c.SetInterrupt(context.Background())
+			if rerr := c.Exec("ROLLBACK"); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+		}
+		return err
+	})
+}
+
+// Query runs one read-only SQL statement on a read-only connection
+// (mode=ro, query_only), with a timeout (interrupting the statement) and a
+// row cap. A statement that would write fails with storage.ErrReadOnly
+// before it runs.
+func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) (storage.QueryResult, error) {
+	var res storage.QueryResult
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = defaultQueryTimeout
+	}
+	maxRows := opts.MaxRows
+	if maxRows <= 0 {
+		maxRows = defaultQueryRows
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := s.withReader(ctx, func(c *sqlite3.Conn) error {
+		if err := c.SetAuthorizer(readOnlyAuthorizer); err != nil {
+			return err
+		}
+		defer c.SetAuthorizer(nil)
+		st, tail, err := c.Prepare(q)
+		if errors.Is(err, sqlite3.AUTH) {
+			return fmt.Errorf("%w: %v", storage.ErrReadOnly, err)
+		}
+		if err != nil {
+			return err
+		}
+		if st == nil {
+			return errors.New("empty statement")
+		}
+		defer st.Close()
+		if strings.TrimSpace(tail) != "" {
+			// The tail may be only comments; then preparing it gives nil.
+			extra, _, err := c.Prepare(tail)
+			if err != nil || extra != nil {
+				extra.Close()
+				return errors.New("only one statement may be run at a time")
+			}
+		}
+		if !st.ReadOnly() {
+			return storage.ErrReadOnly
+		}
+		n := st.ColumnCount()
+		res.Columns = make([]string, n)
+		for i := range n {
+			res.Columns[i] = st.ColumnName(i)
+		}
+		res.Rows = [][]any{}
+		for st.Step() {
+			if len(res.Rows) == maxRows {
+				res.Truncated = true
+				break
+			}
+			row := make([]any, n)
+			for i := range n {
+				switch st.ColumnType(i) {
+				case sqlite3.INTEGER:
+					row[i] = st.ColumnInt64(i)
+				case sqlite3.FLOAT:
+					row[i] = st.ColumnFloat(i)
+				case sqlite3.TEXT:
+					row[i] = st.ColumnText(i)
+				case sqlite3.BLOB:
+					row[i] = st.ColumnBlob(i, nil)
+				default:
+					row[i] = nil
+				}
+			}
+			res.Rows = append(res.Rows, row)
+		}
+		if err := st.Err(); err != nil {
+			if errors.Is(err, sqlite3.READONLY) {
+				return errors.Join(storage.ErrReadOnly, err)
+			}
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, sqlite3.INTERRUPT) {
+			err = fmt.Errorf("statement timeout (%s): %w", timeout, ctx.Err())
+		}
+		return storage.QueryResult{}, fmt.Errorf("query: %w", err)
+	}
+	return res, nil
+}
+
+// readOnlyAuthorizer admits what a read-only query needs and nothing else,
+// on top of the read-only connection and SQLite's own statement check:
+// no DDL or DML (temp tables included), no ATTACH, no transactions left
+// open on a pooled connection, no PRAGMA that changes a setting.
+func readOnlyAuthorizer(action sqlite3.AuthorizerActionCode, name3rd, name4th, _, _ string) sqlite3.AuthorizerReturnCode {
+	switch action {
+	case sqlite3.AUTH_SELECT, sqlite3.AUTH_READ, sqlite3.AUTH_FUNCTION, sqlite3.AUTH_RECURSIVE:
+		return sqlite3.AUTH_OK
+	case sqlite3.AUTH_PRAGMA:
+		name := strings.ToLower(name3rd)
+		if name4th == "" {
+			switch name {
+			case "optimize", "wal_checkpoint", "incremental_vacuum", "shrink_memory":
+				return sqlite3.AUTH_DENY
+			}
+			return sqlite3.AUTH_OK // reads a setting
+		}
+		switch name {
+		case "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+			"foreign_key_list", "foreign_key_check", "integrity_check", "quick_check":
+			return sqlite3.AUTH_OK // argument names what to inspect
+		}
+		return sqlite3.AUTH_DENY
+	}
+	return sqlite3.AUTH_DENY
+}
+
+// Series answers /v1/series: the raw readings when at most Points of them
+// fall in [From, To), otherwise at most Points buckets with min, max, avg,
+// last and count, built from the coarsest source that resolves them (1h
+// rollup, 1m rollup or raw readings). Rollups are used up to the last
+// refresh and raw readings after it, so the newest bucket is current.
+func (s *Store) Series(ctx context.Context, req storage.SeriesRequest) (storage.Series, error) {
+	out := storage.Series{Device: req.Device, Metric: req.Metric, Source: "raw", Points: []storage.SeriesPoint{}}
+	if !req.To.After(req.From) {
+		return out, fmt.Errorf("series: to (%s) must be after from (%s)", req.To.Format(time.RFC3339), req.From.Format(time.RFC3339))
+	}
+	points := req.Points
+	if points <= 0 {
+		points = defaultSeriesPoints
+	}
+	s.mu.RLock()
+	dev, okD := s.deviceIDs[req.Device]
+	met, okM := s.metricIDs[req.Metric]
+	s.mu.RUnlock()
+	if !okD || !okM {
+		return out, nil
+	}
+	from, to := req.From.UnixMilli(), req.To.UnixMilli()
+	err := s.withReader(ctx, func(c *sqlite3.Conn) error {
+		raw, complete, err := readRaw(c, dev, met, from, to, points+1)
+		if err != nil {
+			return err
+		}
+		if complete && len(raw) <= points {
+			for _, p := range raw {
+				tm := time.UnixMilli(p.t).UTC()
+				out.Points = append(out.Points, storage.SeriesPoint{Time: tm, Min: p.v, Max: p.v, Avg: p.v, Last: p.v, Count: 1})
+			}
+			return nil
+		}
+		return s.bucketed(c, dev, met, from, to, points, &out)
+	})
+	if err != nil {
+		return storage.Series{}, fmt.Errorf("series %s/%s: %w", req.Device, req.Metric, err)
+	}
+	return out, nil
+}
+
+type rawPoint struct {
+	t int64
+	v float64
+}
+
+// readRaw reads up to limit readings; complete is false when it stopped at
+// the limit.
+func readRaw(c *sqlite3.Conn, dev, met, from, to int64, limit int) ([]rawPoint, bool, error) {
+	st, _, err := c.Prepare(`SELECT t_ms, value FROM readings
+		WHERE device_id = ? AND t_ms >= ? AND t_ms < ? AND metric_id = ? ORDER BY t_ms LIMIT ?`)
+	if err != nil {
+		return nil, false, err
+	}
+	defer st.Close()
+	st.BindInt64(1, dev)
+	st.BindInt64(2, from)
+	st.BindInt64(3, to)
+	st.BindInt64(4, met)
+	st.BindInt64(5, int64(limit))
+	var out []rawPoint
+	for st.Step() {
+		out = append(out, rawPoint{st.ColumnInt64(0), st.ColumnFloat(1)})
+	}
+	if err := st.Err(); err != nil {
+		return nil, false, err
+	}
+	return out, len(out) < limit, nil
+}
+
+// bucketed fills out with at most points buckets. Buckets start at from
+// rounded down to the source's width, and the width is a multiple of it
+// chosen so that ceil((to - origin) / width) <= points.
+func (s *Store) bucketed(c *sqlite3.Conn, dev, met, from, to int64, points int, out *storage.Series) error {
+	span := to - from
+	srcWidth, source := int64(1), "raw"
+	switch per := span / int64(points); {
+	case per >= hourMs:
+		srcWidth, source = hourMs, "1h"
+	case per >= minuteMs:
+		srcWidth, source = minuteMs, "1m"
+	}
+	origin := floorDiv(from, srcWidth) * srcWidth
+	width := ceilTo(ceilDiv(to-origin, int64(points)), srcWidth)
+	out.Source = source
+	out.Bucket = time.Duration(width) * time.Millisecond
+
+	var aggs []*bucketAgg
+	fold := func(bucketStart, t int64, min, max, sum float64, count int64, last float64) {
+		b := origin + floorDiv(bucketStart-origin, width)*width
+		var a *bucketAgg
+		if n := len(aggs); n > 0 && aggs[n-1].bucket == b {
+			a = aggs[n-1]
+		} else {
+			a = &bucketAgg{bucket: b, min: math.Inf(1), max: math.Inf(-1), lastT: math.MinInt64}
+			aggs = append(aggs, a)
+		}
+		a.min = math.Min(a.min, min)
+		a.max = math.Max(a.max, max)
+		a.sum += sum
+		a.count += count
+		if t >= a.lastT {
+			a.last, a.lastT = last, t
+		}
+	}
+
+	// Rollup rows are final for buckets wholly before the last refresh;
+	// later readings come from the raw table.
+	rawFrom := from
+	if source != "raw" {
+		refreshed, err := s.refreshedTo(c)
+		if err != nil {
+			return err
+		}
+		split := min(floorDiv(refreshed, srcWidth)*srcWidth, to)
+		if split > origin {
+			table := "rollup_1m"
+			if source == "1h" {
+				table = "rollup_1h"
+			}
+			// table is one of two constants above, never input.
+			st, _, err := c.Prepare(`SELECT bucket, min, max, sum, count, last, last_t FROM ` + table + `
+				WHERE device_id = ? AND metric_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket`)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			st.BindInt64(1, dev)
+			st.BindInt64(2, met)
+			st.BindInt64(3, origin)
+			st.BindInt64(4, split)
+			for st.Step() {
+				fold(st.ColumnInt64(0), st.ColumnInt64(6), st.ColumnFloat(1), st.ColumnFloat(2), st.ColumnFloat(3), st.ColumnInt64(4), st.ColumnFloat(5))
+			}
+			if err := st.Err(); err != nil {
+				return err
+			}
+			rawFrom = max(from, split)
+		}
+	}
+	if rawFrom < to {
+		st, _, err := c.Prepare(`SELECT t_ms, value FROM readings
+			WHERE device_id = ? AND t_ms >= ? AND t_ms < ? AND metric_id = ? ORDER BY t_ms`)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		st.BindInt64(1, dev)
+		st.BindInt64(2, rawFrom)
+		st.BindInt64(3, to)
+		st.BindInt64(4, met)
+		for st.Step() {
+			t, v := st.ColumnInt64(0), st.ColumnFloat(1)
+			fold(t, t, v, v, v, 1, v)
+		}
+		if err := st.Err(); err != nil {
+			return err
+		}
+	}
+	for _, a := range aggs {
+		out.Points = append(out.Points, storage.SeriesPoint{
+			Time: time.UnixMilli(a.bucket).UTC(), Min: a.min, Max: a.max,
+			Avg: a.sum / float64(a.count), Last: a.last, Count: a.count,
+		})
+	}
+	return nil
+}
+
+// refreshedTo reads how far the rollups are complete (Unix ms);
+// math.MinInt64 when they were never refreshed.
+func (s *Store) refreshedTo(c *sqlite3.Conn) (int64, error) {
+	st, _, err := c.Prepare(`SELECT CAST(value AS INTEGER) FROM meridian_meta WHERE key = ?`)
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	st.BindText(1, metaRefreshedTo)
+	v := int64(math.MinInt64)
+	if st.Step() {
+		v = st.ColumnInt64(0)
+	}
+	return v, st.Err()
+}
+
+func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
