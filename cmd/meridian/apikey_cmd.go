@@ -1,0 +1,117 @@
+//go:build wiring
+
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-iot/meridian/devices"
+	"github.com/meridian-iot/meridian/storage"
+)
+
+func newAPIKeyCmd(stdout, stderr io.Writer) *cobra.Command {
+	var rf registryFlags
+	cmd := &cobra.Command{
+		Use:   "apikey",
+		Short: "Manage operator API keys: add, list, revoke",
+		Long: `Manage operator API keys. Role "admin" may change everything; "viewer" may
+read devices, query, series, the dashboard and its live feed.
+
+` + devicesHelp + `
+
+Working on the store directly is also how to get back in when no admin key is
+left: meridian apikey add --role admin.`,
+	}
+	rf.register(cmd)
+	run := func(fn func(*cobra.Command, registryOps, []string) error) func(*cobra.Command, []string) error {
+		return func(c *cobra.Command, args []string) error {
+			return rf.withRegistry(c, stderr, func(r registryOps) error { return fn(c, r, args) })
+		}
+	}
+	var (
+		name, role string
+		asJSON     bool
+	)
+
+	add := &cobra.Command{
+		Use:   "add --role admin|viewer [--name NAME]",
+		Short: "Create an API key and print it (shown only once)",
+		Long: `Create an API key and print it on stdout, alone, so it can be captured:
+
+  export MERIDIAN_API_KEY=$(meridian apikey add --role admin --name ops)
+
+The key is stored only as a hash: save it now.`,
+		Args: cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if role != devices.RoleAdmin && role != devices.RoleViewer {
+				return usageError{fmt.Errorf("--role: must be admin or viewer, got %q", role)}
+			}
+			return nil
+		},
+		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
+			k, secret, err := r.AddAPIKey(c.Context(), name, role)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(stdout, map[string]any{"apikey": k, "key": secret})
+			}
+			fmt.Fprintf(stderr, "%s key %s created; it is shown only this once:\n", k.Role, k.ID)
+			_, err = fmt.Fprintln(stdout, secret)
+			return err
+		}),
+	}
+	add.Flags().StringVar(&role, "role", "", "admin or viewer (required)")
+	add.Flags().StringVar(&name, "name", "", "who or what the key is for")
+	add.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of the bare key")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List API keys (ids, names, roles; never the secrets)",
+		Args:  cobra.NoArgs,
+		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
+			ks, err := r.ListAPIKeys(c.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if ks == nil {
+					ks = []storage.APIKey{}
+				}
+				return printJSON(stdout, ks)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tROLE\tNAME\tCREATED\tREVOKED")
+			for _, k := range ks {
+				revoked := "-"
+				if k.RevokedAt != nil {
+					revoked = k.RevokedAt.UTC().Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Role, k.Name, k.CreatedAt.UTC().Format(time.RFC3339), revoked)
+			}
+			return tw.Flush()
+		}),
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+
+	revoke := &cobra.Command{
+		Use:   "revoke <id>",
+		Short: "Revoke an API key now (the last active admin key cannot be revoked)",
+		Args:  oneID("API key id"),
+		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+			if err := r.RevokeAPIKey(c.Context(), args[0]); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(stdout, "API key %s revoked\n", args[0])
+			return err
+		}),
+	}
+
+	cmd.AddCommand(add, list, revoke)
+	return cmd
+}

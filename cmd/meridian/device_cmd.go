@@ -1,0 +1,561 @@
+//go:build wiring
+
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-iot/meridian/devices"
+	"github.com/meridian-iot/meridian/storage"
+)
+
+// registryOps is what the device and apikey commands do. Two implementations:
+// the devices.Service on the configured store (direct), and the admin API of
+// a running server (--server). Both answer the same shapes, so the commands
+// print the same thing either way.
+type registryOps interface {
+	AddDevice(ctx context.Context, id, name string, labels map[string]string) (storage.Device, string, error)
+	ListDevices(ctx context.Context, labels map[string]string) ([]deviceRow, error)
+	Device(ctx context.Context, id string) (deviceRow, []storage.Session, error)
+	SetEnabled(ctx context.Context, id string, enabled bool) error
+	RotateToken(ctx context.Context, id string) (string, error)
+	RevokeTokens(ctx context.Context, id string) error
+	DeleteDevice(ctx context.Context, id string, purge bool) error
+	AddAPIKey(ctx context.Context, name, role string) (storage.APIKey, string, error)
+	ListAPIKeys(ctx context.Context) ([]storage.APIKey, error)
+	RevokeAPIKey(ctx context.Context, id string) error
+}
+
+// deviceRow is a device as the commands show it; Online is nil when unknown.
+type deviceRow struct {
+	storage.Device
+	Online *bool `json:"online,omitempty"`
+}
+
+// registryFlags are shared by `device` and `apikey`: where to send the
+// operations.
+type registryFlags struct {
+	server string
+	apiKey string
+}
+
+func (f *registryFlags) register(cmd *cobra.Command) {
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.server, "server", "", "base URL of a running server's admin API, e.g. http://localhost:8470 (env MERIDIAN_SERVER); empty works directly on the configured store")
+	pf.StringVar(&f.apiKey, "api-key", "", "API key for --server (prefer env MERIDIAN_API_KEY: flags show in ps)")
+}
+
+// open returns the registry to use and a function that releases it. With
+// --server (or MERIDIAN_SERVER) the admin API is used: live sessions are
+// closed at once on disable, revoke and delete. Otherwise the configured
+// store is opened directly: this works with no server running, but a server
+// that is running only notices at the device's next authentication.
+func (f *registryFlags) open(c *cobra.Command, stderr io.Writer) (registryOps, func() error, error) {
+	server := cmp.Or(f.server, os.Getenv("MERIDIAN_SERVER"))
+	if server != "" {
+		key := cmp.Or(f.apiKey, os.Getenv("MERIDIAN_API_KEY"))
+		if key == "" {
+			return nil, nil, usageError{errors.New("--server needs an API key: set MERIDIAN_API_KEY or --api-key")}
+		}
+		u, err := url.Parse(server)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, nil, usageError{fmt.Errorf("--server: must be an http:// or https:// URL, got %q", server)}
+		}
+		return &adminClient{base: strings.TrimRight(server, "/"), key: key, hc: &http.Client{Timeout: 30 * time.Second}},
+			func() error { return nil }, nil
+	}
+	cfg, err := loadConfig(c.Flags())
+	if err != nil {
+		return nil, nil, err
+	}
+	// A CLI command's own chatter (store ready, device added) would bury
+	// its output; warnings and errors still show.
+	if cfg.Server.LogLevel == "info" {
+		cfg.Server.LogLevel = "warn"
+	}
+	log := newLogger(cfg.Server, stderr)
+	st, err := openStore(c.Context(), cfg, cfg.Storage.Migrate, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := st.waitReady(c.Context()); err != nil {
+		return nil, nil, errors.Join(fmt.Errorf("%s store at %s: %w", st.kind, st.where, err), st.Close())
+	}
+	svc := devices.NewService(st, cfg.Devices, log.With("component", "devices"))
+	return localRegistry{svc}, st.Close, nil
+}
+
+// withRegistry runs fn on the registry and closes it, joining errors.
+func (f *registryFlags) withRegistry(c *cobra.Command, stderr io.Writer, fn func(registryOps) error) (err error) {
+	reg, closeFn, err := f.open(c, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := closeFn(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close store: %w", cerr))
+		}
+	}()
+	return fn(reg)
+}
+
+// localRegistry adapts devices.Service. Without a server's session registry,
+// "online" is read from the session history: a session with no end.
+type localRegistry struct{ *devices.Service }
+
+func (l localRegistry) ListDevices(ctx context.Context, labels map[string]string) ([]deviceRow, error) {
+	ds, err := l.Service.ListDevices(ctx, labels)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]deviceRow, len(ds))
+	for i, d := range ds {
+		_, sess, err := l.Service.Device(ctx, d.ID)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return nil, err
+		}
+		rows[i] = deviceRow{Device: d, Online: openSession(sess)}
+	}
+	return rows, nil
+}
+
+func (l localRegistry) Device(ctx context.Context, id string) (deviceRow, []storage.Session, error) {
+	d, sess, err := l.Service.Device(ctx, id)
+	if err != nil {
+		return deviceRow{}, nil, err
+	}
+	return deviceRow{Device: d, Online: openSession(sess)}, sess, nil
+}
+
+func openSession(sess []storage.Session) *bool {
+	on := len(sess) > 0 && sess[0].EndedAt == nil
+	return &on
+}
+
+// adminClient speaks the admin API (docs/api.md).
+type adminClient struct {
+	base string
+	key  string
+	hc   *http.Client
+}
+
+// do sends one request and decodes a 2xx JSON answer into out (may be nil).
+func (a *adminClient) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.base+path, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+a.key)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Error string }
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(data))
+		}
+		return fmt.Errorf("server answered %d: %s", resp.StatusCode, e.Error)
+	}
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+func devPath(id string, rest ...string) string {
+	return "/v1/admin/devices/" + url.PathEscape(id) + strings.Join(rest, "")
+}
+
+func (a *adminClient) AddDevice(ctx context.Context, id, name string, labels map[string]string) (storage.Device, string, error) {
+	var out struct {
+		Device storage.Device `json:"device"`
+		Token  string         `json:"token"`
+	}
+	err := a.do(ctx, "POST", "/v1/admin/devices", map[string]any{"id": id, "name": name, "labels": labels}, &out)
+	return out.Device, out.Token, err
+}
+
+func (a *adminClient) ListDevices(ctx context.Context, labels map[string]string) ([]deviceRow, error) {
+	q := url.Values{}
+	for k, v := range labels {
+		q.Add("label", k+"="+v)
+	}
+	path := "/v1/admin/devices"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out struct {
+		Devices []deviceRow `json:"devices"`
+	}
+	err := a.do(ctx, "GET", path, nil, &out)
+	return out.Devices, err
+}
+
+func (a *adminClient) Device(ctx context.Context, id string) (deviceRow, []storage.Session, error) {
+	var out struct {
+		Device   deviceRow         `json:"device"`
+		Sessions []storage.Session `json:"sessions"`
+	}
+	err := a.do(ctx, "GET", devPath(id), nil, &out)
+	return out.Device, out.Sessions, err
+}
+
+func (a *adminClient) SetEnabled(ctx context.Context, id string, enabled bool) error {
+	action := "/disable"
+	if enabled {
+		action = "/enable"
+	}
+	return a.do(ctx, "POST", devPath(id, action), nil, nil)
+}
+
+func (a *adminClient) RotateToken(ctx context.Context, id string) (string, error) {
+	var out struct {
+		Token string `json:"token"`
+	}
+	err := a.do(ctx, "POST", devPath(id, "/rotate-token"), nil, &out)
+	return out.Token, err
+}
+
+func (a *adminClient) RevokeTokens(ctx context.Context, id string) error {
+	return a.do(ctx, "POST", devPath(id, "/revoke-tokens"), nil, nil)
+}
+
+func (a *adminClient) DeleteDevice(ctx context.Context, id string, purge bool) error {
+	path := devPath(id)
+	if purge {
+		path += "?purge=true"
+	}
+	return a.do(ctx, "DELETE", path, nil, nil)
+}
+
+func (a *adminClient) AddAPIKey(ctx context.Context, name, role string) (storage.APIKey, string, error) {
+	var out struct {
+		APIKey storage.APIKey `json:"apikey"`
+		Key    string         `json:"key"`
+	}
+	err := a.do(ctx, "POST", "/v1/admin/apikeys", map[string]string{"name": name, "role": role}, &out)
+	return out.APIKey, out.Key, err
+}
+
+func (a *adminClient) ListAPIKeys(ctx context.Context) ([]storage.APIKey, error) {
+	var out struct {
+		APIKeys []storage.APIKey `json:"apikeys"`
+	}
+	err := a.do(ctx, "GET", "/v1/admin/apikeys", nil, &out)
+	return out.APIKeys, err
+}
+
+func (a *adminClient) RevokeAPIKey(ctx context.Context, id string) error {
+	return a.do(ctx, "DELETE", "/v1/admin/apikeys/"+url.PathEscape(id), nil, nil)
+}
+
+// parseLabelFlags turns repeated --label k=v into a map.
+func parseLabelFlags(list []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, l := range list {
+		k, v, err := devices.ParseLabel(l)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--label: must be key=value, got %q", l)}
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func oneID(what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return usageError{fmt.Errorf("expected exactly one %s, got %d arguments", what, len(args))}
+		}
+		return nil
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+const devicesHelp = `Without --server the command works directly on the configured store (the
+same config, env and flags as serve): it needs no running server, but a running
+server closes a disabled, revoked or deleted device's live session only when the
+device next authenticates. With --server (or MERIDIAN_SERVER) it calls that
+server's admin API with MERIDIAN_API_KEY, and live sessions close at once.`
+
+func newDeviceCmd(stdout, stderr io.Writer) *cobra.Command {
+	var rf registryFlags
+	cmd := &cobra.Command{
+		Use:   "device",
+		Short: "Manage devices: add, list, show, disable, enable, rotate-token, revoke-tokens, delete",
+		Long:  "Manage the device registry.\n\n" + devicesHelp,
+	}
+	rf.register(cmd)
+	run := func(fn func(*cobra.Command, registryOps, []string) error) func(*cobra.Command, []string) error {
+		return func(c *cobra.Command, args []string) error {
+			return rf.withRegistry(c, stderr, func(r registryOps) error { return fn(c, r, args) })
+		}
+	}
+
+	var (
+		name     string
+		labels   []string
+		labelMap map[string]string
+		asJSON   bool
+		purge    bool
+		jsonHelp = "print JSON instead of text"
+	)
+
+	add := &cobra.Command{
+		Use:   "add <id>",
+		Short: "Register a device and print its token (shown only once)",
+		Long: `Register a device and print its token on stdout, alone, so it can be captured:
+
+  TOKEN=$(meridian device add boiler-7 --label site=north)
+
+The token is stored only as a hash: save it now. Use "" as the id to have one
+generated (dev-<12 hex digits>).`,
+		Args: oneID("device id"),
+		PreRunE: func(*cobra.Command, []string) (err error) {
+			labelMap, err = parseLabelFlags(labels)
+			return err
+		},
+		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+			d, tok, err := r.AddDevice(c.Context(), args[0], name, labelMap)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(stdout, map[string]any{"device": d, "token": tok})
+			}
+			fmt.Fprintf(stderr, "device %s added; its token is shown only this once:\n", d.ID)
+			_, err = fmt.Fprintln(stdout, tok)
+			return err
+		}),
+	}
+	add.Flags().StringVar(&name, "name", "", "display name (default: the id)")
+	add.Flags().StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
+	add.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List devices: state, online, last seen, labels",
+		Args:  cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) (err error) {
+			labelMap, err = parseLabelFlags(labels)
+			return err
+		},
+		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
+			rows, err := r.ListDevices(c.Context(), labelMap)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if rows == nil {
+					rows = []deviceRow{}
+				}
+				return printJSON(stdout, rows)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tONLINE\tLAST SEEN\tLABELS")
+			for _, d := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Name, stateText(d.Enabled), onlineText(d.Online), seenText(d.LastSeen), labelText(d.Labels))
+			}
+			return tw.Flush()
+		}),
+	}
+	list.Flags().StringArrayVar(&labels, "label", nil, "only devices with label key=value (repeatable: all must match)")
+	list.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+
+	show := &cobra.Command{
+		Use:   "show <id>",
+		Short: "Show a device and its recent sessions",
+		Args:  oneID("device id"),
+		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+			d, sess, err := r.Device(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if sess == nil {
+					sess = []storage.Session{}
+				}
+				return printJSON(stdout, map[string]any{"device": d, "sessions": sess})
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintf(tw, "id:\t%s\n", d.ID)
+			fmt.Fprintf(tw, "name:\t%s\n", d.Name)
+			fmt.Fprintf(tw, "state:\t%s\n", stateText(d.Enabled))
+			fmt.Fprintf(tw, "online:\t%s\n", onlineText(d.Online))
+			fmt.Fprintf(tw, "created:\t%s\n", d.CreatedAt.UTC().Format(time.RFC3339))
+			fmt.Fprintf(tw, "last seen:\t%s\n", seenText(d.LastSeen))
+			fmt.Fprintf(tw, "acked seq:\t%d\n", d.Acked)
+			fmt.Fprintf(tw, "labels:\t%s\n", labelText(d.Labels))
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(sess) == 0 {
+				_, err := fmt.Fprintln(stdout, "\nno sessions recorded")
+				return err
+			}
+			fmt.Fprintln(stdout, "\nrecent sessions:")
+			tw = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "STARTED\tENDED\tTRANSPORT\tNODE\tREMOTE\tREADINGS\tCLOSE REASON")
+			for _, s := range sess {
+				ended := "(open)"
+				if s.EndedAt != nil {
+					ended = s.EndedAt.UTC().Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.StartedAt.UTC().Format(time.RFC3339), ended,
+					s.Transport, s.Node, s.RemoteAddr, s.Readings, s.CloseReason)
+			}
+			return tw.Flush()
+		}),
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+
+	setEnabled := func(use string, enabled bool, short string) *cobra.Command {
+		return &cobra.Command{
+			Use:   use + " <id>",
+			Short: short,
+			Args:  oneID("device id"),
+			RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+				if err := r.SetEnabled(c.Context(), args[0], enabled); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(stdout, "device %s %sd\n", args[0], use)
+				return err
+			}),
+		}
+	}
+
+	rotate := &cobra.Command{
+		Use:   "rotate-token <id>",
+		Short: "Issue a new token (printed once); old tokens keep working for devices.token_grace",
+		Args:  oneID("device id"),
+		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+			tok, err := r.RotateToken(c.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(stdout, map[string]any{"device": args[0], "token": tok})
+			}
+			fmt.Fprintf(stderr, "new token for %s, shown only this once (previous tokens expire after devices.token_grace):\n", args[0])
+			_, err = fmt.Fprintln(stdout, tok)
+			return err
+		}),
+	}
+	rotate.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+
+	revoke := &cobra.Command{
+		Use:   "revoke-tokens <id>",
+		Short: "Invalidate every token of a device now (then rotate-token gives it a new one)",
+		Args:  oneID("device id"),
+		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+			if err := r.RevokeTokens(c.Context(), args[0]); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(stdout, "all tokens of %s revoked\n", args[0])
+			return err
+		}),
+	}
+
+	del := &cobra.Command{
+		Use:   "delete <id>",
+		Short: "Delete a device; its readings are kept unless --purge",
+		Args:  oneID("device id"),
+		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+			if err := r.DeleteDevice(c.Context(), args[0], purge); err != nil {
+				return err
+			}
+			what := "readings kept"
+			if purge {
+				what = "readings purged"
+			}
+			_, err := fmt.Fprintf(stdout, "device %s deleted (%s)\n", args[0], what)
+			return err
+		}),
+	}
+	del.Flags().BoolVar(&purge, "purge", false, "also delete the device's readings")
+
+	cmd.AddCommand(add, list, show,
+		setEnabled("disable", false, "Disable a device: its tokens stop working and its session is closed"),
+		setEnabled("enable", true, "Enable a disabled device"),
+		rotate, revoke, del)
+	return cmd
+}
+
+func stateText(enabled bool) string {
+	if enabled {
+		return "enabled"
+	}
+	return "disabled"
+}
+
+func onlineText(on *bool) string {
+	switch {
+	case on == nil:
+		return "?"
+	case *on:
+		return "online"
+	}
+	return "offline"
+}
+
+func seenText(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func labelText(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// storeWait bounds how long the one-shot commands (migrate, query) wait for
+// an unreachable database before giving up with its last error.
+const storeWait = 30 * time.Second
+
+func newMigrateCmd(stdout, stderr io.Writer) *cobra.Command {
+	var status bool
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply pending schema migrations (or show them with --status)",
+		Long: `Apply the schema migrations embedded in this binary to the configured store.
+Safe to run on several nodes at once: a database lock serialises them.
+serve also migrates at start unless storage.migrate is false.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(c.Flags())
+			if err != nil {
+				return err
+			}
+			return migrate(c.Context(), cfg, status, stdout, cliLogger(cfg.Server, stderr))
+		},
+	}
+	cmd.Flags().BoolVar(&status, "status", false, "show the current and latest schema version, mode and pending migrations; change nothing")
+	return cmd
+}
+
+func migrate(ctx context.Context, cfg Config, statusOnly bool, out io.Writer, log *slog.Logger) (err error) {
+	// --status must not change the database; otherwise the store may
+	// migrate as it opens (sqlite does, postgres in the background) and
+	// Migrate below waits for it or does it.
+	st, err := openStore(ctx, cfg, !statusOnly, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := st.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close store: %w", cerr)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, storeWait)
+	defer cancel()
+
+	if !statusOnly {
+		if err := st.Migrate(ctx); err != nil {
+			return fmt.Errorf("migrate %s store at %s: %w", st.kind, st.where, err)
+		}
+	}
+	s, err := st.status(ctx)
+	if err != nil {
+		return fmt.Errorf("read migration status of %s store at %s: %w", st.kind, st.where, err)
+	}
+	printStatus(out, st.where, s)
+	if s.TooNew {
+		return fmt.Errorf("database schema %d is newer than this binary's %d: upgrade meridian", s.Current, s.Latest)
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, where string, s migrateStatus) {
+	pending := "none"
+	if len(s.Pending) > 0 {
+		pending = strings.Join(s.Pending, ", ")
+	}
+	fmt.Fprintf(w, "store:    %s at %s\nmode:     %s\ncurrent:  %d\nlatest:   %d\npending:  %s\n",
+		s.Backend, where, s.Mode, s.Current, s.Latest, pending)
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meridian-iot/meridian/storage"
+)
+
+func newQueryCmd(stdout, stderr io.Writer) *cobra.Command {
+	var (
+		format  string
+		timeout time.Duration
+		maxRows int
+	)
+	cmd := &cobra.Command{
+		Use:   `query "SELECT ..."`,
+		Short: "Run one read-only SQL statement against the store (docs/sql.md)",
+		Long: `Run one read-only SQL statement against the configured store and print the
+result. The statement runs in a read-only transaction with a statement
+timeout and a row cap; see docs/sql.md for the tables and example queries.`,
+		Example: `  meridian query "SELECT device, metric, max(time) FROM telemetry GROUP BY 1, 2"
+  meridian query --format csv "SELECT * FROM telemetry_1h WHERE bucket > now() - interval '1 day'"`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{fmt.Errorf("query takes exactly one SQL statement (quote it), got %d arguments", len(args))}
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) (err error) {
+			write, ok := resultWriters[format]
+			if !ok {
+				return usageError{fmt.Errorf("--format: must be table, json or csv, got %q", format)}
+			}
+			cfg, err := loadConfig(c.Flags())
+			if err != nil {
+				return err
+			}
+			// Never migrate from a read command; a store that is not
+			// migrated says so through waitReady.
+			st, err := openStore(c.Context(), cfg, false, cliLogger(cfg.Server, stderr))
+			if err != nil {
+				return err
+			}
+			defer func() {
+				if cerr := st.Close(); cerr != nil && err == nil {
+					err = fmt.Errorf("close store: %w", cerr)
+				}
+			}()
+			wctx, cancel := context.WithTimeout(c.Context(), storeWait)
+			defer cancel()
+			// An unmigrated store would never become ready; say so at once.
+			if ms, err := st.status(wctx); err == nil && ms.Current < ms.Latest {
+				return fmt.Errorf("%s store at %s is at schema version %d, this binary needs %d: run `meridian migrate` (or `meridian serve`) first",
+					st.kind, st.where, ms.Current, ms.Latest)
+			}
+			if err := st.waitReady(wctx); err != nil {
+				return fmt.Errorf("%s store at %s: %w", st.kind, st.where, err)
+			}
+			res, err := st.Query(c.Context(), args[0], storage.QueryOptions{Timeout: timeout, MaxRows: maxRows})
+			if err != nil {
+				return err // the backend says "query: ..."
+			}
+			if err := write(stdout, res); err != nil {
+				return fmt.Errorf("write result: %w", err)
+			}
+			if res.Truncated && format != "json" {
+				fmt.Fprintf(stderr, "meridian: result truncated at %d rows (--max-rows)\n", len(res.Rows))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "table", "output format: table, json or csv")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "statement timeout (0: the store's default, 10s)")
+	cmd.Flags().IntVar(&maxRows, "max-rows", 0, "row cap (0: the store's default, 10000)")
+	return cmd
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/meridian-iot/meridian/storage"
+)
+
+func TestResultWriters(t *testing.T) {
+	res := storage.QueryResult{
+		Columns: []string{"device", "n", "avg", "seen", "note"},
+		Rows: [][]any{
+			{"boiler-1", int64(12), 21.5, time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC), nil},
+			{"pump", int64(3), 1e-7, time.Date(2026, 11, 27, 8, 0, 1, 500e6, time.FixedZone("x", 3600)), "a,\"b\"\nc"},
+		},
+	}
+	tests := []struct{ format, want string }{
+		{"table", "" +
+			"device   | n  | avg   | seen                   | note\n" +
+			"---------+----+-------+------------------------+---------\n" +
+			"boiler-1 | 12 |  21.5 | 2026-11-27T08:00:00Z   | NULL\n" +
+			"pump     |  3 | 1e-07 | 2026-11-27T07:00:01.5Z | a,\"b\"\\nc\n" +
+			"(2 rows)\n"},
+		{"csv", "" +
+			"device,n,avg,seen,note\n" +
+			"boiler-1,12,21.5,2026-11-27T08:00:00Z,\n" +
+			"pump,3,1e-07,2026-11-27T07:00:01.5Z,\"a,\"\"b\"\"\nc\"\n"},
+		{"json", `{
+  "columns": [
+    "device",
+    "n",
+    "avg",
+    "seen",
+    "note"
+  ],
+  "rows": [
+    [
+      "boiler-1",
+      12,
+      21.5,
+      "2026-11-27T08:00:00Z",
+      null
+    ],
+    [
+      "pump",
+      3,
+      1e-7,
+      "2026-11-27T08:00:01.5+01:00",
+      "a,\"b\"\nc"
+    ]
+  ],
+  "truncated": false
+}
+`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.format, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := resultWriters[tt.format](&b, res); err != nil {
+				t.Fatal(err)
+			}
+			if b.String() != tt.want {
+				t.Errorf("got:\n%s\nwant:\n%s", b.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestTableEmptyAndTruncated(t *testing.T) {
+	var b bytes.Buffer
+	if err := writeTable(&b, storage.QueryResult{Columns: []string{"x"}, Truncated: true}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "x\n-\n(0 rows, truncated)\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}

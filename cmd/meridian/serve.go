@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/meridian-iot/meridian/devices"
+	"github.com/meridian-iot/meridian/ingest"
+	"github.com/meridian-iot/meridian/storage"
+)
+
+func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve",
+		Short: "Run the server: device endpoint, admin API, metrics",
+		Long: `Run the server until SIGINT or SIGTERM, then shut down gracefully: stop
+accepting, stop reading devices, commit and acknowledge what was read, close
+devices with 1001, all within ingest.shutdown_grace.
+
+Without storage.url the embedded SQLite store under server.data_dir is used.
+On first start an admin API key is generated and printed once.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(c.Flags())
+			if err != nil {
+				return err
+			}
+			log := newLogger(cfg.Server, stderr)
+			return serve(c.Context(), cfg, log, stdout, nil)
+		},
+	}
+}
+
+// serve runs the server until ctx ends. onListen, when set, is told the bound
+// address (tests listen on port 0).
+func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onListen func(net.Addr)) (err error) {
+	if cfg.Ingest.Node == "" {
+		cfg.Ingest.Node, _ = os.Hostname()
+	}
+
+	st, err := openStore(ctx, cfg, cfg.Storage.Migrate, log)
+	if err != nil {
+		return err
+	}
+	// The store closes last, after ingest has committed what it read.
+	defer func() {
+		if cerr := st.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close store: %w", cerr))
+		}
+	}()
+
+	promReg := prometheus.NewRegistry()
+	promReg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+
+	devs := devices.NewService(st, cfg.Devices, log.With("component", "devices"))
+	ing, err := ingest.New(cfg.Ingest, st, devs, ingest.Options{
+		Logger:     log.With("component", "ingest"),
+		Registerer: promReg,
+		Sessions:   sessionLog{st},
+		Limits:     devs,
+	})
+	if err != nil {
+		return fmt.Errorf("build ingest server: %w", err)
+	}
+	devs.OnKick(ing.Kick)
+	devs.SetPresence(ing.Online)
+
+	var metrics http.Handler = promhttp.HandlerFor(promReg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	})
+	if !cfg.Server.Metrics.Open {
+		metrics = devs.RequireRole(devices.RoleViewer, metrics)
+	}
+	handler := trustProxies(parseProxies(cfg.Server.TrustedProxies), newMux(routes{
+		device:  ing.Handler(),
+		admin:   devs.AdminHandler(),
+		metrics: metrics,
+		ready:   readyzHandler(ing, st, st.kind),
+	}))
+
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s (server.listen): %w", cfg.Server.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("meridian serving",
+		"listen", ln.Addr().String(), "version", version,
+		"storage", st.kind, "location", st.where, "mode", modeOrPending(st.Mode()),
+		// Acks are sent only after the store's commit returns: on disk for
+		// sqlite (WAL, fsync on commit), in PostgreSQL for postgres.
+		"durable", true)
+	if onListen != nil {
+		onListen(ln.Addr())
+	}
+
+	// ingest runs on its own context: it stops through Shutdown below, in
+	// order, not by the signal tearing it down mid-flush.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return ing.Run(runCtx) })
+	g.Go(func() error { maintainLoop(gctx, st, cfg.Storage.MaintainInterval, log); return nil })
+	g.Go(func() error { ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log); return nil })
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", "grace", cfg.Ingest.ShutdownGrace)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Ingest.ShutdownGrace)
+		defer cancel()
+		// Stop accepting first; in-flight HTTP batches still get their ack
+		// because the pipeline is running until ing.Shutdown.
+		herr := srv.Shutdown(sctx)
+		if herr != nil {
+			herr = fmt.Errorf("stop http server: %w", herr)
+		}
+		ierr := ing.Shutdown(sctx)
+		if ierr != nil {
+			ierr = fmt.Errorf("drain ingest: %w", ierr)
+		}
+		return errors.Join(herr, ierr)
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func modeOrPending(mode string) string {
+	if mode == "" {
+		return "pending (connecting)"
+	}
+	return mode
+}
+
+// maintainLoop runs the store's housekeeping now and then every interval.
+// Failures are logged and retried at the next tick: housekeeping falling
+// behind never stops ingestion.
+func maintainLoop(ctx context.Context, st *store, every time.Duration, log *slog.Logger) {
+	if err := st.waitReady(ctx); err != nil {
+		return // ctx ended, or the store is unusable (already logged by it)
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		mctx, cancel := context.WithTimeout(ctx, max(every, time.Minute))
+		start := time.Now()
+		err := st.Maintain(mctx, start)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("storage maintenance failed; retrying next interval", "err", err, "interval", every)
+		case err == nil:
+			log.Debug("storage maintenance done", "took", time.Since(start))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// ensureAdminKey makes sure an operator can get in once the store is ready,
+// printing a newly generated key once on out (never to the log). Storage
+// errors are retried: the admin API is unusable until this succeeds, but
+// devices are not affected.
+func ensureAdminKey(ctx context.Context, st *store, devs *devices.Service, configured string, out io.Writer, log *slog.Logger) {
+	if err := st.waitReady(ctx); err != nil {
+		return
+	}
+	for {
+		secret, err := devs.EnsureAdminKey(ctx, configured)
+		if err == nil {
+			if secret != "" {
+				fmt.Fprintf(out, "\nNo API key existed, so an admin key was created. It is shown only this once:\n\n    %s\n\nUse it as \"Authorization: Bearer <key>\" for /v1/admin and /metrics.\n\n", secret)
+			}
+			return
+		}
+		log.Error("cannot ensure an admin API key; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// sessionLog records device sessions in the store (device_sessions history
+// and last_seen) for ingest.
+type sessionLog struct{ st backend }
+
+var _ ingest.SessionRecorder = sessionLog{}
+
+func (l sessionLog) SessionOpened(ctx context.Context, s ingest.SessionInfo) error {
+	err := l.st.OpenSession(ctx, storage.Session{
+		ID: s.ID, DeviceID: s.Device, Node: s.Node, RemoteAddr: s.RemoteAddr,
+		Transport: s.Transport, StartedAt: s.Started,
+	})
+	if err != nil {
+		return fmt.Errorf("record session open: %w", err)
+	}
+	if err := l.st.TouchDevice(ctx, s.Device, s.Started); err != nil {
+		return fmt.Errorf("touch device: %w", err)
+	}
+	return nil
+}
+
+func (l sessionLog) SessionClosed(ctx context.Context, s ingest.SessionInfo) error {
+	if err := l.st.CloseSession(ctx, s.ID, s.Ended, s.CloseReason, s.Readings); err != nil {
+		return fmt.Errorf("record session close: %w", err)
+	}
+	if err := l.st.TouchDevice(ctx, s.Device, s.Ended); err != nil {
+		return fmt.Errorf("touch device: %w", err)
+	}
+	return nil
+}
