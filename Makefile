@@ -15,8 +15,8 @@ TEST_P       ?= 2
 TEST_TIMEOUT ?= 15m
 
 # Fuzz targets `make test` runs briefly, as package:FuzzName.
-FUZZ_TARGETS ?= ./ingest/wire:FuzzDecode
-FUZZTIME     ?= 20s
+FUZZ_TARGETS ?= ./ingest/wire:FuzzDecode ./bridge:FuzzCommand ./dashboard:FuzzParseClientMsg ./dashboard:FuzzJSONToMsgpack
+FUZZTIME     ?= 15s
 
 # Benchmarks: every package with a Benchmark function; compare runs with
 # benchstat (golang.org/x/perf/cmd/benchstat).
@@ -29,14 +29,30 @@ BENCH_OUT   ?= dist/bench.txt
 # pure-Go SQLite driver allows.
 RELEASE_TARGETS ?= linux/amd64 linux/arm64 linux/arm/v7
 
-.PHONY: all build test vet lint generate generate-check fuzz bench release fmt clean
+.PHONY: all build run dashboard test vet lint generate generate-check fuzz bench release fmt clean
 
 all: build
 
-build:
+# The dashboard's front end (uPlot + our JS) is bundled by esbuild into
+# dashboard/assets/dist, which the binary embeds. The bundle is not
+# committed; without it the binary still builds and its pages say how to
+# build it. npm ci runs only when the lockfile changed since the last one.
+DASH_WEB := dashboard/web
+$(DASH_WEB)/node_modules/.package-lock.json: $(DASH_WEB)/package-lock.json
+	cd $(DASH_WEB) && npm ci --no-audit --no-fund
+
+dashboard: $(DASH_WEB)/node_modules/.package-lock.json
+	cd $(DASH_WEB) && npm run --silent build
+
+build: dashboard
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) $(PKG)
 
-test:
+# The README's run command: the server on its embedded defaults (SQLite under
+# ./meridian-data, embedded MQTT broker on 127.0.0.1:1884, port 8470).
+run: build
+	./$(BIN) serve
+
+test: dashboard
 	@$(MAKE) --no-print-directory vet
 	@$(MAKE) --no-print-directory generate-check
 	$(GO) test -count=1 -p $(TEST_P) -timeout $(TEST_TIMEOUT) ./...
@@ -80,7 +96,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count $(BENCH_COUNT) $(BENCH_PKGS) | tee $(BENCH_OUT)
 	@echo "results in $(BENCH_OUT)"
 
-release:
+release: dashboard
 	@mkdir -p dist
 	@set -e; for t in $(RELEASE_TARGETS); do \
 		os="$${t%%/*}"; rest="$${t#*/}"; arch="$${rest%%/*}"; variant=""; \
@@ -97,4 +113,4 @@ fmt:
 	gofmt -w $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')
 
 clean:
-	rm -rf $(BIN) dist
+	rm -rf $(BIN) dist dashboard/assets/dist $(DASH_WEB)/node_modules

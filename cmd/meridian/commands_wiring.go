@@ -14,8 +14,6 @@ import (
 
 func extraCommands(stdout, stderr io.Writer) []*cobra.Command {
 	return []*cobra.Command{
-		newDeviceCmd(stdout, stderr),
-		newAPIKeyCmd(stdout, stderr),
 		newSimCmd(stdout, stderr),
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meridian-iot/meridian/bridge"
+	"github.com/meridian-iot/meridian/dashboard"
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/ingest"
 	"github.com/meridian-iot/meridian/storage"
@@ -24,10 +26,12 @@ import (
 // Every leaf field has exactly one entry in the settings table (settings.go),
 // which maps it to a config key, an env var and a description.
 type Config struct {
-	Server  ServerConfig
-	Ingest  ingest.Config
-	Storage StorageConfig
-	Devices devices.Config
+	Server    ServerConfig
+	Ingest    ingest.Config
+	Storage   StorageConfig
+	Devices   devices.Config
+	MQTT      bridge.Config
+	Dashboard dashboard.Config
 }
 
 // ServerConfig is what the process itself needs: where to listen, where to
@@ -117,8 +121,10 @@ func DefaultConfig() Config {
 			LogFormat: "text",
 			LogLevel:  "info",
 		},
-		Ingest:  ingest.DefaultConfig(),
-		Devices: devices.DefaultConfig(),
+		Ingest:    ingest.DefaultConfig(),
+		Devices:   devices.DefaultConfig(),
+		MQTT:      bridge.DefaultConfig(),
+		Dashboard: dashboard.DefaultConfig(),
 		Storage: StorageConfig{
 			// The storage package's reasoning applies to every backend.
 			Retention: postgres.DefaultConfig().Retention,
@@ -141,6 +147,8 @@ func (c Config) Validate() error {
 		c.Storage.validate,
 		func() error { return firstError(c.sqliteConfig().Validate()) },
 		c.Devices.Validate,
+		func() error { return firstError(c.MQTT.Validate()) },
+		func() error { return firstError(c.Dashboard.Validate()) },
 	} {
 		if err := check(); err != nil {
 			return err

@@ -93,8 +93,8 @@ func TestBadConfig(t *testing.T) {
 		},
 		{
 			name: "unknown section",
-			file: "mqtt:\n  url: tcp://x\n",
-			want: `meridian: invalid config: CONFIG: unknown key "mqtt.url" (see docs/config.md)`,
+			file: "mqtts:\n  url: tcp://x\n",
+			want: `meridian: invalid config: CONFIG: unknown key "mqtts.url" (see docs/config.md)`,
 		},
 		{
 			name: "value where a section belongs",

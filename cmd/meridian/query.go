@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-iot/meridian/storage"
+	"github.com/meridian-iot/meridian/storage/queryapi"
 )
 
 func newQueryCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -32,7 +33,7 @@ timeout and a row cap; see docs/sql.md for the tables and example queries.`,
 			return nil
 		},
 		RunE: func(c *cobra.Command, args []string) (err error) {
-			write, ok := resultWriters[format]
+			write, ok := queryapi.Writers[format]
 			if !ok {
 				return usageError{fmt.Errorf("--format: must be table, json or csv, got %q", format)}
 			}

@@ -45,6 +45,8 @@ variables and flags, in that order of precedence; see docs/config.md.`,
 		newMigrateCmd(stdout, stderr),
 		newQueryCmd(stdout, stderr),
 		newVersionCmd(stdout),
+		newDeviceCmd(stdout, stderr),
+		newAPIKeyCmd(stdout, stderr),
 	)
 	root.AddCommand(extraCommands(stdout, stderr)...)
 	return root

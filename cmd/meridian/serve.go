@@ -17,9 +17,13 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/meridian-iot/meridian/bridge"
+	"github.com/meridian-iot/meridian/dashboard"
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/ingest"
+	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/storage"
+	"github.com/meridian-iot/meridian/storage/queryapi"
 )
 
 func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -69,11 +73,41 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	)
 
 	devs := devices.NewService(st, cfg.Devices, log.With("component", "devices"))
+
+	// The bridge and the dashboard subscribe to ingest's hooks, and the
+	// bridge needs ingest to deliver commands: ingest is built first with
+	// hooks that read br and dash, which are set before ing.Run starts
+	// (hooks only fire once devices connect).
+	var (
+		br   *bridge.Bridge
+		dash *dashboard.Dashboard
+	)
 	ing, err := ingest.New(cfg.Ingest, st, devs, ingest.Options{
 		Logger:     log.With("component", "ingest"),
 		Registerer: promReg,
 		Sessions:   sessionLog{st},
 		Limits:     devs,
+		Committed: func(b telemetry.Batch) {
+			if br != nil {
+				br.Committed(b)
+			}
+			if dash != nil {
+				dash.Publish(b)
+			}
+		},
+		Results: func(r telemetry.CommandResult) {
+			if br != nil {
+				br.Result(r)
+			}
+		},
+		Presence: func(p telemetry.Presence) {
+			if br != nil {
+				br.Presence(p)
+			}
+			if dash != nil {
+				dash.Presence(p)
+			}
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("build ingest server: %w", err)
@@ -81,18 +115,86 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	devs.OnKick(ing.Kick)
 	devs.SetPresence(ing.Online)
 
+	if !cfg.MQTT.Disabled() {
+		mcfg := cfg.MQTT
+		if mcfg.Node == "" {
+			mcfg.Node = cfg.Ingest.Node
+		}
+		br, err = bridge.New(mcfg, ing, bridge.Options{
+			Logger:     log,
+			Registerer: promReg,
+			Authenticate: func(ctx context.Context, _, key string) bridge.Access {
+				k, err := devs.AuthenticateOperator(ctx, key)
+				switch {
+				case err != nil:
+					return bridge.AccessNone
+				case k.Role == devices.RoleAdmin:
+					return bridge.AccessCommand
+				default:
+					return bridge.AccessRead
+				}
+			},
+			IsOffline: func(err error) bool { return errors.Is(err, ingest.ErrOffline) },
+			IsBusy:    func(err error) bool { return errors.Is(err, ingest.ErrCommandQueueFull) },
+			DeviceExists: func(ctx context.Context, id string) (bool, error) {
+				_, err := st.GetDevice(ctx, id)
+				if errors.Is(err, storage.ErrNotFound) {
+					return false, nil
+				}
+				return err == nil, err
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("build mqtt bridge: %w", err)
+		}
+	}
+	if cfg.Dashboard.Enabled {
+		deps := dashboard.Deps{
+			Auth:       devs,
+			Registry:   devs,
+			Series:     st.Series,
+			Logger:     log.With("component", "dashboard"),
+			Registerer: promReg,
+			Stats: func() map[string]any {
+				stats := map[string]any{"storage": map[string]any{"backend": st.kind, "mode": modeOrPending(st.Mode())}}
+				if br != nil {
+					stats["mqtt"] = map[string]any{"connected": br.Connected()}
+				}
+				return stats
+			},
+		}
+		if br != nil {
+			deps.Commands = br
+		}
+		dash, err = dashboard.New(cfg.Dashboard, deps)
+		if err != nil {
+			return fmt.Errorf("build dashboard: %w", err)
+		}
+		if br != nil {
+			br.OnRemoteBatch(dash.Publish)
+		}
+	}
+
 	var metrics http.Handler = promhttp.HandlerFor(promReg, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	})
 	if !cfg.Server.Metrics.Open {
 		metrics = devs.RequireRole(devices.RoleViewer, metrics)
 	}
-	handler := trustProxies(parseProxies(cfg.Server.TrustedProxies), newMux(routes{
+	rt := routes{
 		device:  ing.Handler(),
 		admin:   devs.AdminHandler(),
 		metrics: metrics,
 		ready:   readyzHandler(ing, st, st.kind),
-	}))
+		query:   devs.RequireRole(devices.RoleViewer, queryapi.Handler(st, queryapi.Options{Logger: log.With("component", "query")})),
+	}
+	if br != nil {
+		rt.commands = devs.RequireRole(devices.RoleAdmin, br.CommandHandler())
+	}
+	if dash != nil {
+		rt.ui = dash.Handler()
+	}
+	handler := trustProxies(parseProxies(cfg.Server.TrustedProxies), newMux(rt))
 
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
@@ -125,7 +227,20 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 		}
 		return nil
 	})
-	g.Go(func() error { return ing.Run(runCtx) })
+	// The bridge stops after ingest has drained, so the last committed
+	// batches and the offline presence still get published.
+	bridgeCtx, stopBridge := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBridge()
+	g.Go(func() error {
+		defer stopBridge()
+		return ing.Run(runCtx)
+	})
+	if br != nil {
+		g.Go(func() error { return br.Run(bridgeCtx) })
+	}
+	if dash != nil {
+		g.Go(func() error { return dash.Run(gctx) })
+	}
 	g.Go(func() error { maintainLoop(gctx, st, cfg.Storage.MaintainInterval, log); return nil })
 	g.Go(func() error { ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log); return nil })
 	g.Go(func() error {

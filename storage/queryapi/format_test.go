@@ -1,4 +1,4 @@
-package main
+package queryapi
 
 import (
 	"bytes"
@@ -58,7 +58,7 @@ func TestResultWriters(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.format, func(t *testing.T) {
 			var b bytes.Buffer
-			if err := resultWriters[tt.format](&b, res); err != nil {
+			if err := Writers[tt.format](&b, res); err != nil {
 				t.Fatal(err)
 			}
 			if b.String() != tt.want {
@@ -70,7 +70,7 @@ func TestResultWriters(t *testing.T) {
 
 func TestTableEmptyAndTruncated(t *testing.T) {
 	var b bytes.Buffer
-	if err := writeTable(&b, storage.QueryResult{Columns: []string{"x"}, Truncated: true}); err != nil {
+	if err := WriteTable(&b, storage.QueryResult{Columns: []string{"x"}, Truncated: true}); err != nil {
 		t.Fatal(err)
 	}
 	if want := "x\n-\n(0 rows, truncated)\n"; b.String() != want {
