@@ -30,9 +30,9 @@ type Devices interface {
 	// Options.IsBusy is true (or wrapping ErrBusy) when the session's queue
 	// is full.
 	SendCommand(device string, c telemetry.Command) error
-	// Kick closes the device's live session on this node; used when another
-	// node took the device over.
-	Kick(device, reason string)
+	// TakeOver closes the device's live session on this node because another
+	// node took the device over (the device sees 1008 session_taken_over).
+	TakeOver(device string)
 }
 
 // ErrOffline and ErrBusy are what the bridge understands from

@@ -77,6 +77,8 @@ func (f *fakeDevices) SendCommand(device string, c telemetry.Command) error {
 	return nil
 }
 
+func (f *fakeDevices) TakeOver(device string) { f.Kick(device, "session taken over") }
+
 func (f *fakeDevices) Kick(device, reason string) {
 	f.mu.Lock()
 	f.online[device] = false

@@ -218,7 +218,7 @@ func (b *Bridge) handleSession(device string, payload []byte) {
 	if kick {
 		b.m.takeovers.Inc()
 		b.log.Info("device taken over by another node", "device", device, "by", c.Node)
-		b.devs.Kick(device, "session taken over")
+		b.devs.TakeOver(device)
 	}
 	for _, q := range forward {
 		b.forward(device, q.cmd)

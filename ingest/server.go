@@ -205,6 +205,18 @@ func (s *Server) SendCommand(device string, c telemetry.Command) error {
 	return nil
 }
 
+// TakeOver closes the device's live session here because another node now
+// holds it: 1008 with error code session_taken_over, exactly as a second
+// connection to this node would (docs/protocol.md).
+func (s *Server) TakeOver(device string) {
+	s.mu.Lock()
+	sess := s.sessions[device]
+	s.mu.Unlock()
+	if sess != nil {
+		sess.close(wire.ClosePolicy, "session_taken_over", "session taken over")
+	}
+}
+
 // Online reports whether the device has a live WebSocket session here.
 func (s *Server) Online(device string) bool {
 	s.mu.Lock()
