@@ -59,7 +59,7 @@ type pipeline struct {
 	pendMu  sync.Mutex
 	pending map[string]int
 	idle    map[string]chan struct{}
-	wg       sync.WaitGroup // writer goroutines
+	wg      sync.WaitGroup // writer goroutines
 
 	committed func(telemetry.Batch)
 }
