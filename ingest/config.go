@@ -45,9 +45,13 @@ type Config struct {
 	// Writers is the number of flush goroutines. Devices are sharded to
 	// writers by id hash, so a device's batches stay in order.
 	Writers int
-	// SessionQueue bounds frames waiting to be written to one device (acks,
-	// commands). A device that does not read its socket fills it and is
-	// closed, instead of growing memory.
+	// SessionQueue bounds the batches one connection may have in flight
+	// (read, not yet acked). When reached the session stops reading until an
+	// ack is written, so the ack queue it sizes never overflows. 32 covers a
+	// device pipelining a batch every few ms across a 100 ms flush and keeps
+	// the per-connection ack queue at about 1 KiB (it matters at 20k
+	// connections). A device that stops reading its socket is closed by
+	// WriteTimeout, not buffered for.
 	SessionQueue int
 	// ShutdownGrace bounds graceful shutdown: flush, ack, close 1001.
 	ShutdownGrace time.Duration
@@ -69,7 +73,7 @@ func DefaultConfig() Config {
 		FlushSize:        5_000,
 		FlushInterval:    100 * time.Millisecond,
 		Writers:          2,
-		SessionQueue:     256,
+		SessionQueue:     32,
 		ShutdownGrace:    10 * time.Second,
 	}
 }

@@ -85,7 +85,7 @@ func settingsTable() []setting {
 		{key: "ingest.writers", field: func(c *Config) any { return &c.Ingest.Writers },
 			doc: "Concurrent flush writers; devices are sharded across them so each device's batches stay in order."},
 		{key: "ingest.session_queue", field: func(c *Config) any { return &c.Ingest.SessionQueue },
-			doc: "Frames (acks, commands) waiting to be written to one device; a device that stops reading is disconnected when it fills."},
+			doc: "Batches one connection may have in flight (read, not yet acked); at the limit its reads pause until an ack is written."},
 		{key: "ingest.shutdown_grace", field: func(c *Config) any { return &c.Ingest.ShutdownGrace },
 			doc: "Longest a graceful shutdown may take to flush, ack and close devices."},
 		{key: "ingest.node", field: func(c *Config) any { return &c.Ingest.Node },

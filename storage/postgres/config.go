@@ -37,6 +37,11 @@ type Config struct {
 	// LOCAL ROLE) so ad-hoc SQL runs with only SELECT rights, on top of the
 	// read-only transaction.
 	ReadOnlyRole string
+
+	// plainOnly makes a fresh database use plain-PostgreSQL mode even where
+	// TimescaleDB is available, so tests can compare both modes on one
+	// server.
+	plainOnly bool
 }
 
 // DefaultConfig returns the defaults; URL is left empty.

@@ -20,4 +20,11 @@
 // concurrent commits cannot deadlock); Maintain runs on one node at a time
 // (advisory lock); migrations are serialised by goose's session lock. The
 // name caches are sync.Maps whose entries never change once written.
+//
+// In TimescaleDB mode the compression, retention and refresh policies are
+// set from Config at every start, and Maintain also does their work by hand,
+// so nothing depends on TimescaleDB's job scheduler. Where the scheduler
+// does run them, a refresh, compression or drop a policy job holds at that
+// moment is skipped by Maintain and left for its next run (dirty hours stay
+// marked).
 package postgres

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -153,6 +154,8 @@ func refreshPlain(ctx context.Context, tx pgx.Tx, lo, hi time.Time, expired bool
 // meanwhile has a new gen and survives for the next Maintain. Hours before
 // the raw retention cutoff are refreshed with expired set (see the refresh
 // functions), so late rows there do not wipe rollups of dropped raw data.
+// A run whose refresh reports errRefreshBusy keeps its marks for the next
+// Maintain.
 func (s *Store) refreshDirty(ctx context.Context, conn *pgx.Conn, rawCutoff time.Time, refresh func(lo, hi time.Time, expired bool) error) error {
 	rows, err := conn.Query(ctx, `SELECT hour, gen FROM rollup_dirty ORDER BY hour`)
 	if err != nil {
@@ -176,33 +179,47 @@ func (s *Store) refreshDirty(ctx context.Context, conn *pgx.Conn, rawCutoff time
 	if len(hours) == 0 {
 		return nil
 	}
-	var lo, hi time.Time
-	var loExpired bool
-	flush := func() error {
-		if lo.IsZero() {
+	// A run is hours[start:i]: contiguous, all expired or all not.
+	var clearHours []time.Time
+	var clearGens []int64
+	start := 0
+	flush := func(end int) error {
+		if start == end {
 			return nil
 		}
-		err := refresh(lo, hi, loExpired)
-		lo, hi = time.Time{}, time.Time{}
-		return err
+		expired := !rawCutoff.IsZero() && hours[start].Before(rawCutoff)
+		err := refresh(hours[start], hours[end-1].Add(time.Hour), expired)
+		switch {
+		case errors.Is(err, errRefreshBusy):
+			// Keep the marks: the next Maintain tries again.
+		case err != nil:
+			return err
+		default:
+			clearHours = append(clearHours, hours[start:end]...)
+			clearGens = append(clearGens, gens[start:end]...)
+		}
+		start = end
+		return nil
 	}
-	for _, h := range hours {
-		expired := !rawCutoff.IsZero() && h.Before(rawCutoff)
-		if !lo.IsZero() && h.Equal(hi) && expired == loExpired {
-			hi = h.Add(time.Hour)
+	for i := 1; i < len(hours); i++ {
+		prevExpired := !rawCutoff.IsZero() && hours[i-1].Before(rawCutoff)
+		expired := !rawCutoff.IsZero() && hours[i].Before(rawCutoff)
+		if hours[i].Equal(hours[i-1].Add(time.Hour)) && expired == prevExpired {
 			continue
 		}
-		if err := flush(); err != nil {
+		if err := flush(i); err != nil {
 			return err
 		}
-		lo, hi, loExpired = h, h.Add(time.Hour), expired
 	}
-	if err := flush(); err != nil {
+	if err := flush(len(hours)); err != nil {
 		return err
+	}
+	if len(clearHours) == 0 {
+		return nil
 	}
 	if _, err := conn.Exec(ctx, `DELETE FROM rollup_dirty d
 		USING unnest($1::timestamptz[], $2::bigint[]) AS m(hour, gen)
-		WHERE d.hour = m.hour AND d.gen = m.gen`, hours, gens); err != nil {
+		WHERE d.hour = m.hour AND d.gen = m.gen`, clearHours, clearGens); err != nil {
 		return fmt.Errorf("clear dirty hours: %w", err)
 	}
 	return nil

@@ -55,12 +55,12 @@ func (s *Store) MigrateStatus(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	if mode == "" {
-		var avail bool
-		if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')`).Scan(&avail); err != nil {
-			return st, fmt.Errorf("check for timescaledb: %w", err)
+		avail, err := timescaleAvailable(ctx, s.pool)
+		if err != nil {
+			return st, err
 		}
 		mode = storage.ModePostgres
-		if avail {
+		if avail == timescaleLoadable {
 			mode = storage.ModeTimescale
 		}
 	}
@@ -92,7 +92,7 @@ func (s *Store) MigrateStatus(ctx context.Context) (Status, error) {
 // schema version, migrate (when allowed), set TimescaleDB policies, then mark
 // the store ready.
 func (s *Store) setup(ctx context.Context, migrate bool) error {
-	mode, err := s.detectMode(ctx)
+	mode, err := s.detectMode(ctx, migrate)
 	if err != nil {
 		return err
 	}
@@ -155,7 +155,9 @@ func (s *Store) runMigrations(ctx context.Context, fsys fs.FS) error {
 
 // detectMode returns the recorded mode, or for a fresh database tries to
 // create the timescaledb extension and picks the mode from the outcome.
-func (s *Store) detectMode(ctx context.Context) (string, error) {
+// Without migrate it changes nothing: a fresh database gets the mode it
+// would get, and setup then waits for someone to migrate.
+func (s *Store) detectMode(ctx context.Context, migrate bool) (string, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return "", fmt.Errorf("connect: %w", err)
@@ -189,13 +191,21 @@ func (s *Store) detectMode(ctx context.Context) (string, error) {
 	default:
 		return "", fmt.Errorf("database records unknown storage mode %q", mode)
 	}
-	var avail bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')`).Scan(&avail); err != nil {
-		return "", fmt.Errorf("check for timescaledb: %w", err)
+	if s.cfg.plainOnly {
+		return storage.ModePostgres, nil
 	}
-	if !avail {
+	switch avail, err := timescaleAvailable(ctx, conn); {
+	case err != nil:
+		return "", err
+	case avail == timescaleMissing:
 		s.log.Info("timescaledb extension not available, using plain PostgreSQL partitioning")
 		return storage.ModePostgres, nil
+	case avail == timescaleNotPreloaded:
+		s.log.Warn("timescaledb extension installed but not in shared_preload_libraries, using plain PostgreSQL partitioning")
+		return storage.ModePostgres, nil
+	}
+	if !migrate {
+		return storage.ModeTimescale, nil
 	}
 	if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS timescaledb`); err != nil {
 		var pgErr *pgconn.PgError
@@ -208,6 +218,33 @@ func (s *Store) detectMode(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("create extension timescaledb: %w", err)
 	}
 	return storage.ModeTimescale, nil
+}
+
+// What timescaleAvailable found.
+const (
+	timescaleMissing      = iota // not installed on the server
+	timescaleNotPreloaded        // installed, but CREATE EXTENSION would fail
+	timescaleLoadable
+)
+
+// timescaleAvailable reports whether the timescaledb extension is installed
+// and its loader preloaded. Without the loader CREATE EXTENSION fails with a
+// FATAL error that ends the session, so look first: the loader defines
+// timescaledb.* settings when preloaded (shared_preload_libraries itself is
+// only visible to superusers).
+func timescaleAvailable(ctx context.Context, q querier) (int, error) {
+	var installed, preloaded bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+		current_setting('timescaledb.max_background_workers', true) IS NOT NULL`).Scan(&installed, &preloaded); err != nil {
+		return 0, fmt.Errorf("check for timescaledb: %w", err)
+	}
+	switch {
+	case !installed:
+		return timescaleMissing, nil
+	case !preloaded:
+		return timescaleNotPreloaded, nil
+	}
+	return timescaleLoadable, nil
 }
 
 type querier interface {

@@ -75,6 +75,20 @@ func newTestDB(tb testing.TB) string {
 	return u.String()
 }
 
+// checkMode fails tb unless mode is the one this run expects: the value of
+// MERIDIAN_TEST_PG_MODE when set (so a run meant to cover TimescaleDB mode
+// cannot pass by quietly falling back to plain PostgreSQL), otherwise either
+// PostgreSQL mode.
+func checkMode(tb testing.TB, mode string) {
+	tb.Helper()
+	switch want := os.Getenv("MERIDIAN_TEST_PG_MODE"); {
+	case want != "" && mode != want:
+		tb.Fatalf("store mode %q, MERIDIAN_TEST_PG_MODE wants %q", mode, want)
+	case mode != storage.ModePostgres && mode != storage.ModeTimescale:
+		tb.Fatalf("store mode %q, want %s or %s", mode, storage.ModePostgres, storage.ModeTimescale)
+	}
+}
+
 func testLogger(tb testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -87,6 +101,13 @@ func openTestStore(tb testing.TB, dbURL string, ret storage.Retention) *Store {
 	cfg := DefaultConfig()
 	cfg.URL = dbURL
 	cfg.Retention = ret
+	return openTestStoreConfig(tb, cfg)
+}
+
+// openTestStoreConfig opens a store with cfg, waits until it is ready and
+// checks its mode (see checkMode; a plainOnly store is always plain).
+func openTestStoreConfig(tb testing.TB, cfg Config) *Store {
+	tb.Helper()
 	s, err := Open(context.Background(), cfg, testLogger(tb))
 	if err != nil {
 		tb.Fatalf("Open: %v", err)
@@ -96,6 +117,16 @@ func openTestStore(tb testing.TB, dbURL string, ret storage.Retention) *Store {
 	defer cancel()
 	if err := s.WaitReady(ctx); err != nil {
 		tb.Fatalf("WaitReady: %v", err)
+	}
+	if cfg.plainOnly {
+		if s.Mode() != storage.ModePostgres {
+			tb.Fatalf("plainOnly store in mode %q", s.Mode())
+		}
+	} else {
+		checkMode(tb, s.Mode())
+	}
+	if s.Mode() == storage.ModeTimescale {
+		pauseJobs(tb, s)
 	}
 	return s
 }
@@ -167,9 +198,7 @@ func TestOpenUnreachable(t *testing.T) {
 	if err := s.WaitReady(wctx); err != nil {
 		t.Fatalf("WaitReady after the database came back: %v", err)
 	}
-	if s.Mode() != storage.ModePostgres {
-		t.Fatalf("Mode %q", s.Mode())
-	}
+	checkMode(t, s.Mode())
 	if _, err := s.Commit(ctx, []telemetry.Batch{{Device: "d", Seq: 1}}); err != nil {
 		t.Fatalf("Commit after recovery: %v", err)
 	}
@@ -183,7 +212,7 @@ func TestMigrateStatusAndTooNew(t *testing.T) {
 	if err != nil {
 		t.Fatalf("MigrateStatus: %v", err)
 	}
-	if st.Mode != storage.ModePostgres || st.Current != st.Latest || st.Latest < 2 || len(st.Pending) != 0 || st.TooNew {
+	if st.Mode != s.Mode() || st.Current != st.Latest || st.Latest < 2 || len(st.Pending) != 0 || st.TooNew {
 		t.Fatalf("MigrateStatus = %+v", st)
 	}
 	// Pretend a newer binary migrated the database.
@@ -651,9 +680,24 @@ func TestMigrateDisabled(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	time.Sleep(300 * time.Millisecond)
-	if err := s.Ping(ctx); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "meridian migrate") {
-		t.Fatalf("Ping before migration: %v, want not ready with a hint to migrate", err)
+	// The first setup attempt must get as far as finding the schema
+	// missing, however slow the machine.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := s.Ping(ctx)
+		if !errors.Is(err, ErrNotReady) {
+			t.Fatalf("Ping before migration: %v, want ErrNotReady", err)
+		}
+		if strings.Contains(err.Error(), "meridian migrate") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Ping before migration: %v, want not ready with a hint to migrate", err)
+		}
+	}
+	// Waiting for a migration changes nothing: not even the extension.
+	var exts int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'`).Scan(&exts); err != nil || exts != 0 {
+		t.Fatalf("timescaledb extensions created before migration: %d, %v", exts, err)
 	}
 	st, err := s.MigrateStatus(ctx)
 	if err != nil || st.Current != 0 || len(st.Pending) != int(st.Latest) {
@@ -665,6 +709,7 @@ func TestMigrateDisabled(t *testing.T) {
 	if err := s.Ping(ctx); err != nil {
 		t.Fatalf("Ping after Migrate: %v", err)
 	}
+	checkMode(t, s.Mode())
 }
 
 // BenchmarkCommitVsCeiling alternates one ceiling CopyFrom and one

@@ -146,12 +146,22 @@ func (s *Store) DeleteDevice(ctx context.Context, id string, purge bool) error {
 			return nil
 		}
 		purges := []string{`DELETE FROM readings WHERE device_id = (SELECT id FROM device_ids WHERE device = $1)`}
-		// Continuous aggregates are not deletable: TimescaleDB tracks the
-		// deleted raw rows and drops them from the buckets on refresh.
 		if s.Mode() != storage.ModeTimescale {
 			purges = append(purges,
 				`DELETE FROM rollup_1m WHERE device_id = (SELECT id FROM device_ids WHERE device = $1)`,
 				`DELETE FROM rollup_1h WHERE device_id = (SELECT id FROM device_ids WHERE device = $1)`)
+		} else {
+			// A continuous aggregate is not deletable, and TimescaleDB only
+			// drops the purged rows from buckets a later refresh covers
+			// (Maintain refreshes recent ones), so delete the device's
+			// materialized buckets directly.
+			for _, c := range caggs {
+				mat, err := materializedTable(ctx, tx, c.view)
+				if err != nil {
+					return fmt.Errorf("purge device %s: %w", id, err)
+				}
+				purges = append(purges, `DELETE FROM `+mat+` WHERE device_id = (SELECT id FROM device_ids WHERE device = $1)`)
+			}
 		}
 		for _, q := range purges {
 			if _, err := tx.Exec(ctx, q, id); err != nil {

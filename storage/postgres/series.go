@@ -69,16 +69,15 @@ func (s *Store) Series(ctx context.Context, req storage.SeriesRequest) (storage.
 		// Narrower than a minute: buckets straight from raw readings.
 		out.Source = "raw"
 	}
-	// Rollups are complete up to the last refresh (TimescaleDB's real-time
-	// aggregates are complete up to now); raw readings cover the rest.
-	cut := req.To
-	if s.Mode() != storage.ModeTimescale || srcWidth < time.Minute {
-		cut = from
+	// Rollups are complete up to the last refresh; raw readings cover the
+	// rest. TimescaleDB's real-time aggregates would too, but only from
+	// their watermark, which can sit inside a bucket that got readings after
+	// it was materialized; the cut is exact in both modes.
+	cut := from
+	if srcWidth >= time.Minute {
 		var refreshed *time.Time
-		if srcWidth >= time.Minute {
-			if err := s.pool.QueryRow(ctx, `SELECT refreshed_to FROM rollup_progress`).Scan(&refreshed); err != nil {
-				return out, wrapSeries(err)
-			}
+		if err := s.pool.QueryRow(ctx, `SELECT refreshed_to FROM rollup_progress`).Scan(&refreshed); err != nil {
+			return out, wrapSeries(err)
 		}
 		if refreshed != nil {
 			cut = refreshed.Truncate(srcWidth)
