@@ -56,6 +56,16 @@ type Config struct {
 	// connections). A device that stops reading its socket is closed by
 	// WriteTimeout, not buffered for.
 	SessionQueue int
+	// MaxConnections caps device WebSocket sessions on this node; beyond it
+	// the handshake is refused with 503 and Retry-After, so a reconnect storm
+	// cannot exhaust memory or file descriptors. An idle session costs
+	// ~20 KiB (docs/benchmarks.md): 50,000 sessions ≈ 1 GiB.
+	MaxConnections int
+	// MaxHandshakes caps handshakes in progress (token lookup, watermark
+	// read, upgrade). Each one holds a database round trip, so 128 keeps a
+	// reconnect storm from starving the flush writers of connections while
+	// still admitting thousands of devices per second.
+	MaxHandshakes int
 	// ShutdownGrace bounds graceful shutdown: flush, ack, close 1001.
 	ShutdownGrace time.Duration
 	// Node names this server in session records and logs.
@@ -77,6 +87,8 @@ func DefaultConfig() Config {
 		FlushInterval:    100 * time.Millisecond,
 		Writers:          2,
 		SessionQueue:     32,
+		MaxConnections:   50_000,
+		MaxHandshakes:    128,
 		ShutdownGrace:    10 * time.Second,
 	}
 }
@@ -102,6 +114,8 @@ func (c Config) Validate() error {
 		{c.FlushInterval > 0, "ingest.flush_interval", c.FlushInterval, "must be > 0"},
 		{c.Writers >= 1 && c.Writers <= 64, "ingest.writers", c.Writers, "must be between 1 and 64"},
 		{c.SessionQueue >= 1, "ingest.session_queue", c.SessionQueue, "must be >= 1"},
+		{c.MaxConnections >= 1, "ingest.max_connections", c.MaxConnections, "must be >= 1"},
+		{c.MaxHandshakes >= 1, "ingest.max_handshakes", c.MaxHandshakes, "must be >= 1"},
 		{c.ShutdownGrace > 0, "ingest.shutdown_grace", c.ShutdownGrace, "must be > 0"},
 	} {
 		if !ch.ok {

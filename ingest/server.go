@@ -86,6 +86,9 @@ type Server struct {
 	sessions map[string]*session // by device id; one live session per device
 	draining atomic.Bool
 
+	conns      atomic.Int64  // live WebSocket sessions (MaxConnections)
+	handshakes chan struct{} // semaphore of handshakes in progress (MaxHandshakes)
+
 	runOnce  sync.Once
 	stopped  chan struct{} // closed when Shutdown finished
 	sessWG   sync.WaitGroup
@@ -116,8 +119,9 @@ func New(cfg Config, store Store, auth Authenticator, opts Options) (*Server, er
 		log:      opts.Logger,
 		m:        newMetrics(opts.Registerer),
 		now:      opts.Now,
-		sessions: make(map[string]*session),
-		stopped:  make(chan struct{}),
+		sessions:   make(map[string]*session),
+		stopped:    make(chan struct{}),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 	}
 	s.pipe = newPipeline(cfg, store, s.log, s.m, opts.Committed)
 	return s, nil

@@ -259,7 +259,6 @@ func TestHandshakeRejections(t *testing.T) {
 		{"missing token", "", http.StatusUnauthorized},
 		{"unknown token", "nope", http.StatusUnauthorized},
 		{"disabled device", "tok-disabled", http.StatusUnauthorized},
-		{"connect rate limit", "tok-flood", http.StatusTooManyRequests},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", ts.base+"/v1/device", nil)
@@ -281,6 +280,13 @@ func TestHandshakeRejections(t *testing.T) {
 			}
 		})
 	}
+	t.Run("connect rate limit is 1013", func(t *testing.T) {
+		c, err := ts.tryDial("tok-flood")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.expectClose(wire.CloseTryAgainLater, "rate_limited")
+	})
 	t.Run("query token", func(t *testing.T) {
 		d := ws.Dialer{Timeout: 5 * time.Second}
 		conn, _, _, err := d.Dial(context.Background(), ts.url+"/v1/device?token=tok-q1")
@@ -595,4 +601,30 @@ func TestTakeoverWaitsForInFlight(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no hello")
 	}
+}
+
+// TestGlobalCaps: beyond ingest.max_connections or ingest.max_handshakes a
+// handshake is refused with 503 before the upgrade; other sessions go on.
+func TestGlobalCaps(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxConnections = 2 })
+	c1, _ := ts.dial("tok-cap1")
+	ts.dial("tok-cap2")
+	_, err := ts.tryDial("tok-cap3")
+	var se ws.StatusError
+	if !errors.As(err, &se) || int(se) != http.StatusServiceUnavailable {
+		t.Fatalf("third connection: %v, want 503", err)
+	}
+	c1.send(batch(1, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}))
+	if a := c1.ack(); a.Accepted != 1 {
+		t.Fatalf("existing session: %+v", a)
+	}
+	// Handshake slots: hold the only one, then try another.
+	hs := startServer(t, func(c *Config) { c.MaxHandshakes = 1 })
+	hs.srv.handshakes <- struct{}{}
+	_, err = hs.tryDial("tok-h1")
+	if !errors.As(err, &se) || int(se) != http.StatusServiceUnavailable {
+		t.Fatalf("handshake cap: %v, want 503", err)
+	}
+	<-hs.srv.handshakes
+	hs.dial("tok-h1")
 }

@@ -76,16 +76,46 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server shutting down, retry later", http.StatusServiceUnavailable)
 		return
 	}
+	// Global caps first: they cost nothing and protect everything else.
+	if s.conns.Load() >= int64(s.cfg.MaxConnections) {
+		s.m.handshakes.WithLabelValues("capacity").Inc()
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, "server at its connection limit (ingest.max_connections), retry later", http.StatusServiceUnavailable)
+		return
+	}
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		s.m.handshakes.WithLabelValues("capacity").Inc()
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "too many handshakes in progress (ingest.max_handshakes), retry later", http.StatusServiceUnavailable)
+		return
+	}
+	handshaking := true
+	endHandshake := func() {
+		if handshaking {
+			handshaking = false
+			<-s.handshakes
+		}
+	}
+	defer endHandshake()
 	device, status, err := s.authenticate(r)
 	if err != nil {
 		s.m.handshakes.WithLabelValues("unauthorized").Inc()
 		http.Error(w, err.Error(), status)
 		return
 	}
-	if s.opts.Limits != nil && !s.opts.Limits.AllowConnect(device) {
+	// Over the per-device connection rate the device is told so with 1013
+	// after the upgrade (docs/protocol.md): firmware that handles close codes
+	// backs off, and the check costs no database work.
+	rateLimited := s.opts.Limits != nil && !s.opts.Limits.AllowConnect(device)
+	if rateLimited {
 		s.m.handshakes.WithLabelValues("rate_limited").Inc()
-		w.Header().Set("Retry-After", "60")
-		http.Error(w, "too many connection attempts for this device, retry later", http.StatusTooManyRequests)
+		conn, _, _, err := (&ws.HTTPUpgrader{Timeout: s.cfg.HandshakeTimeout, Protocol: func(p string) bool { return p == Subprotocol }}).Upgrade(r, w)
+		if err == nil {
+			s.m.closes.WithLabelValues(strconv.Itoa(wire.CloseTryAgainLater)).Inc()
+			rejectUpgraded(conn, s.cfg.WriteTimeout, wire.CloseTryAgainLater, "rate_limited", "too many connection attempts for this device, retry later")
+		}
 		return
 	}
 	// Storage is checked before the upgrade: if it is down the device gets a
@@ -141,12 +171,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	old, ok := s.register(sess)
 	if !ok {
-		_ = conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(wire.CloseGoingAway, "server shutting down")))
-		_ = conn.Close()
+		rejectUpgraded(conn, s.cfg.WriteTimeout, wire.CloseGoingAway, "", "server shutting down")
 		stop()
 		return
 	}
+	s.conns.Add(1)
+	defer s.conns.Add(-1)
 	s.m.connections.Inc()
 	s.recordOpen(sess)
 	if s.opts.Presence != nil {
@@ -168,6 +198,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		hb, _ := hello.MarshalMsg(nil)
 		sess.out <- outFrame{data: hb}
 	}
+	endHandshake()
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -187,6 +218,18 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if s.unregister(sess) && s.opts.Presence != nil {
 		s.opts.Presence(telemetry.Presence{Device: sess.device, Online: false, At: s.now().UnixMilli()})
 	}
+}
+
+// rejectUpgraded sends an optional error frame and a close frame on a
+// freshly upgraded connection that will not become a session, then closes it.
+func rejectUpgraded(conn net.Conn, timeout time.Duration, code int, errCode, msg string) {
+	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+	if errCode != "" {
+		data, _ := (&wire.Error{Type: wire.TypeError, Code: errCode, Message: msg}).MarshalMsg(nil)
+		_ = ws.WriteFrame(conn, ws.NewBinaryFrame(data))
+	}
+	_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusCode(code), msg)))
+	_ = conn.Close()
 }
 
 // close asks the write loop to send an error frame (for protocol and policy
