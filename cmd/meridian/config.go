@@ -50,6 +50,8 @@ type ServerConfig struct {
 	// client cannot spoof its address by sending the header itself.
 	TrustedProxies []string
 	Metrics        MetricsConfig
+	// TLS makes the server speak HTTPS/WSS itself.
+	TLS TLSConfig
 }
 
 // MetricsConfig controls /metrics.
@@ -169,6 +171,9 @@ func (s ServerConfig) validate() error {
 	}
 	if _, ok := logLevels[s.LogLevel]; !ok {
 		return fmt.Errorf("server.log_level: must be debug, info, warn or error, got %q", s.LogLevel)
+	}
+	if err := s.TLS.validate(); err != nil {
+		return err
 	}
 	for _, p := range s.TrustedProxies {
 		if _, err := parseProxy(p); err != nil {

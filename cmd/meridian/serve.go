@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -196,9 +197,18 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	}
 	handler := trustProxies(parseProxies(cfg.Server.TrustedProxies), newMux(rt))
 
+	var certs *certReloader
+	if cfg.Server.TLS.enabled() {
+		if certs, err = newCertReloader(cfg.Server.TLS, log); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s (server.listen): %w", cfg.Server.Listen, err)
+	}
+	if certs != nil {
+		ln = tls.NewListener(ln, certs.tlsConfig())
 	}
 	srv := &http.Server{
 		Handler:           handler,
@@ -206,7 +216,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	log.Info("meridian serving",
-		"listen", ln.Addr().String(), "version", version,
+		"listen", ln.Addr().String(), "tls", certs != nil, "version", version,
 		"storage", st.kind, "location", st.where, "mode", modeOrPending(st.Mode()),
 		// Acks are sent only after the store's commit returns: on disk for
 		// sqlite (WAL, fsync on commit), in PostgreSQL for postgres.
@@ -240,6 +250,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	}
 	if dash != nil {
 		g.Go(func() error { return dash.Run(gctx) })
+	}
+	if certs != nil {
+		g.Go(func() error { certs.watch(gctx, certPollInterval); return nil })
 	}
 	g.Go(func() error { maintainLoop(gctx, st, cfg.Storage.MaintainInterval, log); return nil })
 	g.Go(func() error { ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log); return nil })

@@ -59,6 +59,10 @@ func settingsTable() []setting {
 			doc: "Lowest level logged: `debug`, `info`, `warn` or `error`."},
 		{key: "server.trusted_proxies", field: func(c *Config) any { return &c.Server.TrustedProxies },
 			doc: "IP addresses or CIDR prefixes of reverse proxies whose `X-Forwarded-For` is believed. Empty trusts none. In env, comma-separated."},
+		{key: "server.tls.cert_file", field: func(c *Config) any { return &c.Server.TLS.CertFile },
+			doc: "PEM certificate chain for serving HTTPS/WSS directly (edge hosts without a proxy). Reloaded without a restart when the file changes or on SIGHUP. Empty: plain HTTP."},
+		{key: "server.tls.key_file", field: func(c *Config) any { return &c.Server.TLS.KeyFile },
+			doc: "PEM private key for `server.tls.cert_file`."},
 		{key: "server.metrics.open", field: func(c *Config) any { return &c.Server.Metrics.Open },
 			doc: "Serve `/metrics` without an operator API key. Off by default: metrics reveal fleet size and traffic."},
 
