@@ -29,7 +29,7 @@ BENCH_OUT   ?= dist/bench.txt
 # pure-Go SQLite driver allows.
 RELEASE_TARGETS ?= linux/amd64 linux/arm64 linux/arm/v7
 
-.PHONY: all build run dashboard test vet lint generate generate-check fuzz bench release fmt clean
+.PHONY: all build run dashboard package test vet lint generate generate-check fuzz bench release fmt clean
 
 all: build
 
@@ -108,6 +108,11 @@ release: dashboard
 			$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o "$$out" $(PKG); \
 	done; \
 	cd dist && sha256sum $(BIN)-* > SHA256SUMS
+
+# .deb and .rpm of the release binaries (nfpm through `go run`, see
+# deploy/package.sh), with the systemd unit and the default config.
+package: release
+	VERSION=$(VERSION) sh deploy/package.sh dist
 
 fmt:
 	gofmt -w $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')

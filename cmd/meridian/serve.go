@@ -256,9 +256,17 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	}
 	g.Go(func() error { maintainLoop(gctx, st, cfg.Storage.MaintainInterval, log); return nil })
 	g.Go(func() error { ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log); return nil })
+	// Started, for systemd (Type=notify), once the listener is bound. Not
+	// gated on the store: a database that is down must not get the unit
+	// killed by a start timeout; /readyz reports it and flow begins when it
+	// returns.
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("notify systemd", "err", err)
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", "grace", cfg.Ingest.ShutdownGrace)
+		_ = sdNotify("STOPPING=1")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Ingest.ShutdownGrace)
 		defer cancel()
 		// Stop accepting first; in-flight HTTP batches still get their ack
