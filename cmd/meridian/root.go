@@ -47,8 +47,8 @@ variables and flags, in that order of precedence; see docs/config.md.`,
 		newVersionCmd(stdout),
 		newDeviceCmd(stdout, stderr),
 		newAPIKeyCmd(stdout, stderr),
+		newSimCmd(stdout, stderr),
 	)
-	root.AddCommand(extraCommands(stdout, stderr)...)
 	return root
 }
 
