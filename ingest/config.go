@@ -62,9 +62,12 @@ type Config struct {
 	// ~20 KiB (docs/benchmarks.md): 50,000 sessions ≈ 1 GiB.
 	MaxConnections int
 	// MaxHandshakes caps handshakes in progress (token lookup, watermark
-	// read, upgrade). Each one holds a database round trip, so 128 keeps a
-	// reconnect storm from starving the flush writers of connections while
-	// still admitting thousands of devices per second.
+	// reads, upgrade). Each one waits on the database pool (10 connections
+	// by default on PostgreSQL), so a reconnect storm beyond a few dozen
+	// concurrent handshakes only queues on the pool until the handshake
+	// timeout and fails anyway (seen with firmware-sim at 1,000 connects/s).
+	// 32 answers the excess at once with 503 + Retry-After instead, and at
+	// ~2-5 ms a handshake still admits thousands of devices per second.
 	MaxHandshakes int
 	// ShutdownGrace bounds graceful shutdown: flush, ack, close 1001.
 	ShutdownGrace time.Duration
@@ -88,7 +91,7 @@ func DefaultConfig() Config {
 		Writers:          2,
 		SessionQueue:     32,
 		MaxConnections:   50_000,
-		MaxHandshakes:    128,
+		MaxHandshakes:    32,
 		ShutdownGrace:    10 * time.Second,
 	}
 }
