@@ -2,8 +2,6 @@ package sim_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,58 +16,11 @@ import (
 
 	sim "github.com/meridian-iot/meridian/firmware-sim"
 	"github.com/meridian-iot/meridian/storage"
+	"github.com/meridian-iot/meridian/storage/storagetest"
 )
 
-const defaultPGURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-
-func pgAdminURL() string {
-	if u := os.Getenv("MERIDIAN_TEST_PG_URL"); u != "" {
-		return u
-	}
-	return defaultPGURL
-}
-
-// newTestDB creates a fresh database and drops it at cleanup. It fails under
-// CI=true when PostgreSQL is unreachable and skips loudly otherwise.
-func newTestDB(tb testing.TB) string {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	admin, err := pgx.Connect(ctx, pgAdminURL())
-	if err != nil {
-		msg := fmt.Sprintf("PostgreSQL unreachable at MERIDIAN_TEST_PG_URL (%v)", err)
-		if os.Getenv("CI") == "true" {
-			tb.Fatal(msg)
-		}
-		tb.Skip("SKIPPING POSTGRES TESTS: " + msg)
-	}
-	defer admin.Close(ctx)
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "meridian_test_" + hex.EncodeToString(b[:])
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		tb.Fatalf("create test database: %v", err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, pgAdminURL())
-		if err != nil {
-			tb.Errorf("drop test database %s: %v", name, err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-			tb.Errorf("drop test database %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(pgAdminURL())
-	if err != nil {
-		tb.Fatalf("parse MERIDIAN_TEST_PG_URL: %v", err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
+// newTestDB is a fresh database for one test (storagetest.NewPostgresDB).
+func newTestDB(tb testing.TB) string { return storagetest.NewPostgresDB(tb) }
 
 func testLogger() *slog.Logger {
 	if testing.Verbose() {

@@ -23,57 +23,8 @@ import (
 	"github.com/meridian-iot/meridian/storage/storagetest"
 )
 
-const defaultTestURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-
-func adminURL() string {
-	if u := os.Getenv("MERIDIAN_TEST_PG_URL"); u != "" {
-		return u
-	}
-	return defaultTestURL
-}
-
-// newTestDB creates a fresh database for one test and drops it at cleanup.
-// It fails under CI=true when PostgreSQL is unreachable and skips loudly
-// otherwise.
-func newTestDB(tb testing.TB) string {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	admin, err := pgx.Connect(ctx, adminURL())
-	if err != nil {
-		msg := fmt.Sprintf("PostgreSQL unreachable at MERIDIAN_TEST_PG_URL (%v)", err)
-		if os.Getenv("CI") == "true" {
-			tb.Fatal(msg)
-		}
-		tb.Skip("SKIPPING POSTGRES TESTS: " + msg)
-	}
-	defer admin.Close(ctx)
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "meridian_test_" + hex.EncodeToString(b[:])
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		tb.Fatalf("create test database: %v", err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, adminURL())
-		if err != nil {
-			tb.Errorf("drop test database %s: %v", name, err)
-			return
-		}
-		defer c.Close(ctx)
-		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-			tb.Errorf("drop test database %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(adminURL())
-	if err != nil {
-		tb.Fatalf("parse MERIDIAN_TEST_PG_URL: %v", err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
+// newTestDB is storagetest.NewPostgresDB: a fresh database per test.
+func newTestDB(tb testing.TB) string { return storagetest.NewPostgresDB(tb) }
 
 // checkMode fails tb unless mode is the one this run expects: the value of
 // MERIDIAN_TEST_PG_MODE when set (so a run meant to cover TimescaleDB mode
@@ -139,7 +90,7 @@ func TestConformance(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	good := DefaultConfig()
-	good.URL = defaultTestURL
+	good.URL = storagetest.DefaultPostgresURL
 	cases := []struct {
 		name string
 		mod  func(*Config)
