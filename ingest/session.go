@@ -476,9 +476,23 @@ func (sess *session) writeLoop() {
 	ping := time.NewTicker(s.cfg.Heartbeat)
 	defer ping.Stop()
 	defer sess.conn.Close()
+	// Header and payload go out in one write (ws.WriteFrame would make two
+	// syscalls per ack: they were the largest cost in the ingest profile).
+	// The buffer lives as long as the write loop and is sized by the largest
+	// frame written, which is small (acks, commands up to max_frame).
+	var buf bytes.Buffer
 	write := func(f ws.Frame) error {
+		buf.Reset()
+		if err := ws.WriteHeader(&buf, f.Header); err != nil {
+			return err
+		}
+		buf.Write(f.Payload)
 		_ = sess.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		return ws.WriteFrame(sess.conn, f)
+		_, err := sess.conn.Write(buf.Bytes())
+		if buf.Cap() > 4<<10 {
+			buf = bytes.Buffer{} // a rare large command must not pin memory per session
+		}
+		return err
 	}
 	for {
 		select {

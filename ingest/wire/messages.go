@@ -2,7 +2,7 @@ package wire
 
 import "github.com/tinylib/msgp/msgp"
 
-//go:generate go tool msgp -file=messages.go -o=messages_gen.go -tests=false -io=false -unexported
+//go:generate go tool msgp -file=messages.go -o=messages_gen.go -tests=false -io=false
 
 // Message type names: the value of every frame's "type" key.
 const (
@@ -67,9 +67,4 @@ type Error struct {
 	Type    string `msg:"type"`
 	Code    string `msg:"code"`
 	Message string `msg:"message"`
-}
-
-// envelope reads only the "type" key of a frame; every other key is skipped.
-type envelope struct {
-	Type string `msg:"type"`
 }
