@@ -112,13 +112,13 @@ func New(cfg Config, store Store, auth Authenticator, opts Options) (*Server, er
 		opts.Now = time.Now
 	}
 	s := &Server{
-		cfg:      cfg,
-		store:    store,
-		auth:     auth,
-		opts:     opts,
-		log:      opts.Logger,
-		m:        newMetrics(opts.Registerer),
-		now:      opts.Now,
+		cfg:        cfg,
+		store:      store,
+		auth:       auth,
+		opts:       opts,
+		log:        opts.Logger,
+		m:          newMetrics(opts.Registerer),
+		now:        opts.Now,
 		sessions:   make(map[string]*session),
 		stopped:    make(chan struct{}),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
