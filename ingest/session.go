@@ -176,13 +176,35 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.conns.Add(1)
-	defer s.conns.Add(-1)
 	s.m.connections.Inc()
+	// The session runs on a goroutine of its own and this handler returns:
+	// net/http then drops its per-connection state (request, response
+	// writer, its 4 KiB read and write buffers) and the handler goroutine's
+	// stack, which grew during the handshake. That halves the memory of an
+	// idle connection (docs/benchmarks.md, "Connections"). The handshake
+	// slot passes to the session, which frees it once hello is queued.
+	handshaking = false
+	go s.runSession(sess, old)
+}
+
+// runSession is a device session's life after the upgrade: hello, the read
+// loop on this goroutine and the write loop on another, then cleanup.
+func (s *Server) runSession(sess *session, old *session) {
+	device, sessID := sess.device, sess.id
+	defer func() {
+		sess.cancel()
+		s.conns.Add(-1)
+		s.m.connections.Dec()
+		s.recordClose(sess)
+		if s.unregister(sess) && s.opts.Presence != nil {
+			s.opts.Presence(telemetry.Presence{Device: sess.device, Online: false, At: s.now().UnixMilli()})
+		}
+	}()
 	s.recordOpen(sess)
 	if s.opts.Presence != nil {
 		s.opts.Presence(telemetry.Presence{Device: device, Online: true, At: s.now().UnixMilli()})
 	}
-	s.log.Debug("device connected", "device", device, "session", sessID, "remote", r.RemoteAddr)
+	s.log.Debug("device connected", "device", device, "session", sessID, "remote", sess.remote)
 
 	// hello.acked must cover every batch an earlier session of this device
 	// (or an HTTP post) already put into the pipeline: otherwise a device
@@ -191,14 +213,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// wait until the device has nothing in the pipeline, then read the
 	// watermark. hello is queued before the write loop starts, so it is the
 	// first data frame even if a command arrives meanwhile.
-	hctx, cancel = context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	hctx, cancel := context.WithTimeout(sess.ctx, s.cfg.HandshakeTimeout)
 	hello, err := s.helloAfterIdle(hctx, old, device, sessID)
 	cancel()
 	if err == nil {
 		hb, _ := hello.MarshalMsg(nil)
 		sess.out <- outFrame{data: hb}
 	}
-	endHandshake()
+	<-s.handshakes // this handshake is over
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -212,12 +234,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		sess.readLoop()
 	}
 	<-writerDone
-	stop()
-	s.m.connections.Dec()
-	s.recordClose(sess)
-	if s.unregister(sess) && s.opts.Presence != nil {
-		s.opts.Presence(telemetry.Presence{Device: sess.device, Online: false, At: s.now().UnixMilli()})
-	}
 }
 
 // rejectUpgraded sends an optional error frame and a close frame on a

@@ -1,0 +1,376 @@
+package sim_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	sim "github.com/meridian-iot/meridian/firmware-sim"
+)
+
+// BenchmarkIdleConnections measures what an idle device connection costs
+// the server and how fast it accepts handshakes (issue 5, "Connections").
+// The server is `meridian serve` in its own process (embedded SQLite, a
+// temporary data dir) so its memory is not mixed with the clients'; this
+// process is the client. b.N is ignored: one invocation provisions the
+// devices once and then, for each N, runs a fresh server several times,
+// reporting medians. It needs ~N+100 open files in both processes, so it
+// only runs when asked:
+//
+//	MERIDIAN_BENCH_CONNS=1 go test -run '^$' -bench IdleConnections -benchtime 1x -timeout 30m ./firmware-sim/
+//
+// Env: MERIDIAN_BENCH_CONNS_N (default "10000,19000"), MERIDIAN_BENCH_CONNS_RUNS
+// (default 3), MERIDIAN_BENCH_BIN (a prebuilt meridian binary; otherwise one
+// is built), MERIDIAN_BENCH_GOGC (GOGC for the server, default unset).
+func BenchmarkIdleConnections(b *testing.B) {
+	if os.Getenv("MERIDIAN_BENCH_CONNS") != "1" {
+		b.Skip("set MERIDIAN_BENCH_CONNS=1 to run (opens up to 19,000 sockets per side; minutes)")
+	}
+	ns, err := parseInts(envOr("MERIDIAN_BENCH_CONNS_N", "10000,19000"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	runs, err := strconv.Atoi(envOr("MERIDIAN_BENCH_CONNS_RUNS", "3"))
+	if err != nil || runs < 1 {
+		b.Fatalf("MERIDIAN_BENCH_CONNS_RUNS: want a positive integer")
+	}
+	limit, err := sim.RaiseFileLimit()
+	if err != nil {
+		b.Fatal(err)
+	}
+	maxN := slices.Max(ns)
+	if limit < uint64(maxN)+100 {
+		b.Fatalf("open-file limit %d is too low for %d connections", limit, maxN)
+	}
+	bin := os.Getenv("MERIDIAN_BENCH_BIN")
+	if bin == "" {
+		bin = filepath.Join(b.TempDir(), "meridian")
+		out, err := exec.Command("go", "build", "-o", bin, "../cmd/meridian").CombinedOutput()
+		if err != nil {
+			b.Fatalf("build meridian: %v\n%s", err, out)
+		}
+	}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	env := connBenchEnv{bin: bin, dataDir: b.TempDir(), adminKey: "mak_" + hex.EncodeToString(key)}
+
+	// Provision once; every run reuses the data dir with a fresh process.
+	srv := env.start(b)
+	ids := make([]string, maxN)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("conn-%05d", i)
+	}
+	t0 := time.Now()
+	tokens, err := sim.Provisioner{BaseURL: srv.base, AdminKey: env.adminKey, Concurrency: 8}.Provision(context.Background(), ids)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("provisioned %d devices in %v", len(tokens), time.Since(t0).Round(time.Millisecond))
+	srv.stop(b)
+	toks := make([]string, len(ids))
+	for i, id := range ids {
+		toks[i] = tokens[id]
+	}
+
+	for _, n := range ns {
+		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
+			var perConn, rssPerConn, stackPerConn, hps []float64
+			for r := range runs {
+				res := env.run(b, toks[:n])
+				b.Logf("run %d: n=%d heap %+.0f B stack %+.0f B goroutines %+d rss %+.0f B -> heap+stack %.0f B/conn (stack %.0f), rss %.0f B/conn; connect %v = %.0f handshakes/s (%d retries)",
+					r+1, n, res.dHeap, res.dStack, res.dGoroutines, res.dRSS,
+					(res.dHeap+res.dStack)/float64(n), res.dStack/float64(n), res.dRSS/float64(n),
+					res.connect.Round(time.Millisecond), float64(n)/res.connect.Seconds(), res.retries)
+				perConn = append(perConn, (res.dHeap+res.dStack)/float64(n))
+				stackPerConn = append(stackPerConn, res.dStack/float64(n))
+				rssPerConn = append(rssPerConn, res.dRSS/float64(n))
+				hps = append(hps, float64(n)/res.connect.Seconds())
+			}
+			b.ReportMetric(median(perConn), "heap+stack-B/conn")
+			b.ReportMetric(median(stackPerConn), "stack-B/conn")
+			b.ReportMetric(median(rssPerConn), "rss-B/conn")
+			b.ReportMetric(median(hps), "handshakes/s")
+			b.ReportMetric(0, "ns/op") // one invocation of many runs: ns/op means nothing
+		})
+	}
+}
+
+type connBenchEnv struct {
+	bin, dataDir, adminKey string
+}
+
+type connBenchServer struct {
+	cmd  *exec.Cmd
+	base string
+	key  string
+	done chan error
+}
+
+type connBenchResult struct {
+	dHeap, dStack, dRSS float64
+	dGoroutines         int
+	connect             time.Duration
+	retries             int64
+}
+
+// start runs `meridian serve` on a free loopback port and waits for /healthz.
+func (e connBenchEnv) start(tb testing.TB) *connBenchServer {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	logf, err := os.OpenFile(filepath.Join(e.dataDir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(e.bin, "serve")
+	cmd.Env = append(os.Environ(),
+		"MERIDIAN_SERVER_DATA_DIR="+e.dataDir,
+		"MERIDIAN_SERVER_LISTEN="+addr,
+		"MERIDIAN_MQTT_EMBEDDED_ENABLED=false",
+		"MERIDIAN_DASHBOARD_ENABLED=false",
+		"MERIDIAN_DEVICES_ADMIN_KEY="+e.adminKey,
+		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
+		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",
+	)
+	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
+		cmd.Env = append(cmd.Env, "GOGC="+g)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// The child inherits this process's raised open-file limit.
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	s := &connBenchServer{cmd: cmd, base: "http://" + addr, key: e.adminKey, done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait(); logf.Close() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(s.base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			s.stop(tb)
+			tb.Fatalf("server did not become healthy (see %s)", filepath.Join(e.dataDir, "serve.log"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop asks for a graceful stop and kills after 20 s.
+func (s *connBenchServer) stop(tb testing.TB) {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(20 * time.Second):
+		tb.Log("server did not stop in 20 s; killing it")
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// sample reads heap in use, stack in use and goroutines from /metrics and
+// VmRSS from /proc.
+func (s *connBenchServer) sample(tb testing.TB) (heap, stack, rss float64, goroutines int) {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodGet, s.base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+s.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("/metrics: status %d", resp.StatusCode)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "go_memstats_heap_inuse_bytes":
+			heap = v
+		case "go_memstats_stack_inuse_bytes":
+			stack = v
+		case "go_goroutines":
+			goroutines = int(v)
+		}
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err == nil {
+		for _, line := range strings.Split(string(status), "\n") {
+			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+				rss = kb * 1024
+			}
+		}
+	}
+	return heap, stack, rss, goroutines
+}
+
+// run starts a fresh server, samples it idle, connects one device per token
+// with 32 handshakes in flight (ingest.max_handshakes), lets the connections
+// sit idle, samples again, and tears everything down.
+func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
+	tb.Helper()
+	srv := e.start(tb)
+	defer srv.stop(tb)
+	time.Sleep(3 * time.Second)
+	h0, s0, r0, g0 := srv.sample(tb)
+
+	url := "ws" + strings.TrimPrefix(srv.base, "http") + "/v1/device"
+	var (
+		next    atomic.Int64
+		retries atomic.Int64
+		mu      sync.Mutex
+		conns   = make([]net.Conn, 0, len(tokens))
+		readers sync.WaitGroup
+		workers sync.WaitGroup
+		failed  atomic.Value
+	)
+	t0 := time.Now()
+	for range 32 {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(tokens) || failed.Load() != nil {
+					return
+				}
+				conn, rd, err := dialDevice(url, tokens[i], &retries)
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				mu.Lock()
+				conns = append(conns, conn)
+				mu.Unlock()
+				readers.Add(1)
+				go func() {
+					defer readers.Done()
+					// Answers pings (wsutil's control handler) until closed.
+					rw := struct {
+						io.Reader
+						io.Writer
+					}{rd, conn}
+					for {
+						if _, _, err := wsutil.ReadServerData(rw); err != nil {
+							return
+						}
+					}
+				}()
+			}
+		}()
+	}
+	workers.Wait()
+	connect := time.Since(t0)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		readers.Wait()
+	}()
+	if err, _ := failed.Load().(error); err != nil {
+		tb.Fatalf("connect: %v (after %d connections)", err, len(conns))
+	}
+	// Let handshake garbage age and any per-connection timers settle.
+	time.Sleep(10 * time.Second)
+	h1, s1, r1, g1 := srv.sample(tb)
+	return connBenchResult{
+		dHeap: h1 - h0, dStack: s1 - s0, dRSS: r1 - r0, dGoroutines: g1 - g0,
+		connect: connect, retries: retries.Load(),
+	}
+}
+
+// dialDevice connects one device and reads its hello; a 503 (handshake cap)
+// is retried after a short pause.
+func dialDevice(url, token string, retries *atomic.Int64) (net.Conn, io.Reader, error) {
+	d := ws.Dialer{
+		Protocols: []string{sim.Subprotocol},
+		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
+		Timeout:   15 * time.Second,
+	}
+	for attempt := 0; ; attempt++ {
+		conn, br, _, err := d.Dial(context.Background(), url)
+		if err != nil {
+			if attempt < 50 {
+				retries.Add(1)
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			return nil, nil, fmt.Errorf("dial: %w", err)
+		}
+		var rd io.Reader = conn
+		if br != nil {
+			rd = io.MultiReader(br, conn)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+		if _, _, err := wsutil.ReadServerData(struct {
+			io.Reader
+			io.Writer
+		}{rd, conn}); err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("read hello: %w", err)
+		}
+		_ = conn.SetReadDeadline(time.Time{})
+		return conn, rd, nil
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("want positive integers separated by commas, got %q", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
