@@ -362,18 +362,12 @@ func (l sessionLog) SessionOpened(ctx context.Context, s ingest.SessionInfo) err
 	if err != nil {
 		return fmt.Errorf("record session open: %w", err)
 	}
-	if err := l.st.TouchDevice(ctx, s.Device, s.Started); err != nil {
-		return fmt.Errorf("touch device: %w", err)
-	}
-	return nil
+	return nil // OpenSession also advanced last_seen
 }
 
 func (l sessionLog) SessionClosed(ctx context.Context, s ingest.SessionInfo) error {
 	if err := l.st.CloseSession(ctx, s.ID, s.Ended, s.CloseReason, s.Readings); err != nil {
 		return fmt.Errorf("record session close: %w", err)
 	}
-	if err := l.st.TouchDevice(ctx, s.Device, s.Ended); err != nil {
-		return fmt.Errorf("touch device: %w", err)
-	}
-	return nil
+	return nil // CloseSession also advanced last_seen
 }

@@ -297,8 +297,13 @@ func (s *Store) OpenSession(ctx context.Context, ss storage.Session) error {
 	if err := s.ready(); err != nil {
 		return err
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO device_sessions (id, device, node, remote_addr, transport, started_at)
-		VALUES ($1, $2, $3, $4, $5, $6)`, ss.ID, ss.DeviceID, ss.Node, ss.RemoteAddr, ss.Transport, orNow(ss.StartedAt))
+	// One statement records the session and advances last_seen: one round
+	// trip and one commit per handshake.
+	_, err := s.pool.Exec(ctx, `WITH s AS (
+			INSERT INTO device_sessions (id, device, node, remote_addr, transport, started_at)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING device, started_at)
+		UPDATE devices d SET last_seen = GREATEST(d.last_seen, s.started_at) FROM s WHERE d.device = s.device`,
+		ss.ID, ss.DeviceID, ss.Node, ss.RemoteAddr, ss.Transport, orNow(ss.StartedAt))
 	switch {
 	case isCode(err, sqlUniqueViolation):
 		return fmt.Errorf("open session %s: %w", ss.ID, storage.ErrExists)
@@ -312,8 +317,21 @@ func (s *Store) OpenSession(ctx context.Context, ss storage.Session) error {
 
 // CloseSession records how a session ended.
 func (s *Store) CloseSession(ctx context.Context, id string, ended time.Time, reason string, readings int64) error {
-	return s.execOne(ctx, "close session "+id,
-		`UPDATE device_sessions SET ended_at = $2, close_reason = $3, readings = $4 WHERE id = $1`, id, ended, reason, readings)
+	if err := s.ready(); err != nil {
+		return err
+	}
+	var found bool
+	err := s.pool.QueryRow(ctx, `WITH s AS (
+			UPDATE device_sessions SET ended_at = $2, close_reason = $3, readings = $4 WHERE id = $1 RETURNING device, ended_at),
+		t AS (UPDATE devices d SET last_seen = GREATEST(d.last_seen, s.ended_at) FROM s WHERE d.device = s.device)
+		SELECT EXISTS (SELECT 1 FROM s)`, id, ended, reason, readings).Scan(&found)
+	if err != nil {
+		return fmt.Errorf("close session %s: %w", id, err)
+	}
+	if !found {
+		return fmt.Errorf("close session %s: %w", id, storage.ErrNotFound)
+	}
+	return nil
 }
 
 // ListSessions returns the device's most recent sessions, newest first.

@@ -323,9 +323,15 @@ func (s *Store) RevokeAPIKey(ctx context.Context, id string, at time.Time) error
 // OpenSession records a new session; storage.ErrExists for a taken id,
 // storage.ErrNotFound for an unknown device.
 func (s *Store) OpenSession(ctx context.Context, ss storage.Session) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO device_sessions (id, device, node, remote_addr, transport, started_at, ended_at, close_reason, readings)
+	started := fmtTime(orNow(ss.StartedAt))
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("open session %s: %w", ss.ID, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	_, err = tx.ExecContext(ctx, `INSERT INTO device_sessions (id, device, node, remote_addr, transport, started_at, ended_at, close_reason, readings)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		ss.ID, ss.DeviceID, ss.Node, ss.RemoteAddr, ss.Transport, fmtTime(orNow(ss.StartedAt)), fmtTimePtr(ss.EndedAt), ss.CloseReason, ss.Readings)
+		ss.ID, ss.DeviceID, ss.Node, ss.RemoteAddr, ss.Transport, started, fmtTimePtr(ss.EndedAt), ss.CloseReason, ss.Readings)
 	switch {
 	case isUnique(err):
 		return fmt.Errorf("open session %s: %w", ss.ID, storage.ErrExists)
@@ -334,13 +340,40 @@ func (s *Store) OpenSession(ctx context.Context, ss storage.Session) error {
 	case err != nil:
 		return fmt.Errorf("open session %s: %w", ss.ID, err)
 	}
+	// last_seen in the same transaction: one fsync per handshake, not two
+	// (session bookkeeping bounded the handshake rate, docs/benchmarks.md).
+	if _, err := tx.ExecContext(ctx, `UPDATE devices SET last_seen = max(coalesce(last_seen, ''), ?) WHERE device = ?`, started, ss.DeviceID); err != nil {
+		return fmt.Errorf("open session %s: touch device: %w", ss.ID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("open session %s: commit: %w", ss.ID, err)
+	}
 	return nil
 }
 
-// CloseSession records the end of a session.
+// CloseSession records the end of a session and advances the device's
+// last_seen, in one transaction.
 func (s *Store) CloseSession(ctx context.Context, id string, ended time.Time, reason string, readings int64) error {
-	return s.execOne(ctx, "close session "+id,
-		`UPDATE device_sessions SET ended_at = ?, close_reason = ?, readings = ? WHERE id = ?`, fmtTime(ended), reason, readings, id)
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("close session %s: %w", id, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	res, err := tx.ExecContext(ctx, `UPDATE device_sessions SET ended_at = ?, close_reason = ?, readings = ? WHERE id = ?`, fmtTime(ended), reason, readings, id)
+	if err != nil {
+		return fmt.Errorf("close session %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("close session %s: %w", id, storage.ErrNotFound)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE devices SET last_seen = max(coalesce(last_seen, ''), ?)
+		WHERE device = (SELECT device FROM device_sessions WHERE id = ?)`, fmtTime(ended), id); err != nil {
+		return fmt.Errorf("close session %s: touch device: %w", id, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("close session %s: commit: %w", id, err)
+	}
+	return nil
 }
 
 // ListSessions returns the device's newest sessions first, at most limit

@@ -61,6 +61,9 @@ type Backend interface {
 	ListAPIKeys(ctx context.Context) ([]storage.APIKey, error)
 	RevokeAPIKey(ctx context.Context, id string, at time.Time) error
 
+	// OpenSession records a session and advances the device's last_seen to
+	// its start; CloseSession records its end and advances last_seen to it.
+	// Each is one transaction, so a handshake costs one commit.
 	OpenSession(ctx context.Context, s storage.Session) error
 	CloseSession(ctx context.Context, id string, ended time.Time, reason string, readings int64) error
 	ListSessions(ctx context.Context, device string, limit int) ([]storage.Session, error)

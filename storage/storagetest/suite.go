@@ -978,6 +978,22 @@ func testSessions(t *testing.T, newStore NewStore) {
 	if all, err := b.ListSessions(ctx, "ses-1", 100); err != nil || len(all) != 3 {
 		t.Fatalf("ListSessions(limit 100) = %d sessions, %v; want 3", len(all), err)
 	}
+	// Opening and closing sessions advances last_seen (never backwards):
+	// the latest start was now+2m, the close at now+90s is older.
+	d, err := b.GetDevice(ctx, "ses-1")
+	if err != nil {
+		t.Fatalf("GetDevice: %v", err)
+	}
+	if d.LastSeen == nil || !d.LastSeen.Equal(now.Add(2*time.Minute)) {
+		t.Fatalf("last_seen = %v, want %v", d.LastSeen, now.Add(2*time.Minute))
+	}
+	later := now.Add(5 * time.Minute)
+	if err := b.CloseSession(ctx, "sess-2", later, "bye", 1); err != nil {
+		t.Fatalf("CloseSession: %v", err)
+	}
+	if d, err := b.GetDevice(ctx, "ses-1"); err != nil || d.LastSeen == nil || !d.LastSeen.Equal(later) {
+		t.Fatalf("last_seen after close = %v, %v; want %v", d.LastSeen, err, later)
+	}
 }
 
 // testTimescaleCompressed: late readings landing in a compressed chunk are
