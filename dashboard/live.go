@@ -139,6 +139,11 @@ func (d *Dashboard) serveLive(w http.ResponseWriter, r *http.Request) {
 	up := ws.HTTPUpgrader{Timeout: handshakeTimeout}
 	conn, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
+		// gobwas hijacks first and has written the rejection already: the
+		// connection is ours to close.
+		if conn != nil {
+			_ = conn.Close()
+		}
 		d.log.Debug("live: upgrade failed", "err", err)
 		return
 	}

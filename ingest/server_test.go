@@ -628,3 +628,25 @@ func TestGlobalCaps(t *testing.T) {
 	<-hs.srv.handshakes
 	hs.dial("tok-h1")
 }
+
+// TestBadUpgradeClosesConnection: a request that authenticates but is not a
+// valid WebSocket upgrade gets its HTTP error and the connection is closed
+// (gobwas hijacks before validating; a hijacked socket left open would leak
+// and hang a keep-alive client).
+func TestBadUpgradeClosesConnection(t *testing.T) {
+	ts := startServer(t, nil)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "GET /v1/device HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-bad-upgrade\r\n\r\n")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	all, err := io.ReadAll(conn) // returns at EOF: the server closed
+	if err != nil {
+		t.Fatalf("connection not closed after a rejected upgrade: %v (read %q)", err, all)
+	}
+	if !bytes.HasPrefix(all, []byte("HTTP/1.1 400")) {
+		t.Fatalf("response %q, want 400", all)
+	}
+}

@@ -112,6 +112,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if rateLimited {
 		s.m.handshakes.WithLabelValues("rate_limited").Inc()
 		conn, _, _, err := (&ws.HTTPUpgrader{Timeout: s.cfg.HandshakeTimeout, Protocol: func(p string) bool { return p == Subprotocol }}).Upgrade(r, w)
+		if err != nil && conn != nil {
+			_ = conn.Close() // the rejection is already written; see below
+		}
 		if err == nil {
 			s.m.closes.WithLabelValues(strconv.Itoa(wire.CloseTryAgainLater)).Inc()
 			rejectUpgraded(conn, s.cfg.WriteTimeout, wire.CloseTryAgainLater, "rate_limited", "too many connection attempts for this device, retry later")
@@ -136,6 +139,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	conn, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
+		// gobwas hijacks before validating and has already written the
+		// rejection (400/426...) to the hijacked connection: close it, or
+		// it stays open with nobody reading it (a socket leak per bad
+		// upgrade, and a hung keep-alive client).
+		if conn != nil {
+			_ = conn.Close()
+		}
 		s.m.handshakes.WithLabelValues("error").Inc()
 		s.log.Debug("device upgrade failed", "device", device, "err", err)
 		return

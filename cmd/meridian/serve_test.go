@@ -83,6 +83,9 @@ func testConfig(t *testing.T) Config {
 	cfg.Server.Listen = "127.0.0.1:0"
 	cfg.Server.DataDir = filepath.Join(t.TempDir(), "data")
 	cfg.Ingest.ShutdownGrace = 5 * time.Second
+	// The embedded broker on a free port: tests run in parallel, and the
+	// default 127.0.0.1:1884 can only be bound once.
+	cfg.MQTT.Embedded.Listen = "127.0.0.1:0"
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
