@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -117,5 +119,19 @@ func TestRouteCredentials(t *testing.T) {
 	// Provisioning is off by default: 404 whatever credential is sent.
 	if code, _ := call("POST", "/v1/provision", admin, []byte(`{"device":"x","key":"y"}`)); code != http.StatusNotFound {
 		t.Errorf("POST /v1/provision with provisioning off: %d, want 404", code)
+	}
+}
+
+// TestRoutesDocumented: docs/api.md lists every route serve mounts.
+func TestRoutesDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "api.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range serverRoutes() {
+		row := fmt.Sprintf("| %s | `%s` |", r.Method, r.Path)
+		if !strings.Contains(string(doc), row) {
+			t.Errorf("docs/api.md has no row %q", row)
+		}
 	}
 }
