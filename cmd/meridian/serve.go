@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -182,11 +183,15 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	if !cfg.Server.Metrics.Open {
 		metrics = devs.RequireRole(devices.RoleViewer, metrics)
 	}
+	// Ready only once the admin key is registered: an orchestrator (or a
+	// test) acting on /readyz with a configured devices.admin_key must not
+	// get 401s because the key is registered a moment later.
+	var keysDone atomic.Bool
 	rt := routes{
 		device:  ing.Handler(),
 		admin:   devs.AdminHandler(),
 		metrics: metrics,
-		ready:   readyzHandler(ing, st, st.kind),
+		ready:   readyzHandler(keysReady{ing, &keysDone}, st, st.kind),
 		query:   devs.RequireRole(devices.RoleViewer, queryapi.Handler(st, queryapi.Options{Logger: log.With("component", "query")})),
 	}
 	if br != nil {
@@ -255,7 +260,12 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 		g.Go(func() error { certs.watch(gctx, certPollInterval); return nil })
 	}
 	g.Go(func() error { maintainLoop(gctx, st, cfg.Storage.MaintainInterval, log); return nil })
-	g.Go(func() error { ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log); return nil })
+	g.Go(func() error {
+		if ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log) {
+			keysDone.Store(true)
+		}
+		return nil
+	})
 	// Started, for systemd (Type=notify), once the listener is bound. Not
 	// gated on the store: a database that is down must not get the unit
 	// killed by a start timeout; /readyz reports it and flow begins when it
@@ -327,9 +337,9 @@ func maintainLoop(ctx context.Context, st *store, every time.Duration, log *slog
 // printing a newly generated key once on out (never to the log). Storage
 // errors are retried: the admin API is unusable until this succeeds, but
 // devices are not affected.
-func ensureAdminKey(ctx context.Context, st *store, devs *devices.Service, configured string, out io.Writer, log *slog.Logger) {
+func ensureAdminKey(ctx context.Context, st *store, devs *devices.Service, configured string, out io.Writer, log *slog.Logger) bool {
 	if err := st.waitReady(ctx); err != nil {
-		return
+		return false
 	}
 	for {
 		secret, err := devs.EnsureAdminKey(ctx, configured)
@@ -337,15 +347,28 @@ func ensureAdminKey(ctx context.Context, st *store, devs *devices.Service, confi
 			if secret != "" {
 				fmt.Fprintf(out, "\nNo API key existed, so an admin key was created. It is shown only this once:\n\n    %s\n\nUse it as \"Authorization: Bearer <key>\" for /v1/admin and /metrics.\n\n", secret)
 			}
-			return
+			return true
 		}
 		log.Error("cannot ensure an admin API key; retrying", "err", err)
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(5 * time.Second):
 		}
 	}
+}
+
+// keysReady is ingest's readiness plus "the admin key is registered".
+type keysReady struct {
+	ing  readyChecker
+	done *atomic.Bool
+}
+
+func (k keysReady) Ready(ctx context.Context) error {
+	if !k.done.Load() {
+		return errors.New("operator API keys not initialised yet")
+	}
+	return k.ing.Ready(ctx)
 }
 
 // sessionLog records device sessions in the store (device_sessions history
