@@ -132,9 +132,21 @@ func TestServeEmbeddedDefaults(t *testing.T) {
 	if code, body := get(t, ts.base+"/healthz", ""); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
-	code, body := get(t, ts.base+"/readyz", "")
-	var rep readyReport
-	if err := json.Unmarshal([]byte(body), &rep); err != nil || code != 200 || !rep.Ready || rep.Storage.Mode != "sqlite" {
+	// Ready once the store answers and the operator keys exist: moments
+	// after the listener is up, so poll briefly.
+	var (
+		code int
+		body string
+		rep  readyReport
+		err  error
+	)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		code, body = get(t, ts.base+"/readyz", "")
+		if err = json.Unmarshal([]byte(body), &rep); err == nil && code == 200 {
+			break
+		}
+	}
+	if err != nil || code != 200 || !rep.Ready || rep.Storage.Mode != "sqlite" {
 		t.Errorf("/readyz = %d %s (%v)", code, body, err)
 	}
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,19 +25,7 @@ import (
 const setupLockID int64 = 0x6d65726964690001 // "meridi" + 1
 
 // Status is the migration state `meridian migrate --status` shows.
-type Status struct {
-	// Mode is the database's recorded mode, or the one that would be chosen
-	// if it has not been migrated yet.
-	Mode string `json:"mode"`
-	// Current is the database's schema version (0: never migrated).
-	Current int64 `json:"current"`
-	// Latest is the newest migration embedded in this binary.
-	Latest int64 `json:"latest"`
-	// Pending lists migrations not yet applied, by file name.
-	Pending []string `json:"pending"`
-	// TooNew is set when the database was migrated by a newer binary.
-	TooNew bool `json:"too_new"`
-}
+type Status = migrations.Status
 
 // Migrate detects the mode (creating the timescaledb extension when
 // available) and applies pending migrations. Safe to call while the
@@ -64,28 +51,11 @@ func (s *Store) MigrateStatus(ctx context.Context) (Status, error) {
 			mode = storage.ModeTimescale
 		}
 	}
-	st.Mode = mode
-	fsys := migrationsFor(mode)
-	latest, names, err := embeddedVersions(fsys)
-	if err != nil {
-		return st, err
-	}
 	applied, err := appliedVersions(ctx, s.pool)
 	if err != nil {
 		return st, err
 	}
-	st.Latest = latest
-	for v := range applied {
-		st.Current = max(st.Current, v)
-	}
-	st.TooNew = st.Current > latest
-	for v, name := range names {
-		if !applied[v] {
-			st.Pending = append(st.Pending, name)
-		}
-	}
-	slices.Sort(st.Pending)
-	return st, nil
+	return migrations.StatusOf(mode, migrationsFor(mode), applied)
 }
 
 // setup runs once per process on first contact: pick the mode, check the
@@ -97,7 +67,7 @@ func (s *Store) setup(ctx context.Context, migrate bool) error {
 		return err
 	}
 	fsys := migrationsFor(mode)
-	latest, _, err := embeddedVersions(fsys)
+	latest, _, err := migrations.Versions(fsys)
 	if err != nil {
 		return err
 	}
@@ -276,24 +246,6 @@ func migrationsFor(mode string) fs.FS {
 		return migrations.Timescale()
 	}
 	return migrations.Postgres()
-}
-
-// embeddedVersions lists the migrations in fsys by version.
-func embeddedVersions(fsys fs.FS) (latest int64, names map[int64]string, err error) {
-	files, err := fs.Glob(fsys, "*.sql")
-	if err != nil {
-		return 0, nil, fmt.Errorf("list migrations: %w", err)
-	}
-	names = map[int64]string{}
-	for _, f := range files {
-		v, err := goose.NumericComponent(f)
-		if err != nil {
-			return 0, nil, fmt.Errorf("migration %s: %w", f, err)
-		}
-		names[v] = f
-		latest = max(latest, v)
-	}
-	return latest, names, nil
 }
 
 // appliedVersions reads goose's version table directly (it may not exist

@@ -5,11 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io/fs"
 	"path"
-	"slices"
-	"strconv"
-	"strings"
 
 	sqlite3 "github.com/ncruces/go-sqlite3"
 	"github.com/pressly/goose/v3"
@@ -20,18 +16,7 @@ import (
 
 // Status is the migration state `meridian migrate --status` shows; the
 // same shape as the postgres backend's.
-type Status struct {
-	// Mode is always storage.ModeSQLite.
-	Mode string `json:"mode"`
-	// Current is the database's schema version (0: never migrated).
-	Current int64 `json:"current"`
-	// Latest is the newest migration embedded in this binary.
-	Latest int64 `json:"latest"`
-	// Pending lists migrations not yet applied, by file name.
-	Pending []string `json:"pending"`
-	// TooNew is set when the database was migrated by a newer binary.
-	TooNew bool `json:"too_new"`
-}
+type Status = migrations.Status
 
 // errSchemaBehind: the database needs migrations this binary carries.
 var errSchemaBehind = errors.New("database schema is behind this binary")
@@ -55,33 +40,17 @@ func (s *Store) Migrate(ctx context.Context) error {
 
 // MigrateStatus reports the schema version without changing anything.
 func (s *Store) MigrateStatus(ctx context.Context) (Status, error) {
-	st := Status{Mode: storage.ModeSQLite}
-	latest, names, err := embeddedVersions(migrations.SQLite())
-	if err != nil {
-		return st, err
-	}
 	applied, err := appliedVersions(ctx, s.w)
 	if err != nil {
-		return st, err
+		return Status{Mode: storage.ModeSQLite}, err
 	}
-	st.Latest = latest
-	for v := range applied {
-		st.Current = max(st.Current, v)
-	}
-	st.TooNew = st.Current > latest
-	for v, name := range names {
-		if !applied[v] {
-			st.Pending = append(st.Pending, name)
-		}
-	}
-	slices.Sort(st.Pending)
-	return st, nil
+	return migrations.StatusOf(storage.ModeSQLite, migrations.SQLite(), applied)
 }
 
 // setup checks the schema version and migrates when allowed.
 func (s *Store) setup(ctx context.Context, migrate bool) error {
 	fsys := migrations.SQLite()
-	latest, names, err := embeddedVersions(fsys)
+	latest, names, err := migrations.Versions(fsys)
 	if err != nil {
 		return err
 	}
@@ -140,30 +109,6 @@ func allApplied(names map[int64]string, applied map[int64]bool) bool {
 		}
 	}
 	return true
-}
-
-// embeddedVersions lists the goose files of fsys by version.
-func embeddedVersions(fsys fs.FS) (int64, map[int64]string, error) {
-	entries, err := fs.ReadDir(fsys, ".")
-	if err != nil {
-		return 0, nil, fmt.Errorf("list embedded migrations: %w", err)
-	}
-	names := map[int64]string{}
-	var latest int64
-	for _, e := range entries {
-		name := e.Name()
-		if e.IsDir() || !strings.HasSuffix(name, ".sql") {
-			continue
-		}
-		num, _, ok := strings.Cut(name, "_")
-		v, err := strconv.ParseInt(num, 10, 64)
-		if !ok || err != nil {
-			return 0, nil, fmt.Errorf("embedded migration %q: name must start with a version number and '_'", name)
-		}
-		names[v] = name
-		latest = max(latest, v)
-	}
-	return latest, names, nil
 }
 
 // appliedVersions reads goose's version table; empty when it does not
