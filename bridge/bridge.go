@@ -33,6 +33,9 @@ type Devices interface {
 	// TakeOver closes the device's live session on this node because another
 	// node took the device over (the device sees 1008 session_taken_over).
 	TakeOver(device string)
+	// Kick closes the device's live session on this node with 1008 and the
+	// reason: another node disabled or deleted it or revoked its tokens.
+	Kick(device, reason string)
 }
 
 // ErrOffline and ErrBusy are what the bridge understands from

@@ -188,6 +188,24 @@ func TestTwoNodes(t *testing.T) {
 		noCommand(t, a, 300*time.Millisecond)
 	})
 
+	t.Run("kick crosses nodes", func(t *testing.T) {
+		// d1 is on B now; an operator revokes it through A.
+		a.b.Kick("d1", "device disabled")
+		select {
+		case k := <-b.devs.kicks:
+			if k != "d1:device disabled" {
+				t.Fatalf("kick %q", k)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("B did not close d1 after A's kick")
+		}
+		select {
+		case k := <-a.devs.kicks:
+			t.Fatalf("A kicked itself: %q", k)
+		case <-time.After(200 * time.Millisecond):
+		}
+	})
+
 	t.Run("queued command follows the device", func(t *testing.T) {
 		// q1 was last on A and is offline: A queues; q1 connects to B.
 		connect(a.b, a.devs, "q1")

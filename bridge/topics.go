@@ -18,6 +18,10 @@ func (t topics) result(device, id string) string {
 }
 func (t topics) node(node string) string { return t.prefix + "/_nodes/" + node + "/status" }
 
+// kick is where a node announces that a device was disabled, deleted or had
+// its tokens revoked, so whichever node holds its session closes it.
+func (t topics) kick() string { return t.prefix + "/_kick" }
+
 // reserved are the topic levels right under <prefix>/<device>/ that the
 // bridge itself uses. A metric whose first level is one of them would
 // collide in the per-reading layout, so it is published one level down,
@@ -41,6 +45,7 @@ func (t topics) subscriptions(remote bool) map[string]byte {
 		t.prefix + "/+/session":           1,
 		t.prefix + "/+/status":            1,
 		t.prefix + "/_nodes/+/status":     1,
+		t.prefix + "/_kick":               1,
 	}
 	if remote {
 		f[t.prefix+"/+/telemetry"] = 0
@@ -58,6 +63,7 @@ const (
 	inStatus
 	inNode
 	inTelemetry
+	inKick
 )
 
 // classify maps a received topic to its kind and the device (or node) it
@@ -69,6 +75,8 @@ func (t topics) classify(topic string) (inKind, string) {
 	}
 	parts := strings.Split(rest, "/")
 	switch {
+	case len(parts) == 1 && parts[0] == "_kick":
+		return inKick, ""
 	case len(parts) == 3 && parts[0] == "_nodes" && parts[2] == "status":
 		return inNode, parts[1]
 	case len(parts) == 2 && parts[1] == "commands":

@@ -40,6 +40,8 @@ func (b *Bridge) handleInbound(m inMsg) {
 		b.handleStatus(m.subject, m.payload)
 	case inNode:
 		b.handleNode(m.subject, m.payload)
+	case inKick:
+		b.handleKick(m.payload)
 	case inResult:
 		var r resultJSON
 		if json.Unmarshal(m.payload, &r) == nil && r.ID != "" {
@@ -415,4 +417,37 @@ func (b *Bridge) completeWaiter(device string, r resultJSON) {
 	if ch != nil {
 		ch <- r // 1-buffered, one sender: the waiter was just removed
 	}
+}
+
+// kickJSON is the payload of <prefix>/_kick.
+type kickJSON struct {
+	Node   string `json:"node"`
+	Device string `json:"device"`
+	Reason string `json:"reason"`
+}
+
+// Kick tells the other nodes to close the device's live session (the
+// device was disabled or deleted, or its tokens revoked here). The local
+// session is closed by the caller; this only carries the order across the
+// cluster, so a revoked device cannot keep streaming on another node until
+// it happens to reconnect. Non-blocking, like every publish.
+func (b *Bridge) Kick(device, reason string) {
+	if !validDevice(device) {
+		return
+	}
+	data, _ := json.Marshal(kickJSON{Node: b.node, Device: device, Reason: reason})
+	b.sendEvent(outMsg{topic: b.t.kick(), payload: data, kind: "kick"})
+}
+
+// handleKick closes a device's session here when another node asks.
+func (b *Bridge) handleKick(payload []byte) {
+	var k kickJSON
+	if json.Unmarshal(payload, &k) != nil || !validDevice(k.Device) || k.Node == b.node {
+		return
+	}
+	reason := k.Reason
+	if reason == "" {
+		reason = "closed by operator"
+	}
+	b.devs.Kick(k.Device, truncate(reason, 100))
 }

@@ -114,7 +114,14 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	if err != nil {
 		return fmt.Errorf("build ingest server: %w", err)
 	}
-	devs.OnKick(ing.Kick)
+	// A kick (disable, delete, revoke) closes the live session here and,
+	// through the bridge, on whichever other node holds it.
+	devs.OnKick(func(device, reason string) {
+		ing.Kick(device, reason)
+		if br != nil {
+			br.Kick(device, reason)
+		}
+	})
 	devs.SetPresence(ing.Online)
 
 	if !cfg.MQTT.Disabled() {
