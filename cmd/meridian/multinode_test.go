@@ -217,6 +217,17 @@ func TestMultiNode(t *testing.T) {
 		rec.wait(t, prefix+"/d1/telemetry", 10*time.Second, func(p []byte) bool { return telemetrySeq(p) == 3 })
 	})
 
+	t.Run("revoke on one node closes the session on the other", func(t *testing.T) {
+		devB, _ := dialDevice(t, b, added.Token)
+		// Let the ownership settle on node B before revoking through A.
+		rec.wait(t, prefix+"/d1/session", 10*time.Second, func(p []byte) bool { return sessionIs(p, "node-b", true) })
+		st, bd, err := mnDo(hc, "POST", a.base+"/v1/admin/devices/d1/revoke-tokens", adminKey, ``, nil)
+		if err != nil || st >= 300 {
+			t.Fatalf("revoke on node A: %d %s %v", st, bd, err)
+		}
+		devB.expectClose(t, 5*time.Second, wire.ClosePolicy, "policy")
+	})
+
 	// Stop both with SIGTERM: exit 0 within the grace (ingest 5 s, then the
 	// bridge's 5 s), announcing themselves offline on the way out.
 	a.signal(t, syscall.SIGTERM)
