@@ -2,12 +2,14 @@ package sim_test
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	sim "github.com/meridian-iot/meridian/firmware-sim"
+	"github.com/meridian-iot/meridian/storage/sqlite"
 )
 
 // benchReadings is the size of one benchmark operation: one fleet run that
@@ -23,8 +25,31 @@ const benchReadings = 200_000
 //
 //	go test -run '^$' -bench IngestPostgres -benchtime 1x -count 3 ./firmware-sim/
 func BenchmarkIngestPostgres(b *testing.B) {
-	s := startInProcess(b, nil)
-	cfg := fastConfig(s.url, 100)
+	// Direct to PostgreSQL (no test proxy), like the CopyFrom ceiling.
+	s := serveIngest(b, openPostgres(b, newTestDB(b)), nil)
+	benchIngest(b, s.url)
+}
+
+// BenchmarkIngestSQLite is the same path on the embedded store.
+//
+//	go test -run '^$' -bench IngestSQLite -benchtime 1x -count 3 ./firmware-sim/
+func BenchmarkIngestSQLite(b *testing.B) {
+	cfg := sqlite.DefaultConfig()
+	cfg.Path = filepath.Join(b.TempDir(), "meridian.db")
+	cfg.Migrate = true
+	store, err := sqlite.Open(context.Background(), cfg, testLogger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { store.Close() })
+	s := serveIngest(b, store, nil)
+	benchIngest(b, s.url)
+}
+
+// benchIngest runs benchReadings through a fleet of 100 devices against url
+// and reports acked readings per second and the worst ack p99.
+func benchIngest(b *testing.B, url string) {
+	cfg := fastConfig(url, 100)
 	cfg.Prefix = "bench-"
 	cfg.Verify = false
 	cfg.Profiles = []string{"vibration"} // one metric at 1 Hz, sped up below

@@ -53,8 +53,17 @@ func startInProcess(t testing.TB, mut func(*ingest.Config), opts ...func(*ingest
 	t.Helper()
 	dbURL := newTestDB(t)
 	proxy := newTCPProxy(t, pgHostPort(t, dbURL))
+	store := openPostgres(t, withHost(dbURL, proxy.addr()))
+	p := serveIngest(t, store, mut, opts...)
+	p.store, p.db = store, proxy
+	return p
+}
+
+// openPostgres opens and readies the postgres backend at url.
+func openPostgres(t testing.TB, url string) *postgres.Store {
+	t.Helper()
 	pcfg := postgres.DefaultConfig()
-	pcfg.URL = withHost(dbURL, proxy.addr())
+	pcfg.URL = url
 	store, err := postgres.Open(context.Background(), pcfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +74,12 @@ func startInProcess(t testing.TB, mut func(*ingest.Config), opts ...func(*ingest
 	if err := store.WaitReady(wctx); err != nil {
 		t.Fatalf("store not ready: %v", err)
 	}
+	return store
+}
+
+// serveIngest runs a real ingest server on store behind an httptest server.
+func serveIngest(t testing.TB, store ingest.Store, mut func(*ingest.Config), opts ...func(*ingest.Options)) *inProcess {
+	t.Helper()
 	cfg := ingest.DefaultConfig()
 	cfg.FlushInterval = 20 * time.Millisecond
 	cfg.Heartbeat = 3 * time.Second
@@ -90,7 +105,7 @@ func startInProcess(t testing.TB, mut func(*ingest.Config), opts ...func(*ingest
 		hs.CloseClientConnections()
 		hs.Close()
 	})
-	return &inProcess{srv: srv, url: hs.URL, store: store, db: proxy, http: hs}
+	return &inProcess{srv: srv, url: hs.URL, http: hs}
 }
 
 // fastConfig is a fleet that runs for seconds: sped-up sampling, short
