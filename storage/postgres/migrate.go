@@ -67,24 +67,20 @@ func (s *Store) setup(ctx context.Context, migrate bool) error {
 		return err
 	}
 	fsys := migrationsFor(mode)
-	latest, _, err := migrations.Versions(fsys)
-	if err != nil {
-		return err
-	}
 	applied, err := appliedVersions(ctx, s.pool)
 	if err != nil {
 		return err
 	}
-	var current int64
-	for v := range applied {
-		current = max(current, v)
+	st, err := migrations.StatusOf(mode, fsys, applied)
+	if err != nil {
+		return err
 	}
-	if current > latest {
-		return fmt.Errorf("%w: database is at schema version %d, this binary knows up to %d; upgrade meridian", storage.ErrSchemaTooNew, current, latest)
+	if st.TooNew {
+		return fmt.Errorf("%w: database is at schema version %d, this binary knows up to %d; upgrade meridian", storage.ErrSchemaTooNew, st.Current, st.Latest)
 	}
-	if current < latest || len(applied) < int(latest) {
+	if len(st.Pending) > 0 {
 		if !migrate {
-			return fmt.Errorf("database schema at version %d, this binary needs %d: run `meridian migrate` or enable migration at start", current, latest)
+			return fmt.Errorf("database schema at version %d, this binary needs %d: run `meridian migrate` or enable migration at start", st.Current, st.Latest)
 		}
 		if err := s.runMigrations(ctx, fsys); err != nil {
 			return err

@@ -50,7 +50,7 @@ func (s *Store) MigrateStatus(ctx context.Context) (Status, error) {
 // setup checks the schema version and migrates when allowed.
 func (s *Store) setup(ctx context.Context, migrate bool) error {
 	fsys := migrations.SQLite()
-	latest, names, err := migrations.Versions(fsys)
+	_, names, err := migrations.Versions(fsys)
 	if err != nil {
 		return err
 	}
@@ -58,24 +58,18 @@ func (s *Store) setup(ctx context.Context, migrate bool) error {
 	if err != nil {
 		return err
 	}
-	var current int64
-	for v := range applied {
-		current = max(current, v)
+	st, err := migrations.StatusOf(storage.ModeSQLite, fsys, applied)
+	if err != nil {
+		return err
 	}
-	if current > latest {
-		return fmt.Errorf("%w: %s is at schema version %d, this binary knows up to %d; upgrade meridian", storage.ErrSchemaTooNew, s.path, current, latest)
+	if st.TooNew {
+		return fmt.Errorf("%w: %s is at schema version %d, this binary knows up to %d; upgrade meridian", storage.ErrSchemaTooNew, s.path, st.Current, st.Latest)
 	}
-	missing := 0
-	for v := range names {
-		if !applied[v] {
-			missing++
-		}
-	}
-	if missing == 0 {
+	if len(st.Pending) == 0 {
 		return nil
 	}
 	if !migrate {
-		return fmt.Errorf("%w: %s is at schema version %d, this binary needs %d; run `meridian migrate` or enable storage.migrate", errSchemaBehind, s.path, current, latest)
+		return fmt.Errorf("%w: %s is at schema version %d, this binary needs %d; run `meridian migrate` or enable storage.migrate", errSchemaBehind, s.path, st.Current, st.Latest)
 	}
 	// goose runs on the writer pool's only connection, so migrations in
 	// this process are serialised with everything else that writes, and
