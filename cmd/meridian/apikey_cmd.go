@@ -52,15 +52,15 @@ The key is stored only as a hash: save it now.`,
 			return nil
 		},
 		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
-			k, secret, err := r.AddAPIKey(c.Context(), name, role)
+			created, err := r.AddAPIKey(c.Context(), name, role)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(stdout, map[string]any{"apikey": k, "key": secret})
+				return printJSON(stdout, created)
 			}
-			fmt.Fprintf(stderr, "%s key %s created; it is shown only this once:\n", k.Role, k.ID)
-			_, err = fmt.Fprintln(stdout, secret)
+			fmt.Fprintf(stderr, "%s key %s created; it is shown only this once:\n", created.APIKey.Role, created.APIKey.ID)
+			_, err = fmt.Fprintln(stdout, created.Key)
 			return err
 		}),
 	}
