@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -266,9 +265,16 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	if certs != nil {
 		g.Go(func() error { certs.watch(gctx, certPollInterval); return nil })
 	}
-	g.Go(func() error { maintainLoop(gctx, st, cfg.Storage.MaintainInterval, log); return nil })
 	g.Go(func() error {
-		if ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log) {
+		if st.waitReady(gctx) == nil {
+			storage.RunMaintenance(gctx, st, cfg.Storage.MaintainInterval, log.With("component", "storage"))
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if st.waitReady(gctx) == nil && devs.BootstrapAdminKey(gctx, cfg.Devices.AdminKey, func(secret string) {
+			fmt.Fprintf(out, "\nNo API key existed, so an admin key was created. It is shown only this once:\n\n    %s\n\nUse it as \"Authorization: Bearer <key>\" for /v1/admin and /metrics.\n\n", secret)
+		}) {
 			keysDone.Store(true)
 		}
 		return nil
@@ -310,59 +316,6 @@ func modeOrPending(mode string) string {
 		return "pending (connecting)"
 	}
 	return mode
-}
-
-// maintainLoop runs the store's housekeeping now and then every interval.
-// Failures are logged and retried at the next tick: housekeeping falling
-// behind never stops ingestion.
-func maintainLoop(ctx context.Context, st *store, every time.Duration, log *slog.Logger) {
-	if err := st.waitReady(ctx); err != nil {
-		return // ctx ended, or the store is unusable (already logged by it)
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		mctx, cancel := context.WithTimeout(ctx, max(every, time.Minute))
-		start := time.Now()
-		err := st.Maintain(mctx, start)
-		cancel()
-		switch {
-		case err != nil && ctx.Err() == nil:
-			log.Warn("storage maintenance failed; retrying next interval", "err", err, "interval", every)
-		case err == nil:
-			log.Debug("storage maintenance done", "took", time.Since(start))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// ensureAdminKey makes sure an operator can get in once the store is ready,
-// printing a newly generated key once on out (never to the log). Storage
-// errors are retried: the admin API is unusable until this succeeds, but
-// devices are not affected.
-func ensureAdminKey(ctx context.Context, st *store, devs *devices.Service, configured string, out io.Writer, log *slog.Logger) bool {
-	if err := st.waitReady(ctx); err != nil {
-		return false
-	}
-	for {
-		secret, err := devs.EnsureAdminKey(ctx, configured)
-		if err == nil {
-			if secret != "" {
-				fmt.Fprintf(out, "\nNo API key existed, so an admin key was created. It is shown only this once:\n\n    %s\n\nUse it as \"Authorization: Bearer <key>\" for /v1/admin and /metrics.\n\n", secret)
-			}
-			return true
-		}
-		log.Error("cannot ensure an admin API key; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(5 * time.Second):
-		}
-	}
 }
 
 // keysReady is ingest's readiness plus "the admin key is registered".
