@@ -221,11 +221,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	if certs != nil {
 		ln = tls.NewListener(ln, certs.tlsConfig())
 	}
-	srv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := newHTTPServer(cfg.Server.HTTP, handler, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 	log.Info("meridian serving",
 		"listen", ln.Addr().String(), "tls", certs != nil, "version", version,
 		"storage", st.kind, "location", st.where, "mode", modeOrPending(st.Mode()),
