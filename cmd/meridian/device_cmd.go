@@ -188,29 +188,44 @@ server closes a disabled, revoked or deleted device's live session only when the
 device next authenticates. With --server (or MERIDIAN_SERVER) it calls that
 server's admin API with MERIDIAN_API_KEY, and live sessions close at once.`
 
+// registryCLI is what the device and apikey subcommands share: where the
+// operations go (--server or the store) and where output goes.
+type registryCLI struct {
+	rf             registryFlags
+	stdout, stderr io.Writer
+}
+
+// run adapts a command body that needs a registry to cobra's RunE.
+func (x *registryCLI) run(fn func(*cobra.Command, registryOps, []string) error) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, args []string) error {
+		return x.rf.withRegistry(c, x.stderr, func(r registryOps) error { return fn(c, r, args) })
+	}
+}
+
+const jsonHelp = "print JSON instead of text"
+
 func newDeviceCmd(stdout, stderr io.Writer) *cobra.Command {
-	var rf registryFlags
+	x := &registryCLI{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Manage devices: add, list, show, disable, enable, rotate-token, revoke-tokens, delete",
 		Long:  "Manage the device registry.\n\n" + devicesHelp,
 	}
-	rf.register(cmd)
-	run := func(fn func(*cobra.Command, registryOps, []string) error) func(*cobra.Command, []string) error {
-		return func(c *cobra.Command, args []string) error {
-			return rf.withRegistry(c, stderr, func(r registryOps) error { return fn(c, r, args) })
-		}
-	}
+	x.rf.register(cmd)
+	cmd.AddCommand(x.deviceAddCmd(), x.deviceListCmd(), x.deviceShowCmd(),
+		x.deviceSetEnabledCmd("disable", false, "Disable a device: its tokens stop working and its session is closed"),
+		x.deviceSetEnabledCmd("enable", true, "Enable a disabled device"),
+		x.deviceRotateCmd(), x.deviceRevokeCmd(), x.deviceDeleteCmd())
+	return cmd
+}
 
+func (x *registryCLI) deviceAddCmd() *cobra.Command {
 	var (
 		name     string
 		labels   []string
 		labelMap map[string]string
 		asJSON   bool
-		purge    bool
-		jsonHelp = "print JSON instead of text"
 	)
-
 	add := &cobra.Command{
 		Use:   "add <id>",
 		Short: "Register a device and print its token (shown only once)",
@@ -225,23 +240,31 @@ generated (dev-<12 hex digits>).`,
 			labelMap, err = parseLabelFlags(labels)
 			return err
 		},
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			created, err := r.AddDevice(c.Context(), args[0], name, labelMap)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(stdout, created)
+				return printJSON(x.stdout, created)
 			}
-			fmt.Fprintf(stderr, "device %s added; its token is shown only this once:\n", created.Device.ID)
-			_, err = fmt.Fprintln(stdout, created.Token)
+			fmt.Fprintf(x.stderr, "device %s added; its token is shown only this once:\n", created.Device.ID)
+			_, err = fmt.Fprintln(x.stdout, created.Token)
 			return err
 		}),
 	}
 	add.Flags().StringVar(&name, "name", "", "display name (default: the id)")
 	add.Flags().StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
 	add.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return add
+}
 
+func (x *registryCLI) deviceListCmd() *cobra.Command {
+	var (
+		labels   []string
+		labelMap map[string]string
+		asJSON   bool
+	)
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List devices: state, online, last seen, labels",
@@ -250,7 +273,7 @@ generated (dev-<12 hex digits>).`,
 			labelMap, err = parseLabelFlags(labels)
 			return err
 		},
-		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, _ []string) error {
 			rows, err := r.ListDevices(c.Context(), labelMap)
 			if err != nil {
 				return err
@@ -259,9 +282,9 @@ generated (dev-<12 hex digits>).`,
 				if rows == nil {
 					rows = []devices.DeviceView{}
 				}
-				return printJSON(stdout, rows)
+				return printJSON(x.stdout, rows)
 			}
-			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			tw := tabwriter.NewWriter(x.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tONLINE\tLAST SEEN\tLABELS")
 			for _, d := range rows {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Name, stateText(d.Enabled), onlineText(d.Online), seenText(d.LastSeen), labelText(d.Labels))
@@ -271,107 +294,126 @@ generated (dev-<12 hex digits>).`,
 	}
 	list.Flags().StringArrayVar(&labels, "label", nil, "only devices with label key=value (repeatable: all must match)")
 	list.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return list
+}
 
+func (x *registryCLI) deviceShowCmd() *cobra.Command {
+	var asJSON bool
 	show := &cobra.Command{
 		Use:   "show <id>",
 		Short: "Show a device and its recent sessions",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			detail, err := r.Device(c.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			d, sess := detail.Device, detail.Sessions
 			if asJSON {
 				if detail.Sessions == nil {
 					detail.Sessions = []storage.Session{}
 				}
-				return printJSON(stdout, detail)
+				return printJSON(x.stdout, detail)
 			}
-			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintf(tw, "id:\t%s\n", d.ID)
-			fmt.Fprintf(tw, "name:\t%s\n", d.Name)
-			fmt.Fprintf(tw, "state:\t%s\n", stateText(d.Enabled))
-			fmt.Fprintf(tw, "online:\t%s\n", onlineText(d.Online))
-			fmt.Fprintf(tw, "created:\t%s\n", d.CreatedAt.UTC().Format(time.RFC3339))
-			fmt.Fprintf(tw, "last seen:\t%s\n", seenText(d.LastSeen))
-			fmt.Fprintf(tw, "acked seq:\t%d\n", d.Acked)
-			fmt.Fprintf(tw, "labels:\t%s\n", labelText(d.Labels))
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if len(sess) == 0 {
-				_, err := fmt.Fprintln(stdout, "\nno sessions recorded")
-				return err
-			}
-			fmt.Fprintln(stdout, "\nrecent sessions:")
-			tw = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "STARTED\tENDED\tTRANSPORT\tNODE\tREMOTE\tREADINGS\tCLOSE REASON")
-			for _, s := range sess {
-				ended := "(open)"
-				if s.EndedAt != nil {
-					ended = s.EndedAt.UTC().Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.StartedAt.UTC().Format(time.RFC3339), ended,
-					s.Transport, s.Node, s.RemoteAddr, s.Readings, s.CloseReason)
-			}
-			return tw.Flush()
+			return printDevice(x.stdout, detail)
 		}),
 	}
 	show.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return show
+}
 
-	setEnabled := func(use string, enabled bool, short string) *cobra.Command {
-		return &cobra.Command{
-			Use:   use + " <id>",
-			Short: short,
-			Args:  oneID("device id"),
-			RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
-				if err := r.SetEnabled(c.Context(), args[0], enabled); err != nil {
-					return err
-				}
-				_, err := fmt.Fprintf(stdout, "device %s %sd\n", args[0], use)
-				return err
-			}),
-		}
+// printDevice is `device show` as text: the device, then its sessions.
+func printDevice(w io.Writer, detail devices.DeviceDetail) error {
+	d := detail.Device
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "id:\t%s\n", d.ID)
+	fmt.Fprintf(tw, "name:\t%s\n", d.Name)
+	fmt.Fprintf(tw, "state:\t%s\n", stateText(d.Enabled))
+	fmt.Fprintf(tw, "online:\t%s\n", onlineText(d.Online))
+	fmt.Fprintf(tw, "created:\t%s\n", d.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "last seen:\t%s\n", seenText(d.LastSeen))
+	fmt.Fprintf(tw, "acked seq:\t%d\n", d.Acked)
+	fmt.Fprintf(tw, "labels:\t%s\n", labelText(d.Labels))
+	if err := tw.Flush(); err != nil {
+		return err
 	}
+	if len(detail.Sessions) == 0 {
+		_, err := fmt.Fprintln(w, "\nno sessions recorded")
+		return err
+	}
+	fmt.Fprintln(w, "\nrecent sessions:")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STARTED\tENDED\tTRANSPORT\tNODE\tREMOTE\tREADINGS\tCLOSE REASON")
+	for _, s := range detail.Sessions {
+		ended := "(open)"
+		if s.EndedAt != nil {
+			ended = s.EndedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.StartedAt.UTC().Format(time.RFC3339), ended,
+			s.Transport, s.Node, s.RemoteAddr, s.Readings, s.CloseReason)
+	}
+	return tw.Flush()
+}
 
+func (x *registryCLI) deviceSetEnabledCmd(use string, enabled bool, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " <id>",
+		Short: short,
+		Args:  oneID("device id"),
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
+			if err := r.SetEnabled(c.Context(), args[0], enabled); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(x.stdout, "device %s %sd\n", args[0], use)
+			return err
+		}),
+	}
+}
+
+func (x *registryCLI) deviceRotateCmd() *cobra.Command {
+	var asJSON bool
 	rotate := &cobra.Command{
 		Use:   "rotate-token <id>",
 		Short: "Issue a new token (printed once); old tokens keep working for devices.token_grace",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			rotated, err := r.RotateToken(c.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(stdout, map[string]any{"device": args[0], "token": rotated.Token})
+				return printJSON(x.stdout, map[string]any{"device": args[0], "token": rotated.Token})
 			}
-			fmt.Fprintf(stderr, "new token for %s, shown only this once (previous tokens expire after devices.token_grace):\n", args[0])
-			_, err = fmt.Fprintln(stdout, rotated.Token)
+			fmt.Fprintf(x.stderr, "new token for %s, shown only this once (previous tokens expire after devices.token_grace):\n", args[0])
+			_, err = fmt.Fprintln(x.stdout, rotated.Token)
 			return err
 		}),
 	}
 	rotate.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return rotate
+}
 
-	revoke := &cobra.Command{
+func (x *registryCLI) deviceRevokeCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "revoke-tokens <id>",
 		Short: "Invalidate every token of a device now (then rotate-token gives it a new one)",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			if err := r.RevokeTokens(c.Context(), args[0]); err != nil {
 				return err
 			}
-			_, err := fmt.Fprintf(stdout, "all tokens of %s revoked\n", args[0])
+			_, err := fmt.Fprintf(x.stdout, "all tokens of %s revoked\n", args[0])
 			return err
 		}),
 	}
+}
 
+func (x *registryCLI) deviceDeleteCmd() *cobra.Command {
+	var purge bool
 	del := &cobra.Command{
 		Use:   "delete <id>",
 		Short: "Delete a device; its readings are kept unless --purge",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			if err := r.DeleteDevice(c.Context(), args[0], purge); err != nil {
 				return err
 			}
@@ -379,17 +421,12 @@ generated (dev-<12 hex digits>).`,
 			if purge {
 				what = "readings purged"
 			}
-			_, err := fmt.Fprintf(stdout, "device %s deleted (%s)\n", args[0], what)
+			_, err := fmt.Fprintf(x.stdout, "device %s deleted (%s)\n", args[0], what)
 			return err
 		}),
 	}
 	del.Flags().BoolVar(&purge, "purge", false, "also delete the device's readings")
-
-	cmd.AddCommand(add, list, show,
-		setEnabled("disable", false, "Disable a device: its tokens stop working and its session is closed"),
-		setEnabled("enable", true, "Enable a disabled device"),
-		rotate, revoke, del)
-	return cmd
+	return del
 }
 
 func stateText(enabled bool) string {
