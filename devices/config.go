@@ -104,11 +104,11 @@ func (c Config) Validate() error {
 		{c.TokenGrace >= 0, "devices.token_grace", c.TokenGrace, "must be >= 0"},
 		{c.Provisioning.Key == "" || len(c.Provisioning.Key) >= minProvisioningKey, "devices.provisioning.key",
 			fmt.Sprintf("%d characters", len(c.Provisioning.Key)), fmt.Sprintf("must be empty (provisioning off) or at least %d characters", minProvisioningKey)},
-		{c.Provisioning.RatePerMinute >= 0, "devices.provisioning.rate_per_minute", c.Provisioning.RatePerMinute, "must be >= 1 (0 means the default, 10)"},
+		{c.Provisioning.RatePerMinute >= 0, "devices.provisioning.rate_per_minute", c.Provisioning.RatePerMinute, "must be >= 0 (0 means the default, 10)"},
 		{c.AdminKey == "" || adminKeyRe.MatchString(c.AdminKey), "devices.admin_key",
 			fmt.Sprintf("%d characters", len(c.AdminKey)), `must be empty or "mak_" followed by 32-200 characters of [A-Za-z0-9_-]`},
-		{c.ConnectPerMinute >= 0, "devices.connect_per_minute", c.ConnectPerMinute, "must be >= 1 (0 means the default, 30)"},
-		{c.ReadingsPerSecond >= 0, "devices.readings_per_second", c.ReadingsPerSecond, "must be > 0 (0 means the default, 1000)"},
+		{c.ConnectPerMinute >= 0, "devices.connect_per_minute", c.ConnectPerMinute, "must be >= 0 (0 means the default, 30)"},
+		{c.ReadingsPerSecond >= 0, "devices.readings_per_second", c.ReadingsPerSecond, "must be >= 0 (0 means the default, 1000)"},
 	} {
 		if !ch.ok {
 			return fmt.Errorf("%s: %s, got %v", ch.key, ch.why, ch.val)

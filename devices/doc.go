@@ -22,7 +22,9 @@
 // goroutines. The rate-limiter maps are guarded by their own mutexes and
 // bounded in size; kick callbacks are called synchronously, outside any lock,
 // after the store change they announce has been made, so they must not block
-// (ingest only signals the session to close). Kicks are local to this
-// process: a second node learns of a revoked or disabled device at its next
-// authentication.
+// (ingest only signals the session to close). A kick reaches the session on
+// whichever node holds it: cmd wires the callback to this node's ingest and
+// to the MQTT bridge, which forwards it to the other nodes (<prefix>/_kick,
+// docs/scaling.md). A node that misses the message still refuses the device
+// at its next authentication.
 package devices

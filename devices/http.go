@@ -108,19 +108,11 @@ func notRouted(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 }
 
-// deviceView is a device as the admin API shows it.
-type deviceView struct {
-	storage.Device
-	// Online is whether this node holds a live session (omitted when the
-	// service has no presence source).
-	Online *bool `json:"online,omitempty"`
-}
-
-func (s *Service) view(d storage.Device) deviceView {
+func (s *Service) view(d storage.Device) DeviceView {
 	if d.Labels == nil {
 		d.Labels = map[string]string{}
 	}
-	return deviceView{Device: d, Online: s.online(d.ID)}
+	return DeviceView{Device: d, Online: s.online(d.ID)}
 }
 
 func (s *Service) handleListDevices(w http.ResponseWriter, r *http.Request) {
@@ -138,21 +130,15 @@ func (s *Service) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	out := make([]deviceView, len(ds))
+	out := DeviceList{Devices: make([]DeviceView, len(ds))}
 	for i, d := range ds {
-		out[i] = s.view(d)
+		out.Devices[i] = s.view(d)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
-}
-
-type addDeviceRequest struct {
-	ID     string            `json:"id"`
-	Name   string            `json:"name"`
-	Labels map[string]string `json:"labels"`
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Service) handleAddDevice(w http.ResponseWriter, r *http.Request) {
-	var req addDeviceRequest
+	var req AddDeviceRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -162,7 +148,7 @@ func (s *Service) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	writeSecret(w, http.StatusCreated, map[string]any{"device": s.view(d), "token": tok})
+	writeSecret(w, http.StatusCreated, DeviceCreated{Device: s.view(d), Token: tok})
 }
 
 func (s *Service) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -174,7 +160,7 @@ func (s *Service) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	if sess == nil {
 		sess = []storage.Session{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"device": s.view(d), "sessions": sess})
+	writeJSON(w, http.StatusOK, DeviceDetail{Device: s.view(d), Sessions: sess})
 }
 
 func (s *Service) handleDeleteDevice(w http.ResponseWriter, r *http.Request) {
@@ -205,7 +191,7 @@ func (s *Service) handleSetEnabled(enabled bool) http.HandlerFunc {
 			s.writeErr(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"device": s.view(d)})
+		writeJSON(w, http.StatusOK, DeviceChanged{Device: s.view(d)})
 	}
 }
 
@@ -216,10 +202,10 @@ func (s *Service) handleRotate(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	writeSecret(w, http.StatusOK, map[string]any{
-		"device":               id,
-		"token":                tok,
-		"previous_valid_until": s.now().UTC().Add(s.cfg.TokenGrace).Format(time.RFC3339),
+	writeSecret(w, http.StatusOK, TokenRotated{
+		Device:             id,
+		Token:              tok,
+		PreviousValidUntil: s.now().UTC().Add(s.cfg.TokenGrace).Format(time.RFC3339),
 	})
 }
 
@@ -240,16 +226,11 @@ func (s *Service) handleListKeys(w http.ResponseWriter, r *http.Request) {
 	if ks == nil {
 		ks = []storage.APIKey{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"apikeys": ks})
-}
-
-type addKeyRequest struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
+	writeJSON(w, http.StatusOK, APIKeyList{APIKeys: ks})
 }
 
 func (s *Service) handleAddKey(w http.ResponseWriter, r *http.Request) {
-	var req addKeyRequest
+	var req AddAPIKeyRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -259,7 +240,7 @@ func (s *Service) handleAddKey(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	writeSecret(w, http.StatusCreated, map[string]any{"apikey": k, "key": secret})
+	writeSecret(w, http.StatusCreated, APIKeyCreated{APIKey: k, Key: secret})
 }
 
 func (s *Service) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
@@ -268,11 +249,6 @@ func (s *Service) handleRevokeKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-type provisionRequest struct {
-	Device string `json:"device"`
-	Key    string `json:"key"`
 }
 
 func (s *Service) handleProvision(w http.ResponseWriter, r *http.Request) {
@@ -292,7 +268,7 @@ func (s *Service) handleProvision(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusTooManyRequests, "too many provisioning attempts from this address; retry later")
 		return
 	}
-	var req provisionRequest
+	var req ProvisionRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -302,7 +278,7 @@ func (s *Service) handleProvision(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	writeSecret(w, http.StatusOK, map[string]any{"device": req.Device, "token": tok})
+	writeSecret(w, http.StatusOK, Provisioned{Device: req.Device, Token: tok})
 }
 
 // maxBody bounds admin request bodies; the largest legitimate one (a device
@@ -342,7 +318,7 @@ func (s *Service) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	var ie *InvalidError
 	switch {
 	case errors.As(err, &ie):
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": ie.Error(), "field": ie.Field})
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: ie.Error(), Field: ie.Field})
 	case errors.Is(err, ErrUnauthorized):
 		writeError(w, http.StatusUnauthorized, "unauthorized")
 	case errors.Is(err, ErrBadProvisioningKey):
@@ -362,7 +338,7 @@ func (s *Service) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+	writeJSON(w, status, ErrorBody{Error: msg})
 }
 
 // writeSecret is writeJSON for answers that carry a token or key: no cache

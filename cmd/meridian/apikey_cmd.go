@@ -13,7 +13,7 @@ import (
 )
 
 func newAPIKeyCmd(stdout, stderr io.Writer) *cobra.Command {
-	var rf registryFlags
+	x := &registryCLI{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
 		Use:   "apikey",
 		Short: "Manage operator API keys: add, list, revoke",
@@ -25,17 +25,16 @@ read devices, query, series, the dashboard and its live feed.
 Working on the store directly is also how to get back in when no admin key is
 left: meridian apikey add --role admin.`,
 	}
-	rf.register(cmd)
-	run := func(fn func(*cobra.Command, registryOps, []string) error) func(*cobra.Command, []string) error {
-		return func(c *cobra.Command, args []string) error {
-			return rf.withRegistry(c, stderr, func(r registryOps) error { return fn(c, r, args) })
-		}
-	}
+	x.rf.register(cmd)
+	cmd.AddCommand(x.apikeyAddCmd(), x.apikeyListCmd(), x.apikeyRevokeCmd())
+	return cmd
+}
+
+func (x *registryCLI) apikeyAddCmd() *cobra.Command {
 	var (
 		name, role string
 		asJSON     bool
 	)
-
 	add := &cobra.Command{
 		Use:   "add --role admin|viewer [--name NAME]",
 		Short: "Create an API key and print it (shown only once)",
@@ -51,28 +50,32 @@ The key is stored only as a hash: save it now.`,
 			}
 			return nil
 		},
-		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
-			k, secret, err := r.AddAPIKey(c.Context(), name, role)
+		RunE: x.run(func(c *cobra.Command, r registryOps, _ []string) error {
+			created, err := r.AddAPIKey(c.Context(), name, role)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(stdout, map[string]any{"apikey": k, "key": secret})
+				return printJSON(x.stdout, created)
 			}
-			fmt.Fprintf(stderr, "%s key %s created; it is shown only this once:\n", k.Role, k.ID)
-			_, err = fmt.Fprintln(stdout, secret)
+			fmt.Fprintf(x.stderr, "%s key %s created; it is shown only this once:\n", created.APIKey.Role, created.APIKey.ID)
+			_, err = fmt.Fprintln(x.stdout, created.Key)
 			return err
 		}),
 	}
 	add.Flags().StringVar(&role, "role", "", "admin or viewer (required)")
 	add.Flags().StringVar(&name, "name", "", "who or what the key is for")
 	add.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of the bare key")
+	return add
+}
 
+func (x *registryCLI) apikeyListCmd() *cobra.Command {
+	var asJSON bool
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List API keys (ids, names, roles; never the secrets)",
 		Args:  cobra.NoArgs,
-		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, _ []string) error {
 			ks, err := r.ListAPIKeys(c.Context())
 			if err != nil {
 				return err
@@ -81,9 +84,9 @@ The key is stored only as a hash: save it now.`,
 				if ks == nil {
 					ks = []storage.APIKey{}
 				}
-				return printJSON(stdout, ks)
+				return printJSON(x.stdout, ks)
 			}
-			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			tw := tabwriter.NewWriter(x.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tROLE\tNAME\tCREATED\tREVOKED")
 			for _, k := range ks {
 				revoked := "-"
@@ -96,20 +99,20 @@ The key is stored only as a hash: save it now.`,
 		}),
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	return list
+}
 
-	revoke := &cobra.Command{
+func (x *registryCLI) apikeyRevokeCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "revoke <id>",
 		Short: "Revoke an API key now (the last active admin key cannot be revoked)",
 		Args:  oneID("API key id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			if err := r.RevokeAPIKey(c.Context(), args[0]); err != nil {
 				return err
 			}
-			_, err := fmt.Fprintf(stdout, "API key %s revoked\n", args[0])
+			_, err := fmt.Fprintf(x.stdout, "API key %s revoked\n", args[0])
 			return err
 		}),
 	}
-
-	cmd.AddCommand(add, list, revoke)
-	return cmd
 }

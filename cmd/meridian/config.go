@@ -52,6 +52,8 @@ type ServerConfig struct {
 	Metrics        MetricsConfig
 	// TLS makes the server speak HTTPS/WSS itself.
 	TLS TLSConfig
+	// HTTP bounds idle, slow and never-finishing clients (httpguard.go).
+	HTTP HTTPConfig
 }
 
 // MetricsConfig controls /metrics.
@@ -122,6 +124,7 @@ func DefaultConfig() Config {
 			DataDir:   "./meridian-data",
 			LogFormat: "text",
 			LogLevel:  "info",
+			HTTP:      defaultHTTPConfig(),
 		},
 		Ingest:    ingest.DefaultConfig(),
 		Devices:   devices.DefaultConfig(),
@@ -173,6 +176,9 @@ func (s ServerConfig) validate() error {
 		return fmt.Errorf("server.log_level: must be debug, info, warn or error, got %q", s.LogLevel)
 	}
 	if err := s.TLS.validate(); err != nil {
+		return err
+	}
+	if err := s.HTTP.validate(); err != nil {
 		return err
 	}
 	for _, p := range s.TrustedProxies {

@@ -57,6 +57,16 @@ func TestBadConfig(t *testing.T) {
 			want: "meridian: invalid config: ingest.max_batch: must be between 1 and 100000, got 0",
 		},
 		{
+			name: "http body timeout too short",
+			file: "server:\n  http:\n    body_timeout: 10ms\n",
+			want: "meridian: invalid config: server.http.body_timeout: must be at least 1s, got 10ms",
+		},
+		{
+			name: "http pending conns zero",
+			env:  map[string]string{"MERIDIAN_SERVER_HTTP_MAX_PENDING_CONNS": "0"},
+			want: "meridian: invalid config: server.http.max_pending_conns: must be >= 1, got 0",
+		},
+		{
 			name: "max batch zero in env",
 			env:  map[string]string{"MERIDIAN_INGEST_MAX_BATCH": "0"},
 			want: "meridian: invalid config: ingest.max_batch: must be between 1 and 100000, got 0",

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -19,31 +16,28 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-iot/meridian/devices"
+	"github.com/meridian-iot/meridian/devices/adminclient"
 	"github.com/meridian-iot/meridian/storage"
 )
 
 // registryOps is what the device and apikey commands do. Two implementations:
-// the devices.Service on the configured store (direct), and the admin API of
-// a running server (--server). Both answer the same shapes, so the commands
-// print the same thing either way.
+// the admin API of a running server (--server, devices/adminclient) and the
+// devices.Service on the configured store (direct). Both answer the admin
+// API's shapes, so the commands print the same thing either way.
 type registryOps interface {
-	AddDevice(ctx context.Context, id, name string, labels map[string]string) (storage.Device, string, error)
-	ListDevices(ctx context.Context, labels map[string]string) ([]deviceRow, error)
-	Device(ctx context.Context, id string) (deviceRow, []storage.Session, error)
+	AddDevice(ctx context.Context, id, name string, labels map[string]string) (devices.DeviceCreated, error)
+	ListDevices(ctx context.Context, labels map[string]string) ([]devices.DeviceView, error)
+	Device(ctx context.Context, id string) (devices.DeviceDetail, error)
 	SetEnabled(ctx context.Context, id string, enabled bool) error
-	RotateToken(ctx context.Context, id string) (string, error)
+	RotateToken(ctx context.Context, id string) (devices.TokenRotated, error)
 	RevokeTokens(ctx context.Context, id string) error
 	DeleteDevice(ctx context.Context, id string, purge bool) error
-	AddAPIKey(ctx context.Context, name, role string) (storage.APIKey, string, error)
+	AddAPIKey(ctx context.Context, name, role string) (devices.APIKeyCreated, error)
 	ListAPIKeys(ctx context.Context) ([]storage.APIKey, error)
 	RevokeAPIKey(ctx context.Context, id string) error
 }
 
-// deviceRow is a device as the commands show it; Online is nil when unknown.
-type deviceRow struct {
-	storage.Device
-	Online *bool `json:"online,omitempty"`
-}
+var _ registryOps = (*adminclient.Client)(nil)
 
 // registryFlags are shared by `device` and `apikey`: where to send the
 // operations.
@@ -70,12 +64,11 @@ func (f *registryFlags) open(c *cobra.Command, stderr io.Writer) (registryOps, f
 		if key == "" {
 			return nil, nil, usageError{errors.New("--server needs an API key: set MERIDIAN_API_KEY or --api-key")}
 		}
-		u, err := url.Parse(server)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, nil, usageError{fmt.Errorf("--server: must be an http:// or https:// URL, got %q", server)}
+		c, err := adminclient.New(server, key, adminclient.Options{})
+		if err != nil {
+			return nil, nil, usageError{fmt.Errorf("--server: %w", err)}
 		}
-		return &adminClient{base: strings.TrimRight(server, "/"), key: key, hc: &http.Client{Timeout: 30 * time.Second}},
-			func() error { return nil }, nil
+		return c, func() error { return nil }, nil
 	}
 	cfg, err := loadConfig(c.Flags())
 	if err != nil {
@@ -112,173 +105,53 @@ func (f *registryFlags) withRegistry(c *cobra.Command, stderr io.Writer, fn func
 	return fn(reg)
 }
 
-// localRegistry adapts devices.Service. Without a server's session registry,
-// "online" is read from the session history: a session with no end.
+// localRegistry adapts devices.Service to the admin API's shapes. Without a
+// server's session registry, "online" is read from the session history: a
+// session with no end.
 type localRegistry struct{ *devices.Service }
 
-func (l localRegistry) ListDevices(ctx context.Context, labels map[string]string) ([]deviceRow, error) {
+func (l localRegistry) AddDevice(ctx context.Context, id, name string, labels map[string]string) (devices.DeviceCreated, error) {
+	d, tok, err := l.Service.AddDevice(ctx, id, name, labels)
+	return devices.DeviceCreated{Device: devices.DeviceView{Device: d}, Token: tok}, err
+}
+
+func (l localRegistry) ListDevices(ctx context.Context, labels map[string]string) ([]devices.DeviceView, error) {
 	ds, err := l.Service.ListDevices(ctx, labels)
 	if err != nil {
 		return nil, err
 	}
-	rows := make([]deviceRow, len(ds))
+	rows := make([]devices.DeviceView, len(ds))
 	for i, d := range ds {
 		_, sess, err := l.Service.Device(ctx, d.ID)
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return nil, err
 		}
-		rows[i] = deviceRow{Device: d, Online: openSession(sess)}
+		rows[i] = devices.DeviceView{Device: d, Online: openSession(sess)}
 	}
 	return rows, nil
 }
 
-func (l localRegistry) Device(ctx context.Context, id string) (deviceRow, []storage.Session, error) {
+func (l localRegistry) Device(ctx context.Context, id string) (devices.DeviceDetail, error) {
 	d, sess, err := l.Service.Device(ctx, id)
 	if err != nil {
-		return deviceRow{}, nil, err
+		return devices.DeviceDetail{}, err
 	}
-	return deviceRow{Device: d, Online: openSession(sess)}, sess, nil
+	return devices.DeviceDetail{Device: devices.DeviceView{Device: d, Online: openSession(sess)}, Sessions: sess}, nil
+}
+
+func (l localRegistry) RotateToken(ctx context.Context, id string) (devices.TokenRotated, error) {
+	tok, err := l.Service.RotateToken(ctx, id)
+	return devices.TokenRotated{Device: id, Token: tok}, err
+}
+
+func (l localRegistry) AddAPIKey(ctx context.Context, name, role string) (devices.APIKeyCreated, error) {
+	k, secret, err := l.Service.AddAPIKey(ctx, name, role)
+	return devices.APIKeyCreated{APIKey: k, Key: secret}, err
 }
 
 func openSession(sess []storage.Session) *bool {
 	on := len(sess) > 0 && sess[0].EndedAt == nil
 	return &on
-}
-
-// adminClient speaks the admin API (docs/api.md).
-type adminClient struct {
-	base string
-	key  string
-	hc   *http.Client
-}
-
-// do sends one request and decodes a 2xx JSON answer into out (may be nil).
-func (a *adminClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, body)
-	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+a.key)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := a.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct{ Error string }
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(data))
-		}
-		return fmt.Errorf("server answered %d: %s", resp.StatusCode, e.Error)
-	}
-	if out != nil && len(data) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
-}
-
-func devPath(id string, rest ...string) string {
-	return "/v1/admin/devices/" + url.PathEscape(id) + strings.Join(rest, "")
-}
-
-func (a *adminClient) AddDevice(ctx context.Context, id, name string, labels map[string]string) (storage.Device, string, error) {
-	var out struct {
-		Device storage.Device `json:"device"`
-		Token  string         `json:"token"`
-	}
-	err := a.do(ctx, "POST", "/v1/admin/devices", map[string]any{"id": id, "name": name, "labels": labels}, &out)
-	return out.Device, out.Token, err
-}
-
-func (a *adminClient) ListDevices(ctx context.Context, labels map[string]string) ([]deviceRow, error) {
-	q := url.Values{}
-	for k, v := range labels {
-		q.Add("label", k+"="+v)
-	}
-	path := "/v1/admin/devices"
-	if len(q) > 0 {
-		path += "?" + q.Encode()
-	}
-	var out struct {
-		Devices []deviceRow `json:"devices"`
-	}
-	err := a.do(ctx, "GET", path, nil, &out)
-	return out.Devices, err
-}
-
-func (a *adminClient) Device(ctx context.Context, id string) (deviceRow, []storage.Session, error) {
-	var out struct {
-		Device   deviceRow         `json:"device"`
-		Sessions []storage.Session `json:"sessions"`
-	}
-	err := a.do(ctx, "GET", devPath(id), nil, &out)
-	return out.Device, out.Sessions, err
-}
-
-func (a *adminClient) SetEnabled(ctx context.Context, id string, enabled bool) error {
-	action := "/disable"
-	if enabled {
-		action = "/enable"
-	}
-	return a.do(ctx, "POST", devPath(id, action), nil, nil)
-}
-
-func (a *adminClient) RotateToken(ctx context.Context, id string) (string, error) {
-	var out struct {
-		Token string `json:"token"`
-	}
-	err := a.do(ctx, "POST", devPath(id, "/rotate-token"), nil, &out)
-	return out.Token, err
-}
-
-func (a *adminClient) RevokeTokens(ctx context.Context, id string) error {
-	return a.do(ctx, "POST", devPath(id, "/revoke-tokens"), nil, nil)
-}
-
-func (a *adminClient) DeleteDevice(ctx context.Context, id string, purge bool) error {
-	path := devPath(id)
-	if purge {
-		path += "?purge=true"
-	}
-	return a.do(ctx, "DELETE", path, nil, nil)
-}
-
-func (a *adminClient) AddAPIKey(ctx context.Context, name, role string) (storage.APIKey, string, error) {
-	var out struct {
-		APIKey storage.APIKey `json:"apikey"`
-		Key    string         `json:"key"`
-	}
-	err := a.do(ctx, "POST", "/v1/admin/apikeys", map[string]string{"name": name, "role": role}, &out)
-	return out.APIKey, out.Key, err
-}
-
-func (a *adminClient) ListAPIKeys(ctx context.Context) ([]storage.APIKey, error) {
-	var out struct {
-		APIKeys []storage.APIKey `json:"apikeys"`
-	}
-	err := a.do(ctx, "GET", "/v1/admin/apikeys", nil, &out)
-	return out.APIKeys, err
-}
-
-func (a *adminClient) RevokeAPIKey(ctx context.Context, id string) error {
-	return a.do(ctx, "DELETE", "/v1/admin/apikeys/"+url.PathEscape(id), nil, nil)
 }
 
 // parseLabelFlags turns repeated --label k=v into a map.
@@ -315,29 +188,44 @@ server closes a disabled, revoked or deleted device's live session only when the
 device next authenticates. With --server (or MERIDIAN_SERVER) it calls that
 server's admin API with MERIDIAN_API_KEY, and live sessions close at once.`
 
+// registryCLI is what the device and apikey subcommands share: where the
+// operations go (--server or the store) and where output goes.
+type registryCLI struct {
+	rf             registryFlags
+	stdout, stderr io.Writer
+}
+
+// run adapts a command body that needs a registry to cobra's RunE.
+func (x *registryCLI) run(fn func(*cobra.Command, registryOps, []string) error) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, args []string) error {
+		return x.rf.withRegistry(c, x.stderr, func(r registryOps) error { return fn(c, r, args) })
+	}
+}
+
+const jsonHelp = "print JSON instead of text"
+
 func newDeviceCmd(stdout, stderr io.Writer) *cobra.Command {
-	var rf registryFlags
+	x := &registryCLI{stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Manage devices: add, list, show, disable, enable, rotate-token, revoke-tokens, delete",
 		Long:  "Manage the device registry.\n\n" + devicesHelp,
 	}
-	rf.register(cmd)
-	run := func(fn func(*cobra.Command, registryOps, []string) error) func(*cobra.Command, []string) error {
-		return func(c *cobra.Command, args []string) error {
-			return rf.withRegistry(c, stderr, func(r registryOps) error { return fn(c, r, args) })
-		}
-	}
+	x.rf.register(cmd)
+	cmd.AddCommand(x.deviceAddCmd(), x.deviceListCmd(), x.deviceShowCmd(),
+		x.deviceSetEnabledCmd("disable", false, "Disable a device: its tokens stop working and its session is closed"),
+		x.deviceSetEnabledCmd("enable", true, "Enable a disabled device"),
+		x.deviceRotateCmd(), x.deviceRevokeCmd(), x.deviceDeleteCmd())
+	return cmd
+}
 
+func (x *registryCLI) deviceAddCmd() *cobra.Command {
 	var (
 		name     string
 		labels   []string
 		labelMap map[string]string
 		asJSON   bool
-		purge    bool
-		jsonHelp = "print JSON instead of text"
 	)
-
 	add := &cobra.Command{
 		Use:   "add <id>",
 		Short: "Register a device and print its token (shown only once)",
@@ -352,23 +240,31 @@ generated (dev-<12 hex digits>).`,
 			labelMap, err = parseLabelFlags(labels)
 			return err
 		},
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
-			d, tok, err := r.AddDevice(c.Context(), args[0], name, labelMap)
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
+			created, err := r.AddDevice(c.Context(), args[0], name, labelMap)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(stdout, map[string]any{"device": d, "token": tok})
+				return printJSON(x.stdout, created)
 			}
-			fmt.Fprintf(stderr, "device %s added; its token is shown only this once:\n", d.ID)
-			_, err = fmt.Fprintln(stdout, tok)
+			fmt.Fprintf(x.stderr, "device %s added; its token is shown only this once:\n", created.Device.ID)
+			_, err = fmt.Fprintln(x.stdout, created.Token)
 			return err
 		}),
 	}
 	add.Flags().StringVar(&name, "name", "", "display name (default: the id)")
 	add.Flags().StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
 	add.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return add
+}
 
+func (x *registryCLI) deviceListCmd() *cobra.Command {
+	var (
+		labels   []string
+		labelMap map[string]string
+		asJSON   bool
+	)
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List devices: state, online, last seen, labels",
@@ -377,18 +273,18 @@ generated (dev-<12 hex digits>).`,
 			labelMap, err = parseLabelFlags(labels)
 			return err
 		},
-		RunE: run(func(c *cobra.Command, r registryOps, _ []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, _ []string) error {
 			rows, err := r.ListDevices(c.Context(), labelMap)
 			if err != nil {
 				return err
 			}
 			if asJSON {
 				if rows == nil {
-					rows = []deviceRow{}
+					rows = []devices.DeviceView{}
 				}
-				return printJSON(stdout, rows)
+				return printJSON(x.stdout, rows)
 			}
-			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+			tw := tabwriter.NewWriter(x.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tONLINE\tLAST SEEN\tLABELS")
 			for _, d := range rows {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Name, stateText(d.Enabled), onlineText(d.Online), seenText(d.LastSeen), labelText(d.Labels))
@@ -398,106 +294,126 @@ generated (dev-<12 hex digits>).`,
 	}
 	list.Flags().StringArrayVar(&labels, "label", nil, "only devices with label key=value (repeatable: all must match)")
 	list.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return list
+}
 
+func (x *registryCLI) deviceShowCmd() *cobra.Command {
+	var asJSON bool
 	show := &cobra.Command{
 		Use:   "show <id>",
 		Short: "Show a device and its recent sessions",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
-			d, sess, err := r.Device(c.Context(), args[0])
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
+			detail, err := r.Device(c.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				if sess == nil {
-					sess = []storage.Session{}
+				if detail.Sessions == nil {
+					detail.Sessions = []storage.Session{}
 				}
-				return printJSON(stdout, map[string]any{"device": d, "sessions": sess})
+				return printJSON(x.stdout, detail)
 			}
-			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintf(tw, "id:\t%s\n", d.ID)
-			fmt.Fprintf(tw, "name:\t%s\n", d.Name)
-			fmt.Fprintf(tw, "state:\t%s\n", stateText(d.Enabled))
-			fmt.Fprintf(tw, "online:\t%s\n", onlineText(d.Online))
-			fmt.Fprintf(tw, "created:\t%s\n", d.CreatedAt.UTC().Format(time.RFC3339))
-			fmt.Fprintf(tw, "last seen:\t%s\n", seenText(d.LastSeen))
-			fmt.Fprintf(tw, "acked seq:\t%d\n", d.Acked)
-			fmt.Fprintf(tw, "labels:\t%s\n", labelText(d.Labels))
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if len(sess) == 0 {
-				_, err := fmt.Fprintln(stdout, "\nno sessions recorded")
-				return err
-			}
-			fmt.Fprintln(stdout, "\nrecent sessions:")
-			tw = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "STARTED\tENDED\tTRANSPORT\tNODE\tREMOTE\tREADINGS\tCLOSE REASON")
-			for _, s := range sess {
-				ended := "(open)"
-				if s.EndedAt != nil {
-					ended = s.EndedAt.UTC().Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.StartedAt.UTC().Format(time.RFC3339), ended,
-					s.Transport, s.Node, s.RemoteAddr, s.Readings, s.CloseReason)
-			}
-			return tw.Flush()
+			return printDevice(x.stdout, detail)
 		}),
 	}
 	show.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return show
+}
 
-	setEnabled := func(use string, enabled bool, short string) *cobra.Command {
-		return &cobra.Command{
-			Use:   use + " <id>",
-			Short: short,
-			Args:  oneID("device id"),
-			RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
-				if err := r.SetEnabled(c.Context(), args[0], enabled); err != nil {
-					return err
-				}
-				_, err := fmt.Fprintf(stdout, "device %s %sd\n", args[0], use)
-				return err
-			}),
-		}
+// printDevice is `device show` as text: the device, then its sessions.
+func printDevice(w io.Writer, detail devices.DeviceDetail) error {
+	d := detail.Device
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "id:\t%s\n", d.ID)
+	fmt.Fprintf(tw, "name:\t%s\n", d.Name)
+	fmt.Fprintf(tw, "state:\t%s\n", stateText(d.Enabled))
+	fmt.Fprintf(tw, "online:\t%s\n", onlineText(d.Online))
+	fmt.Fprintf(tw, "created:\t%s\n", d.CreatedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "last seen:\t%s\n", seenText(d.LastSeen))
+	fmt.Fprintf(tw, "acked seq:\t%d\n", d.Acked)
+	fmt.Fprintf(tw, "labels:\t%s\n", labelText(d.Labels))
+	if err := tw.Flush(); err != nil {
+		return err
 	}
+	if len(detail.Sessions) == 0 {
+		_, err := fmt.Fprintln(w, "\nno sessions recorded")
+		return err
+	}
+	fmt.Fprintln(w, "\nrecent sessions:")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STARTED\tENDED\tTRANSPORT\tNODE\tREMOTE\tREADINGS\tCLOSE REASON")
+	for _, s := range detail.Sessions {
+		ended := "(open)"
+		if s.EndedAt != nil {
+			ended = s.EndedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.StartedAt.UTC().Format(time.RFC3339), ended,
+			s.Transport, s.Node, s.RemoteAddr, s.Readings, s.CloseReason)
+	}
+	return tw.Flush()
+}
 
+func (x *registryCLI) deviceSetEnabledCmd(use string, enabled bool, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " <id>",
+		Short: short,
+		Args:  oneID("device id"),
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
+			if err := r.SetEnabled(c.Context(), args[0], enabled); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(x.stdout, "device %s %sd\n", args[0], use)
+			return err
+		}),
+	}
+}
+
+func (x *registryCLI) deviceRotateCmd() *cobra.Command {
+	var asJSON bool
 	rotate := &cobra.Command{
 		Use:   "rotate-token <id>",
 		Short: "Issue a new token (printed once); old tokens keep working for devices.token_grace",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
-			tok, err := r.RotateToken(c.Context(), args[0])
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
+			rotated, err := r.RotateToken(c.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(stdout, map[string]any{"device": args[0], "token": tok})
+				return printJSON(x.stdout, map[string]any{"device": args[0], "token": rotated.Token})
 			}
-			fmt.Fprintf(stderr, "new token for %s, shown only this once (previous tokens expire after devices.token_grace):\n", args[0])
-			_, err = fmt.Fprintln(stdout, tok)
+			fmt.Fprintf(x.stderr, "new token for %s, shown only this once (previous tokens expire after devices.token_grace):\n", args[0])
+			_, err = fmt.Fprintln(x.stdout, rotated.Token)
 			return err
 		}),
 	}
 	rotate.Flags().BoolVar(&asJSON, "json", false, jsonHelp)
+	return rotate
+}
 
-	revoke := &cobra.Command{
+func (x *registryCLI) deviceRevokeCmd() *cobra.Command {
+	return &cobra.Command{
 		Use:   "revoke-tokens <id>",
 		Short: "Invalidate every token of a device now (then rotate-token gives it a new one)",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			if err := r.RevokeTokens(c.Context(), args[0]); err != nil {
 				return err
 			}
-			_, err := fmt.Fprintf(stdout, "all tokens of %s revoked\n", args[0])
+			_, err := fmt.Fprintf(x.stdout, "all tokens of %s revoked\n", args[0])
 			return err
 		}),
 	}
+}
 
+func (x *registryCLI) deviceDeleteCmd() *cobra.Command {
+	var purge bool
 	del := &cobra.Command{
 		Use:   "delete <id>",
 		Short: "Delete a device; its readings are kept unless --purge",
 		Args:  oneID("device id"),
-		RunE: run(func(c *cobra.Command, r registryOps, args []string) error {
+		RunE: x.run(func(c *cobra.Command, r registryOps, args []string) error {
 			if err := r.DeleteDevice(c.Context(), args[0], purge); err != nil {
 				return err
 			}
@@ -505,17 +421,12 @@ generated (dev-<12 hex digits>).`,
 			if purge {
 				what = "readings purged"
 			}
-			_, err := fmt.Fprintf(stdout, "device %s deleted (%s)\n", args[0], what)
+			_, err := fmt.Fprintf(x.stdout, "device %s deleted (%s)\n", args[0], what)
 			return err
 		}),
 	}
 	del.Flags().BoolVar(&purge, "purge", false, "also delete the device's readings")
-
-	cmd.AddCommand(add, list, show,
-		setEnabled("disable", false, "Disable a device: its tokens stop working and its session is closed"),
-		setEnabled("enable", true, "Enable a disabled device"),
-		rotate, revoke, del)
-	return cmd
+	return del
 }
 
 func stateText(enabled bool) string {

@@ -10,11 +10,6 @@ import (
 	"time"
 )
 
-// readHeaderTimeout bounds how long a client may take to send request
-// headers, so idle or slowloris sockets cannot pile up before any handler
-// (including the WebSocket upgrade) sees them.
-const readHeaderTimeout = 10 * time.Second
-
 // readyTimeout bounds one /readyz check: a probe must answer before the
 // orchestrator's own timeout (typically 1 s to a few seconds).
 const readyTimeout = 2 * time.Second

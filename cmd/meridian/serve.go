@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -53,223 +52,277 @@ On first start an admin API key is generated and printed once.`,
 // serve runs the server until ctx ends. onListen, when set, is told the bound
 // address (tests listen on port 0).
 func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onListen func(net.Addr)) (err error) {
-	if cfg.Ingest.Node == "" {
-		cfg.Ingest.Node, _ = os.Hostname()
-	}
-
-	st, err := openStore(ctx, cfg, cfg.Storage.Migrate, log)
+	s, err := newServer(ctx, cfg, log, out)
 	if err != nil {
 		return err
 	}
-	// The store closes last, after ingest has committed what it read.
+	// The store closes last, after ingest has committed what it read and
+	// every part that writes to it has stopped (server.shutdown).
 	defer func() {
-		if cerr := st.Close(); cerr != nil {
+		if cerr := s.st.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close store: %w", cerr))
 		}
 	}()
+	if err := s.listen(); err != nil {
+		return err
+	}
+	if onListen != nil {
+		onListen(s.ln.Addr())
+	}
+	if err := s.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
 
-	promReg := prometheus.NewRegistry()
-	promReg.MustRegister(
+// server is `meridian serve`: every part built from the config and wired
+// explicitly by newServer, then run by Run, which owns the stop order.
+type server struct {
+	cfg Config
+	log *slog.Logger
+	out io.Writer // where a newly generated admin key is printed, once
+
+	st   *store
+	reg  *prometheus.Registry
+	devs *devices.Service
+	fan  *fanout
+	ing  *ingest.Server
+	br   *bridge.Bridge       // nil when mqtt is disabled
+	dash *dashboard.Dashboard // nil when the dashboard is disabled
+
+	http     *http.Server
+	certs    *certReloader // nil without TLS
+	ln       net.Listener
+	keysDone atomic.Bool // the operator API keys are initialised (readyz)
+}
+
+// newServer opens the store and builds every part. The order follows the
+// data: the fan-out of what ingest reports exists before ingest, and its
+// consumers (bridge, dashboard) join it as they are built, before Run.
+func newServer(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (_ *server, err error) {
+	if cfg.Ingest.Node == "" {
+		cfg.Ingest.Node, _ = os.Hostname()
+	}
+	s := &server{cfg: cfg, log: log, out: out, fan: &fanout{}, reg: prometheus.NewRegistry()}
+	s.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-
-	devs := devices.NewService(st, cfg.Devices, log.With("component", "devices"))
-
-	// The bridge and the dashboard subscribe to ingest's hooks, and the
-	// bridge needs ingest to deliver commands: ingest is built first with
-	// hooks that read br and dash, which are set before ing.Run starts
-	// (hooks only fire once devices connect).
-	var (
-		br   *bridge.Bridge
-		dash *dashboard.Dashboard
-	)
-	ing, err := ingest.New(cfg.Ingest, st, devs, ingest.Options{
+	if s.st, err = openStore(ctx, cfg, cfg.Storage.Migrate, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, s.st.Close())
+		}
+	}()
+	s.devs = devices.NewService(s.st, cfg.Devices, log.With("component", "devices"))
+	if s.ing, err = ingest.New(cfg.Ingest, s.st, s.devs, ingest.Options{
 		Logger:     log.With("component", "ingest"),
-		Registerer: promReg,
-		Sessions:   sessionLog{st},
-		Limits:     devs,
-		Committed: func(b telemetry.Batch) {
-			if br != nil {
-				br.Committed(b)
-			}
-			if dash != nil {
-				dash.Publish(b)
-			}
-		},
-		Results: func(r telemetry.CommandResult) {
-			if br != nil {
-				br.Result(r)
-			}
-		},
-		Presence: func(p telemetry.Presence) {
-			if br != nil {
-				br.Presence(p)
-			}
-			if dash != nil {
-				dash.Presence(p)
-			}
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("build ingest server: %w", err)
+		Registerer: s.reg,
+		Sessions:   sessionLog{s.st},
+		Limits:     s.devs,
+		Committed:  s.fan.committed,
+		Results:    s.fan.result,
+		Presence:   s.fan.presence,
+	}); err != nil {
+		return nil, fmt.Errorf("build ingest server: %w", err)
 	}
 	// A kick (disable, delete, revoke) closes the live session here and,
 	// through the bridge, on whichever other node holds it.
-	devs.OnKick(func(device, reason string) {
-		ing.Kick(device, reason)
-		if br != nil {
-			br.Kick(device, reason)
-		}
-	})
-	devs.SetPresence(ing.Online)
+	s.fan.kicks = append(s.fan.kicks, s.ing.Kick)
+	s.devs.OnKick(s.fan.kick)
+	s.devs.SetPresence(s.ing.Online)
+	if err := s.buildBridge(); err != nil {
+		return nil, err
+	}
+	if err := s.buildDashboard(); err != nil {
+		return nil, err
+	}
+	if err := s.buildHTTP(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
-	if !cfg.MQTT.Disabled() {
-		mcfg := cfg.MQTT
-		if mcfg.Node == "" {
-			mcfg.Node = cfg.Ingest.Node
-		}
-		br, err = bridge.New(mcfg, ing, bridge.Options{
-			Logger:     log,
-			Registerer: promReg,
-			Authenticate: func(ctx context.Context, _, key string) bridge.Access {
-				k, err := devs.AuthenticateOperator(ctx, key)
-				switch {
-				case err != nil:
-					return bridge.AccessNone
-				case k.Role == devices.RoleAdmin:
-					return bridge.AccessCommand
-				default:
-					return bridge.AccessRead
-				}
-			},
-			IsOffline: func(err error) bool { return errors.Is(err, ingest.ErrOffline) },
-			IsBusy:    func(err error) bool { return errors.Is(err, ingest.ErrCommandQueueFull) },
-			DeviceExists: func(ctx context.Context, id string) (bool, error) {
-				_, err := st.GetDevice(ctx, id)
-				if errors.Is(err, storage.ErrNotFound) {
-					return false, nil
-				}
-				return err == nil, err
-			},
-		})
-		if err != nil {
-			return fmt.Errorf("build mqtt bridge: %w", err)
-		}
+// buildBridge builds the MQTT bridge unless mqtt is disabled: telemetry out,
+// presence, commands in, cross-node kicks.
+func (s *server) buildBridge() error {
+	if s.cfg.MQTT.Disabled() {
+		return nil
 	}
-	if cfg.Dashboard.Enabled {
-		deps := dashboard.Deps{
-			Auth:       devs,
-			Registry:   devs,
-			Series:     st.Series,
-			Logger:     log.With("component", "dashboard"),
-			Registerer: promReg,
-			Stats: func() map[string]any {
-				stats := map[string]any{"storage": map[string]any{"backend": st.kind, "mode": modeOrPending(st.Mode())}}
-				if br != nil {
-					stats["mqtt"] = map[string]any{"connected": br.Connected()}
-				}
-				return stats
-			},
-		}
-		if br != nil {
-			deps.Commands = br
-		}
-		dash, err = dashboard.New(cfg.Dashboard, deps)
-		if err != nil {
-			return fmt.Errorf("build dashboard: %w", err)
-		}
-		if br != nil {
-			br.OnRemoteBatch(dash.Publish)
-		}
+	mcfg := s.cfg.MQTT
+	if mcfg.Node == "" {
+		mcfg.Node = s.cfg.Ingest.Node
 	}
-
-	var metrics http.Handler = promhttp.HandlerFor(promReg, promhttp.HandlerOpts{
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	br, err := bridge.New(mcfg, s.ing, bridge.Options{
+		Logger:       s.log,
+		Registerer:   s.reg,
+		Authenticate: s.mqttAccess,
+		IsOffline:    func(err error) bool { return errors.Is(err, ingest.ErrOffline) },
+		IsBusy:       func(err error) bool { return errors.Is(err, ingest.ErrCommandQueueFull) },
+		DeviceExists: func(ctx context.Context, id string) (bool, error) {
+			_, err := s.st.GetDevice(ctx, id)
+			if errors.Is(err, storage.ErrNotFound) {
+				return false, nil
+			}
+			return err == nil, err
+		},
 	})
-	if !cfg.Server.Metrics.Open {
-		metrics = devs.RequireRole(devices.RoleViewer, metrics)
+	if err != nil {
+		return fmt.Errorf("build mqtt bridge: %w", err)
 	}
-	// Ready only once the admin key is registered: an orchestrator (or a
-	// test) acting on /readyz with a configured devices.admin_key must not
-	// get 401s because the key is registered a moment later.
-	var keysDone atomic.Bool
+	s.br = br
+	s.fan.onCommitted = append(s.fan.onCommitted, br.Committed)
+	s.fan.onResult = append(s.fan.onResult, br.Result)
+	s.fan.onPresence = append(s.fan.onPresence, br.Presence)
+	s.fan.kicks = append(s.fan.kicks, br.Kick)
+	return nil
+}
+
+// mqttAccess maps an operator API key, used as an MQTT password on the
+// embedded broker, to what its holder may do there.
+func (s *server) mqttAccess(ctx context.Context, _, key string) bridge.Access {
+	k, err := s.devs.AuthenticateOperator(ctx, key)
+	switch {
+	case err != nil:
+		return bridge.AccessNone
+	case k.Role == devices.RoleAdmin:
+		return bridge.AccessCommand
+	default:
+		return bridge.AccessRead
+	}
+}
+
+// buildDashboard builds the operator UI and its live feed, fed by this
+// node's committed batches and, through the bridge, other nodes'.
+func (s *server) buildDashboard() error {
+	if !s.cfg.Dashboard.Enabled {
+		return nil
+	}
+	deps := dashboard.Deps{
+		Auth:       s.devs,
+		Registry:   s.devs,
+		Series:     s.st.Series,
+		Logger:     s.log.With("component", "dashboard"),
+		Registerer: s.reg,
+		Stats:      s.stats,
+	}
+	if s.br != nil {
+		deps.Commands = s.br
+	}
+	dash, err := dashboard.New(s.cfg.Dashboard, deps)
+	if err != nil {
+		return fmt.Errorf("build dashboard: %w", err)
+	}
+	s.dash = dash
+	s.fan.onCommitted = append(s.fan.onCommitted, dash.Publish)
+	s.fan.onPresence = append(s.fan.onPresence, dash.Presence)
+	if s.br != nil {
+		s.br.OnRemoteBatch(dash.Publish)
+	}
+	return nil
+}
+
+// stats is the dashboard's system page summary.
+func (s *server) stats() map[string]any {
+	stats := map[string]any{"storage": map[string]any{"backend": s.st.kind, "mode": modeOrPending(s.st.Mode())}}
+	if s.br != nil {
+		stats["mqtt"] = map[string]any{"connected": s.br.Connected()}
+	}
+	return stats
+}
+
+// buildHTTP mounts every route with its credential on one http.Server.
+func (s *server) buildHTTP() error {
+	var metrics http.Handler = promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	})
+	if !s.cfg.Server.Metrics.Open {
+		metrics = s.devs.RequireRole(devices.RoleViewer, metrics)
+	}
 	rt := routes{
-		device:  ing.Handler(),
-		admin:   devs.AdminHandler(),
+		device:  s.ing.Handler(),
+		admin:   s.devs.AdminHandler(),
 		metrics: metrics,
-		ready:   readyzHandler(keysReady{ing, &keysDone}, st, st.kind),
-		query:   devs.RequireRole(devices.RoleViewer, queryapi.Handler(st, queryapi.Options{Logger: log.With("component", "query")})),
+		// Ready only once the admin key is registered: an orchestrator (or
+		// a test) acting on /readyz with a configured devices.admin_key must
+		// not get 401s because the key is registered a moment later.
+		ready: readyzHandler(keysReady{s.ing, &s.keysDone}, s.st, s.st.kind),
+		query: s.devs.RequireRole(devices.RoleViewer, queryapi.Handler(s.st, queryapi.Options{Logger: s.log.With("component", "query")})),
 	}
-	if br != nil {
-		rt.commands = devs.RequireRole(devices.RoleAdmin, br.CommandHandler())
+	if s.br != nil {
+		rt.commands = s.devs.RequireRole(devices.RoleAdmin, s.br.CommandHandler())
 	}
-	if dash != nil {
-		rt.ui = dash.Handler()
+	if s.dash != nil {
+		rt.ui = s.dash.Handler()
 	}
-	handler := trustProxies(parseProxies(cfg.Server.TrustedProxies), newMux(rt))
-
-	var certs *certReloader
-	if cfg.Server.TLS.enabled() {
-		if certs, err = newCertReloader(cfg.Server.TLS, log); err != nil {
+	handler := trustProxies(parseProxies(s.cfg.Server.TrustedProxies), newMux(rt))
+	s.http = newHTTPServer(s.cfg.Server.HTTP, handler, slog.NewLogLogger(s.log.Handler(), slog.LevelWarn))
+	if s.cfg.Server.TLS.enabled() {
+		var err error
+		if s.certs, err = newCertReloader(s.cfg.Server.TLS, s.log); err != nil {
 			return err
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	return nil
+}
+
+// listen binds server.listen (wrapped in TLS when configured).
+func (s *server) listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Server.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s (server.listen): %w", cfg.Server.Listen, err)
+		return fmt.Errorf("listen on %s (server.listen): %w", s.cfg.Server.Listen, err)
 	}
-	if certs != nil {
-		ln = tls.NewListener(ln, certs.tlsConfig())
+	if s.certs != nil {
+		ln = tls.NewListener(ln, s.certs.tlsConfig())
 	}
-	srv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	log.Info("meridian serving",
-		"listen", ln.Addr().String(), "tls", certs != nil, "version", version,
-		"storage", st.kind, "location", st.where, "mode", modeOrPending(st.Mode()),
+	s.ln = ln
+	s.log.Info("meridian serving",
+		"listen", ln.Addr().String(), "tls", s.certs != nil, "version", version,
+		"storage", s.st.kind, "location", s.st.where, "mode", modeOrPending(s.st.Mode()),
 		// Acks are sent only after the store's commit returns: on disk for
 		// sqlite (WAL, fsync on commit), in PostgreSQL for postgres.
 		"durable", true)
-	if onListen != nil {
-		onListen(ln.Addr())
-	}
+	return nil
+}
 
-	// ingest runs on its own context: it stops through Shutdown below, in
-	// order, not by the signal tearing it down mid-flush.
-	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopRun()
-
+// Run serves until ctx ends (or a part fails), then stops the parts in
+// order (shutdown). The parts that must outlive the signal — ingest, the
+// bridge, the dashboard — run on contexts of their own that shutdown ends.
+func (s *server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
+	ingCtx, stopIngest := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopIngest()
+	partsCtx, stopParts := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopParts()
+
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := s.http.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
 	})
-	// The bridge stops after ingest has drained, so the last committed
-	// batches and the offline presence still get published.
-	bridgeCtx, stopBridge := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBridge()
+	g.Go(func() error { return s.ing.Run(ingCtx) })
+	if s.br != nil {
+		g.Go(func() error { return s.br.Run(partsCtx) })
+	}
+	if s.dash != nil {
+		g.Go(func() error { return s.dash.Run(partsCtx) })
+	}
+	if s.certs != nil {
+		g.Go(func() error { s.certs.watch(gctx, certPollInterval); return nil })
+	}
 	g.Go(func() error {
-		defer stopBridge()
-		return ing.Run(runCtx)
+		if s.st.waitReady(gctx) == nil {
+			storage.RunMaintenance(gctx, s.st, s.cfg.Storage.MaintainInterval, s.log.With("component", "storage"))
+		}
+		return nil
 	})
-	if br != nil {
-		g.Go(func() error { return br.Run(bridgeCtx) })
-	}
-	if dash != nil {
-		g.Go(func() error { return dash.Run(gctx) })
-	}
-	if certs != nil {
-		g.Go(func() error { certs.watch(gctx, certPollInterval); return nil })
-	}
-	g.Go(func() error { maintainLoop(gctx, st, cfg.Storage.MaintainInterval, log); return nil })
 	g.Go(func() error {
-		if ensureAdminKey(gctx, st, devs, cfg.Devices.AdminKey, out, log) {
-			keysDone.Store(true)
+		if s.st.waitReady(gctx) == nil && s.devs.BootstrapAdminKey(gctx, s.cfg.Devices.AdminKey, s.announceKey) {
+			s.keysDone.Store(true)
 		}
 		return nil
 	})
@@ -278,31 +331,86 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	// killed by a start timeout; /readyz reports it and flow begins when it
 	// returns.
 	if err := sdNotify("READY=1"); err != nil {
-		log.Warn("notify systemd", "err", err)
+		s.log.Warn("notify systemd", "err", err)
 	}
 	g.Go(func() error {
 		<-gctx.Done()
-		log.Info("shutting down", "grace", cfg.Ingest.ShutdownGrace)
-		_ = sdNotify("STOPPING=1")
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Ingest.ShutdownGrace)
-		defer cancel()
-		// Stop accepting first; in-flight HTTP batches still get their ack
-		// because the pipeline is running until ing.Shutdown.
-		herr := srv.Shutdown(sctx)
-		if herr != nil {
-			herr = fmt.Errorf("stop http server: %w", herr)
-		}
-		ierr := ing.Shutdown(sctx)
-		if ierr != nil {
-			ierr = fmt.Errorf("drain ingest: %w", ierr)
-		}
-		return errors.Join(herr, ierr)
+		return s.shutdown(ctx, stopParts)
 	})
-	if err := g.Wait(); err != nil {
-		return err
+	return g.Wait()
+}
+
+// shutdown stops the parts in this order (docs/architecture.md), all within
+// ingest.shutdown_grace:
+//
+//  1. Stop accepting: the listener closes. HTTP requests in flight go on.
+//  2. Drain and ack: ingest stops reading devices, commits what it read and
+//     acks it; HTTP batches in flight get their answer.
+//  3. Close sessions: devices get 1001 and reconnect, elsewhere if they can.
+//  4. Stop the bridge and the dashboard: the last committed batches and the
+//     offline presence are published first; live feeds close, which ends the
+//     HTTP server's wait for its streaming requests.
+//  5. Close the store: serve does it once Run has returned.
+func (s *server) shutdown(ctx context.Context, stopParts context.CancelFunc) error {
+	s.log.Info("shutting down", "grace", s.cfg.Ingest.ShutdownGrace)
+	_ = sdNotify("STOPPING=1")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Ingest.ShutdownGrace)
+	defer cancel()
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.http.Shutdown(sctx) }() // 1
+	ierr := s.ing.Shutdown(sctx)                      // 2, 3
+	if ierr != nil {
+		ierr = fmt.Errorf("drain ingest: %w", ierr)
 	}
-	log.Info("stopped")
-	return nil
+	stopParts() // 4
+	herr := <-httpDone
+	if herr != nil {
+		herr = fmt.Errorf("stop http server: %w", herr)
+	}
+	return errors.Join(herr, ierr)
+}
+
+// announceKey prints a newly generated admin key once, on stdout (never to
+// the log).
+func (s *server) announceKey(secret string) {
+	fmt.Fprintf(s.out, "\nNo API key existed, so an admin key was created. It is shown only this once:\n\n    %s\n\nUse it as \"Authorization: Bearer <key>\" for /v1/admin and /metrics.\n\n", secret)
+}
+
+// fanout hands what ingest reports — committed batches, presence changes,
+// command results — and the registry's kicks to the parts that consume
+// them. Consumers join while the server is built; from Run on it is
+// read-only, so delivery takes no lock. Every consumer only enqueues (the
+// bridge's and the hub's queues are bounded, drop-oldest), so ingest's
+// writer never waits on MQTT or a browser.
+type fanout struct {
+	onCommitted []func(telemetry.Batch)
+	onPresence  []func(telemetry.Presence)
+	onResult    []func(telemetry.CommandResult)
+	kicks       []func(device, reason string)
+}
+
+func (f *fanout) committed(b telemetry.Batch) {
+	for _, fn := range f.onCommitted {
+		fn(b)
+	}
+}
+
+func (f *fanout) presence(p telemetry.Presence) {
+	for _, fn := range f.onPresence {
+		fn(p)
+	}
+}
+
+func (f *fanout) result(r telemetry.CommandResult) {
+	for _, fn := range f.onResult {
+		fn(r)
+	}
+}
+
+func (f *fanout) kick(device, reason string) {
+	for _, fn := range f.kicks {
+		fn(device, reason)
+	}
 }
 
 func modeOrPending(mode string) string {
@@ -310,59 +418,6 @@ func modeOrPending(mode string) string {
 		return "pending (connecting)"
 	}
 	return mode
-}
-
-// maintainLoop runs the store's housekeeping now and then every interval.
-// Failures are logged and retried at the next tick: housekeeping falling
-// behind never stops ingestion.
-func maintainLoop(ctx context.Context, st *store, every time.Duration, log *slog.Logger) {
-	if err := st.waitReady(ctx); err != nil {
-		return // ctx ended, or the store is unusable (already logged by it)
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		mctx, cancel := context.WithTimeout(ctx, max(every, time.Minute))
-		start := time.Now()
-		err := st.Maintain(mctx, start)
-		cancel()
-		switch {
-		case err != nil && ctx.Err() == nil:
-			log.Warn("storage maintenance failed; retrying next interval", "err", err, "interval", every)
-		case err == nil:
-			log.Debug("storage maintenance done", "took", time.Since(start))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// ensureAdminKey makes sure an operator can get in once the store is ready,
-// printing a newly generated key once on out (never to the log). Storage
-// errors are retried: the admin API is unusable until this succeeds, but
-// devices are not affected.
-func ensureAdminKey(ctx context.Context, st *store, devs *devices.Service, configured string, out io.Writer, log *slog.Logger) bool {
-	if err := st.waitReady(ctx); err != nil {
-		return false
-	}
-	for {
-		secret, err := devs.EnsureAdminKey(ctx, configured)
-		if err == nil {
-			if secret != "" {
-				fmt.Fprintf(out, "\nNo API key existed, so an admin key was created. It is shown only this once:\n\n    %s\n\nUse it as \"Authorization: Bearer <key>\" for /v1/admin and /metrics.\n\n", secret)
-			}
-			return true
-		}
-		log.Error("cannot ensure an admin API key; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(5 * time.Second):
-		}
-	}
 }
 
 // keysReady is ingest's readiness plus "the admin key is registered".

@@ -4,27 +4,41 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/ingest"
+	"github.com/meridian-iot/meridian/storage"
 	"github.com/meridian-iot/meridian/storage/postgres"
+	"github.com/meridian-iot/meridian/storage/queryapi"
 	"github.com/meridian-iot/meridian/storage/sqlite"
-	"github.com/meridian-iot/meridian/storage/storagetest"
 )
 
-// backend is what the commands need from a store: the whole conformance
-// surface plus migrations.
+// backend is what the commands wire a store into: the union of the small
+// interfaces each consumer declares, plus what cmd itself calls. (The
+// conformance suite's interface, storagetest.Backend, stays in tests: the
+// binary links no test code.)
 type backend interface {
-	storagetest.Backend
+	ingest.Store       // Commit, Watermark, Ping
+	devices.Repo       // the registry: devices, tokens, API keys, session history
+	queryapi.Reader    // /v1/query, /v1/series, `meridian query`
+	storage.Maintainer // partitions, retention, rollups
+	sessionStore       // device_sessions and last_seen
+	Mode() string      // storage.ModeTimescale, ModePostgres or ModeSQLite
 	Migrate(ctx context.Context) error
+	Close() error
+}
+
+// sessionStore records device sessions (sessionLog).
+type sessionStore interface {
+	OpenSession(ctx context.Context, s storage.Session) error
+	CloseSession(ctx context.Context, id string, ended time.Time, reason string, readings int64) error
 }
 
 // The wiring promises: each backend fits every consumer.
 var (
-	_ backend      = (*postgres.Store)(nil)
-	_ backend      = (*sqlite.Store)(nil)
-	_ ingest.Store = backend(nil)
-	_ devices.Repo = backend(nil)
+	_ backend = (*postgres.Store)(nil)
+	_ backend = (*sqlite.Store)(nil)
 )
 
 // migrateStatus is the backend-neutral `migrate --status` answer.
