@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meridian-iot/meridian/bridge"
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
 	"github.com/meridian-iot/meridian/dashboard"
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/ingest"
@@ -258,7 +259,7 @@ func firstError(err error) error {
 	return err
 }
 
-const masked = "***"
+const masked = conf.Masked
 
 var dsnPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('[^']*'|\S+)`)
 

@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"reflect"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
-	"go.yaml.in/yaml/v3"
+
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
 )
 
 //go:generate go run . config docs -o ../../docs/config.md
@@ -58,127 +57,14 @@ func newConfigCmd(stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
-// renderYAML prints cfg in the file format, keys in table order, secrets
-// masked, so the output can be saved and used as a config file (after
-// putting the secrets back).
-func renderYAML(cfg Config) ([]byte, error) {
-	root := &yaml.Node{Kind: yaml.MappingNode}
-	for _, s := range settingsTable() {
-		val := printable(reflect.ValueOf(s.field(&cfg)).Elem().Interface())
-		if s.secret {
-			val = maskSecret(s, val)
-		}
-		leaf := &yaml.Node{}
-		if err := leaf.Encode(val); err != nil {
-			return nil, fmt.Errorf("encode %s: %w", s.key, err)
-		}
-		parent := root
-		parts := strings.Split(s.key, ".")
-		for _, p := range parts[:len(parts)-1] {
-			parent = childMapping(parent, p)
-		}
-		parent.Content = append(parent.Content,
-			&yaml.Node{Kind: yaml.ScalarNode, Value: parts[len(parts)-1]}, leaf)
-	}
-	var b strings.Builder
-	enc := yaml.NewEncoder(&b)
-	enc.SetIndent(2)
-	if err := enc.Encode(root); err != nil {
-		return nil, fmt.Errorf("encode config: %w", err)
-	}
-	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("encode config: %w", err)
-	}
-	return []byte(b.String()), nil
-}
-
-func maskSecret(s setting, val any) any {
-	str, _ := val.(string)
-	if str == "" {
-		return str // show that nothing is set
-	}
-	if s.mask != nil {
-		return s.mask(str)
-	}
-	return masked
-}
-
-// childMapping returns the mapping under key in m, creating it in order.
-func childMapping(m *yaml.Node, key string) *yaml.Node {
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == key {
-			return m.Content[i+1]
-		}
-	}
-	child := &yaml.Node{Kind: yaml.MappingNode}
-	m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: key}, child)
-	return child
-}
-
-// printable converts values to what a config file would say: durations as
-// Go duration strings, nil lists as empty lists.
-func printable(v any) any {
-	switch x := v.(type) {
-	case time.Duration:
-		return formatDuration(x)
-	case []string:
-		if x == nil {
-			return []string{}
-		}
-	}
-	return v
-}
-
-// formatDuration drops the zero tails of time.Duration.String: 720h, 1h30m, 5m.
-func formatDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = s[:len(s)-2]
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = s[:len(s)-2]
-	}
-	return s
-}
-
-func typeName(t reflect.Type) string {
-	switch {
-	case t == durationType:
-		return "duration"
-	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.String:
-		return "list of strings"
-	case t.Kind() == reflect.Int || t.Kind() == reflect.Int32 || t.Kind() == reflect.Int64:
-		return "integer"
-	case t.Kind() == reflect.Float64:
-		return "number"
-	}
-	return t.Kind().String()
-}
-
-func docValue(v any) string {
-	const day = 24 * time.Hour
-	if d, ok := v.(time.Duration); ok && d >= 2*day && d%day == 0 {
-		return fmt.Sprintf("`%q` (%d days)", formatDuration(d), d/day)
-	}
-	switch x := printable(v).(type) {
-	case string:
-		return fmt.Sprintf("`%q`", x)
-	case []string:
-		if len(x) == 0 {
-			return "`[]`"
-		}
-		return "`" + strings.Join(x, ",") + "`"
-	default:
-		return fmt.Sprintf("`%v`", x)
-	}
-}
+// renderYAML prints cfg in the file format, secrets masked.
+func renderYAML(cfg Config) ([]byte, error) { return conf.YAML(entries(&cfg)) }
 
 // renderDocs generates docs/config.md from the settings table and the
 // defaults. It must not depend on the environment: CI compares its output to
 // the committed file.
 func renderDocs() string {
 	def := DefaultConfig()
-	table := settingsTable()
 	var b strings.Builder
 	b.WriteString(`# Configuration reference
 
@@ -201,27 +87,6 @@ stops the program with exit status 2 and one line naming the key and the value.
 ` + "`meridian config print`" + ` shows the effective configuration (secrets masked) in the file format,
 so its output is a starting point for a config file.
 `)
-	for _, sec := range sectionDocs {
-		fmt.Fprintf(&b, "\n## %s\n\n%s\n\n", sec.name, sec.doc)
-		b.WriteString("| key | type | default | environment | flag | description |\n")
-		b.WriteString("|---|---|---|---|---|---|\n")
-		for _, s := range table {
-			if !strings.HasPrefix(s.key, sec.name+".") {
-				continue
-			}
-			v := reflect.ValueOf(s.field(&def)).Elem()
-			flag := ""
-			if s.flag != "" {
-				flag = "`--" + s.flag + "`"
-			}
-			desc := s.doc
-			if s.secret {
-				desc += " Secret: masked by `config print`."
-			}
-			fmt.Fprintf(&b, "| `%s` | %s | %s | `%s` | %s | %s |\n",
-				s.key, typeName(v.Type()), docValue(v.Interface()), envName(s.key), flag,
-				strings.ReplaceAll(desc, "|", `\|`))
-		}
-	}
+	loader.Reference(&b, sectionDocs, entries(&def))
 	return b.String()
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
 )
 
 // cleanEnv blanks every MERIDIAN_* config variable for the test (viper
@@ -423,13 +425,13 @@ func TestSettingsCoverEveryField(t *testing.T) {
 			t.Errorf("%s has no description", s.key)
 		}
 		section, _, _ := strings.Cut(s.key, ".")
-		if !slices.ContainsFunc(sectionDocs, func(d struct{ name, doc string }) bool { return d.name == section }) {
+		if !slices.ContainsFunc(sectionDocs, func(d conf.Section) bool { return d.Name == section }) {
 			t.Errorf("%s: section %q is not in sectionDocs, so docs/config.md would omit it", s.key, section)
 		}
 	}
 	var walk func(v reflect.Value, path string)
 	walk = func(v reflect.Value, path string) {
-		if v.Kind() == reflect.Struct && v.Type() != durationType {
+		if v.Kind() == reflect.Struct && v.Type() != reflect.TypeFor[time.Duration]() {
 			for i := 0; i < v.NumField(); i++ {
 				if v.Type().Field(i).IsExported() {
 					walk(v.Field(i), path+"."+v.Type().Field(i).Name)

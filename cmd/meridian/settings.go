@@ -1,18 +1,9 @@
 package main
 
 import (
-	"fmt"
-	"math"
-	"os"
-	"reflect"
-	"sort"
-	"strconv"
-	"strings"
-	"time"
-
-	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
+
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
 )
 
 // setting is one config key. The settings table is the single place that
@@ -33,18 +24,14 @@ type setting struct {
 // environment variable: ingest.max_batch is MERIDIAN_INGEST_MAX_BATCH.
 const envPrefix = "MERIDIAN"
 
-func envName(key string) string {
-	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
-}
-
 // sections documents the top-level sections, in the order docs show them.
-var sectionDocs = []struct{ name, doc string }{
-	{"server", "The process: listen address, state directory, logging, metrics."},
-	{"ingest", "The device endpoint and the batching pipeline (docs/protocol.md). Sizing arithmetic for each default is in ingest/config.go."},
-	{"storage", "Where readings live. Empty `storage.url` selects the embedded SQLite store at `<server.data_dir>/meridian.db`; a postgres URL selects PostgreSQL (TimescaleDB when the extension is installed)."},
-	{"devices", "The device registry and operator access: API keys, device tokens, provisioning, per-device rate limits."},
-	{"mqtt", "The MQTT bridge (docs/mqtt.md): telemetry out, commands in. Empty `mqtt.url` runs an embedded broker on `mqtt.embedded.listen`; API keys are its passwords."},
-	{"dashboard", "The operator web UI and the live feed at /v1/live (docs/dashboard.md)."},
+var sectionDocs = []conf.Section{
+	{Name: "server", Doc: "The process: listen address, state directory, logging, metrics."},
+	{Name: "ingest", Doc: "The device endpoint and the batching pipeline (docs/protocol.md). Sizing arithmetic for each default is in ingest/config.go."},
+	{Name: "storage", Doc: "Where readings live. Empty `storage.url` selects the embedded SQLite store at `<server.data_dir>/meridian.db`; a postgres URL selects PostgreSQL (TimescaleDB when the extension is installed)."},
+	{Name: "devices", Doc: "The device registry and operator access: API keys, device tokens, provisioning, per-device rate limits."},
+	{Name: "mqtt", Doc: "The MQTT bridge (docs/mqtt.md): telemetry out, commands in. Empty `mqtt.url` runs an embedded broker on `mqtt.embedded.listen`; API keys are its passwords."},
+	{Name: "dashboard", Doc: "The operator web UI and the live feed at /v1/live (docs/dashboard.md)."},
 }
 
 func settingsTable() []setting {
@@ -206,10 +193,22 @@ func settingsTable() []setting {
 }
 
 // configError marks an error in the configuration; main exits 2 for it.
-type configError struct{ err error }
+type configError = conf.Error
 
-func (e configError) Error() string { return "invalid config: " + e.err.Error() }
-func (e configError) Unwrap() error { return e.err }
+// loader binds the table to viper under the MERIDIAN_ prefix.
+var loader = conf.Loader{EnvPrefix: envPrefix}
+
+func envName(key string) string { return loader.EnvName(key) }
+
+// entries binds every key of the table to its field in cfg.
+func entries(cfg *Config) []conf.Entry {
+	table := settingsTable()
+	out := make([]conf.Entry, len(table))
+	for i, s := range table {
+		out[i] = conf.Entry{Key: s.key, Ptr: s.field(cfg), Doc: s.doc, Flag: s.flag, Secret: s.secret, Mask: s.mask}
+	}
+	return out
+}
 
 // loadConfig layers, lowest first: defaults, the file named by --config,
 // MERIDIAN_* env vars, flags. It returns a validated Config or a configError.
@@ -219,7 +218,7 @@ func loadConfig(flags *pflag.FlagSet) (Config, error) {
 		return Config{}, err
 	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, configError{err}
+		return Config{}, configError{Err: err}
 	}
 	return cfg, nil
 }
@@ -227,281 +226,8 @@ func loadConfig(flags *pflag.FlagSet) (Config, error) {
 // decodeConfig is loadConfig without Validate.
 func decodeConfig(flags *pflag.FlagSet) (Config, error) {
 	cfg := DefaultConfig()
-	table := settingsTable()
-
-	v := viper.New()
-	v.SetEnvPrefix(envPrefix)
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	for _, s := range table {
-		// SetDefault makes the key known to viper, so env and flags work
-		// without a file naming it.
-		v.SetDefault(s.key, reflect.ValueOf(s.field(&cfg)).Elem().Interface())
-		if err := v.BindEnv(s.key); err != nil {
-			return Config{}, fmt.Errorf("bind env for %s: %w", s.key, err)
-		}
-		if s.flag != "" && flags != nil {
-			if f := flags.Lookup(s.flag); f != nil {
-				if err := v.BindPFlag(s.key, f); err != nil {
-					return Config{}, fmt.Errorf("bind flag --%s: %w", s.flag, err)
-				}
-			}
-		}
-	}
-
-	path := configPath(flags)
-	if path != "" {
-		if err := readConfigFile(v, path, table); err != nil {
-			return Config{}, configError{err}
-		}
-	}
-
-	for _, s := range table {
-		if err := decodeSetting(v.Get(s.key), s.field(&cfg)); err != nil {
-			return Config{}, configError{fmt.Errorf("%s: %w", s.key, err)}
-		}
+	if err := loader.Load(entries(&cfg), flags, loader.Path(flags)); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
-}
-
-// configPath is --config, or MERIDIAN_CONFIG when the flag is not given
-// (handy for systemd environment files).
-func configPath(flags *pflag.FlagSet) string {
-	if flags != nil {
-		if f := flags.Lookup("config"); f != nil && f.Value.String() != "" {
-			return f.Value.String()
-		}
-	}
-	return os.Getenv(envPrefix + "_CONFIG")
-}
-
-// readConfigFile merges the file into v after checking that it names only
-// known keys: a typo must not silently fall back to a default.
-func readConfigFile(v *viper.Viper, path string, table []setting) error {
-	fv := viper.New()
-	fv.SetConfigFile(path)
-	if err := fv.ReadInConfig(); err != nil {
-		return fmt.Errorf("read config file %s: %w", path, err)
-	}
-	known := make(map[string]bool, len(table))
-	sections := map[string]bool{}
-	for _, s := range table {
-		known[s.key] = true
-		parts := strings.Split(s.key, ".")
-		for i := 1; i < len(parts); i++ {
-			sections[strings.Join(parts[:i], ".")] = true
-		}
-	}
-	keys := fv.AllKeys()
-	sort.Strings(keys)
-	for _, k := range keys {
-		switch {
-		case known[k]:
-		case sections[k]:
-			// An empty section ("ingest:" with nothing below) is harmless;
-			// a value where a section belongs is not.
-			if val := fv.Get(k); val != nil {
-				return fmt.Errorf("%s: %s: must be a section of keys, got %v", path, k, val)
-			}
-		default:
-			return fmt.Errorf("%s: unknown key %q (see docs/config.md)", path, k)
-		}
-	}
-	// The main viper reads the file too, so the file sits below env and
-	// flags in viper's precedence.
-	v.SetConfigFile(path)
-	if err := v.ReadInConfig(); err != nil {
-		return fmt.Errorf("read config file %s: %w", path, err)
-	}
-	return nil
-}
-
-// decodeSetting stores raw into ptr through mapstructure, with a hook that
-// accepts only sensible conversions and says precisely what was wrong.
-func decodeSetting(raw any, ptr any) error {
-	var hookErr error
-	hook := func(from, to reflect.Type, data any) (any, error) {
-		out, err := convert(to, data)
-		if err != nil && hookErr == nil {
-			hookErr = err
-		}
-		return out, err
-	}
-	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{DecodeHook: hook, Result: ptr})
-	if err != nil {
-		return fmt.Errorf("build decoder: %w", err)
-	}
-	if err := dec.Decode(raw); err != nil {
-		if hookErr != nil {
-			return hookErr
-		}
-		return err
-	}
-	return nil
-}
-
-var durationType = reflect.TypeFor[time.Duration]()
-
-// convert turns a value from YAML, env (always strings) or a flag into the
-// target type, or explains why it cannot.
-func convert(to reflect.Type, data any) (any, error) {
-	switch {
-	case to == durationType:
-		return toDuration(data)
-	case to.Kind() == reflect.Int || to.Kind() == reflect.Int32 || to.Kind() == reflect.Int64:
-		return toInt(to, data)
-	case to.Kind() == reflect.Float64:
-		return toFloat(data)
-	case to.Kind() == reflect.Bool:
-		return toBool(data)
-	case to.Kind() == reflect.String:
-		return toString(data)
-	case to.Kind() == reflect.Slice && to.Elem().Kind() == reflect.String:
-		return toStrings(data)
-	}
-	return data, nil
-}
-
-func toDuration(data any) (any, error) {
-	switch d := data.(type) {
-	case time.Duration:
-		return d, nil
-	case string:
-		v, err := time.ParseDuration(strings.TrimSpace(d))
-		if err != nil {
-			return nil, fmt.Errorf(`must be a duration such as "20s" or "1h30m", got %q`, d)
-		}
-		return v, nil
-	}
-	if n, ok := asInt(data); ok && n == 0 {
-		return time.Duration(0), nil
-	}
-	return nil, fmt.Errorf(`must be a duration with a unit such as "20s", got %v`, data)
-}
-
-func toInt(to reflect.Type, data any) (any, error) {
-	var n int64
-	if s, ok := data.(string); ok {
-		v, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("must be an integer, got %q", s)
-		}
-		n = v
-	} else if v, ok := asInt(data); ok {
-		n = v
-	} else {
-		return nil, fmt.Errorf("must be an integer, got %v", describe(data))
-	}
-	if reflect.Zero(to).OverflowInt(n) {
-		return nil, fmt.Errorf("must be an integer that fits in %d bits, got %d", to.Bits(), n)
-	}
-	return reflect.ValueOf(n).Convert(to).Interface(), nil
-}
-
-func toFloat(data any) (any, error) {
-	switch f := data.(type) {
-	case float64:
-		return f, nil
-	case string:
-		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
-		if err != nil {
-			return nil, fmt.Errorf("must be a number, got %q", f)
-		}
-		return v, nil
-	}
-	if n, ok := asInt(data); ok {
-		return float64(n), nil
-	}
-	return nil, fmt.Errorf("must be a number, got %v", describe(data))
-}
-
-func toBool(data any) (any, error) {
-	switch b := data.(type) {
-	case bool:
-		return b, nil
-	case string:
-		v, err := strconv.ParseBool(strings.TrimSpace(b))
-		if err != nil {
-			return nil, fmt.Errorf("must be true or false, got %q", b)
-		}
-		return v, nil
-	}
-	return nil, fmt.Errorf("must be true or false, got %v", describe(data))
-}
-
-func toString(data any) (any, error) {
-	switch s := data.(type) {
-	case string:
-		return s, nil
-	case int, int64, uint64, float64:
-		// YAML reads `node: 7` as a number; a name is still meant.
-		return fmt.Sprint(s), nil
-	}
-	return nil, fmt.Errorf("must be a string, got %v", describe(data))
-}
-
-func toStrings(data any) (any, error) {
-	switch l := data.(type) {
-	case []string:
-		return l, nil
-	case string:
-		// Env and flags: comma-separated.
-		var out []string
-		for _, p := range strings.Split(l, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				out = append(out, p)
-			}
-		}
-		return out, nil
-	case []any:
-		out := make([]string, 0, len(l))
-		for _, e := range l {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("must be a list of strings, got element %v", describe(e))
-			}
-			out = append(out, s)
-		}
-		return out, nil
-	case nil:
-		return []string(nil), nil
-	}
-	return nil, fmt.Errorf("must be a list of strings, got %v", describe(data))
-}
-
-// asInt accepts integer kinds and integral floats (JSON numbers).
-func asInt(v any) (int64, bool) {
-	switch n := v.(type) {
-	case int:
-		return int64(n), true
-	case int64:
-		return n, true
-	case int32:
-		return int64(n), true
-	case uint64:
-		if n <= math.MaxInt64 {
-			return int64(n), true
-		}
-	case uint:
-		if uint64(n) <= math.MaxInt64 {
-			return int64(n), true
-		}
-	case float64:
-		if n == math.Trunc(n) && math.Abs(n) < 1<<53 {
-			return int64(n), true
-		}
-	}
-	return 0, false
-}
-
-// describe renders a wrongly typed value for an error message.
-func describe(v any) string {
-	switch v.(type) {
-	case map[string]any, map[any]any:
-		return "a section of keys"
-	case []any:
-		return "a list"
-	case string:
-		return strconv.Quote(v.(string))
-	}
-	return fmt.Sprint(v)
 }
