@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/meridian-iot/meridian/bridge"
 	"github.com/meridian-iot/meridian/cmd/internal/conf"
+	"github.com/meridian-iot/meridian/cmd/internal/front"
 	"github.com/meridian-iot/meridian/dashboard"
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/ingest"
@@ -52,9 +52,9 @@ type ServerConfig struct {
 	TrustedProxies []string
 	Metrics        MetricsConfig
 	// TLS makes the server speak HTTPS/WSS itself.
-	TLS TLSConfig
-	// HTTP bounds idle, slow and never-finishing clients (httpguard.go).
-	HTTP HTTPConfig
+	TLS front.TLSConfig
+	// HTTP bounds idle, slow and never-finishing clients.
+	HTTP front.HTTPConfig
 }
 
 // MetricsConfig controls /metrics.
@@ -125,7 +125,7 @@ func DefaultConfig() Config {
 			DataDir:   "./meridian-data",
 			LogFormat: "text",
 			LogLevel:  "info",
-			HTTP:      defaultHTTPConfig(),
+			HTTP:      front.DefaultHTTPConfig(),
 		},
 		Ingest:    ingest.DefaultConfig(),
 		Devices:   devices.DefaultConfig(),
@@ -176,14 +176,14 @@ func (s ServerConfig) validate() error {
 	if _, ok := logLevels[s.LogLevel]; !ok {
 		return fmt.Errorf("server.log_level: must be debug, info, warn or error, got %q", s.LogLevel)
 	}
-	if err := s.TLS.validate(); err != nil {
+	if err := s.TLS.Validate(); err != nil {
 		return err
 	}
-	if err := s.HTTP.validate(); err != nil {
+	if err := s.HTTP.Validate(); err != nil {
 		return err
 	}
 	for _, p := range s.TrustedProxies {
-		if _, err := parseProxy(p); err != nil {
+		if _, err := front.ParseProxy(p); err != nil {
 			return fmt.Errorf("server.trusted_proxies: must be IP addresses or CIDR prefixes, got %q", p)
 		}
 	}
@@ -199,19 +199,6 @@ func validListen(addr string) error {
 		return fmt.Errorf("port must be a number from 0 to 65535")
 	}
 	return nil
-}
-
-// parseProxy accepts "10.0.0.1" or "10.0.0.0/8".
-func parseProxy(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func (s StorageConfig) validate() error {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/meridian-iot/meridian/cmd/internal/front"
+
 	"bufio"
 	"io"
 	"net"
@@ -33,7 +35,7 @@ func closedWithin(t *testing.T, conn net.Conn, d time.Duration) bool {
 func TestHTTPIdleAndBodyDeadlines(t *testing.T) {
 	cleanEnv(t)
 	cfg := testConfig(t)
-	cfg.Server.HTTP = HTTPConfig{IdleTimeout: time.Second, HeaderTimeout: time.Second, BodyTimeout: time.Second, MaxPendingConns: 20}
+	cfg.Server.HTTP = front.HTTPConfig{IdleTimeout: time.Second, HeaderTimeout: time.Second, BodyTimeout: time.Second, MaxPendingConns: 20}
 	cfg.Devices.Provisioning.Key = "fleet-key-0123456789abcdef"
 	ts := startServe(t, cfg)
 	addr := strings.TrimPrefix(ts.base, "http://")

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meridian-iot/meridian/bridge"
+	"github.com/meridian-iot/meridian/cmd/internal/front"
 	"github.com/meridian-iot/meridian/dashboard"
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/ingest"
@@ -92,7 +93,7 @@ type server struct {
 	dash *dashboard.Dashboard // nil when the dashboard is disabled
 
 	http     *http.Server
-	certs    *certReloader // nil without TLS
+	certs    *front.CertReloader // nil without TLS
 	ln       net.Listener
 	keysDone atomic.Bool // the operator API keys are initialised (readyz)
 }
@@ -249,7 +250,7 @@ func (s *server) buildHTTP() error {
 		// Ready only once the admin key is registered: an orchestrator (or
 		// a test) acting on /readyz with a configured devices.admin_key must
 		// not get 401s because the key is registered a moment later.
-		ready: readyzHandler(keysReady{s.ing, &s.keysDone}, s.st, s.st.kind),
+		ready: front.Readyz(keysReady{s.ing, &s.keysDone}, s.st, s.st.kind),
 		query: s.devs.RequireRole(devices.RoleViewer, queryapi.Handler(s.st, queryapi.Options{Logger: s.log.With("component", "query")})),
 	}
 	if s.br != nil {
@@ -258,11 +259,11 @@ func (s *server) buildHTTP() error {
 	if s.dash != nil {
 		rt.ui = s.dash.Handler()
 	}
-	handler := trustProxies(parseProxies(s.cfg.Server.TrustedProxies), newMux(rt))
-	s.http = newHTTPServer(s.cfg.Server.HTTP, handler, slog.NewLogLogger(s.log.Handler(), slog.LevelWarn))
-	if s.cfg.Server.TLS.enabled() {
+	handler := front.TrustProxies(front.ParseProxies(s.cfg.Server.TrustedProxies), newMux(rt))
+	s.http = front.NewServer(s.cfg.Server.HTTP, handler, slog.NewLogLogger(s.log.Handler(), slog.LevelWarn))
+	if s.cfg.Server.TLS.Enabled() {
 		var err error
-		if s.certs, err = newCertReloader(s.cfg.Server.TLS, s.log); err != nil {
+		if s.certs, err = front.NewCertReloader(s.cfg.Server.TLS, s.log); err != nil {
 			return err
 		}
 	}
@@ -276,7 +277,7 @@ func (s *server) listen() error {
 		return fmt.Errorf("listen on %s (server.listen): %w", s.cfg.Server.Listen, err)
 	}
 	if s.certs != nil {
-		ln = tls.NewListener(ln, s.certs.tlsConfig())
+		ln = tls.NewListener(ln, s.certs.ServerTLS())
 	}
 	s.ln = ln
 	s.log.Info("meridian serving",
@@ -312,7 +313,7 @@ func (s *server) Run(ctx context.Context) error {
 		g.Go(func() error { return s.dash.Run(partsCtx) })
 	}
 	if s.certs != nil {
-		g.Go(func() error { s.certs.watch(gctx, certPollInterval); return nil })
+		g.Go(func() error { s.certs.Watch(gctx, front.CertPollInterval); return nil })
 	}
 	g.Go(func() error {
 		if s.st.waitReady(gctx) == nil {
@@ -422,7 +423,7 @@ func modeOrPending(mode string) string {
 
 // keysReady is ingest's readiness plus "the admin key is registered".
 type keysReady struct {
-	ing  readyChecker
+	ing  front.ReadyChecker
 	done *atomic.Bool
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/meridian-iot/meridian/cmd/internal/front"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -137,7 +139,7 @@ func TestServeEmbeddedDefaults(t *testing.T) {
 	var (
 		code int
 		body string
-		rep  readyReport
+		rep  front.ReadyReport
 		err  error
 	)
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -216,11 +218,11 @@ func TestServePostgres(t *testing.T) {
 	ts := startServe(t, cfg)
 
 	// The postgres store connects and migrates in the background.
-	var rep readyReport
+	var rep front.ReadyReport
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		code, body := get(t, ts.base+"/readyz", "")
-		rep = readyReport{}
+		rep = front.ReadyReport{}
 		_ = json.Unmarshal([]byte(body), &rep)
 		if code == 200 || time.Now().After(deadline) {
 			break

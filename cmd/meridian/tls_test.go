@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/meridian-iot/meridian/cmd/internal/front"
+
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -60,16 +62,16 @@ func writeSelfSigned(t *testing.T, certFile, keyFile, cn string) *x509.Certifica
 }
 
 func TestTLSServeAndReload(t *testing.T) {
-	old := certPollInterval
-	certPollInterval = 50 * time.Millisecond
-	t.Cleanup(func() { certPollInterval = old })
+	old := front.CertPollInterval
+	front.CertPollInterval = 50 * time.Millisecond
+	t.Cleanup(func() { front.CertPollInterval = old })
 
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	first := writeSelfSigned(t, certFile, keyFile, "first")
 
 	cfg := testConfig(t)
-	cfg.Server.TLS = TLSConfig{CertFile: certFile, KeyFile: keyFile}
+	cfg.Server.TLS = front.TLSConfig{CertFile: certFile, KeyFile: keyFile}
 	ts := startServe(t, cfg)
 	base := strings.Replace(ts.base, "http://", "https://", 1)
 
@@ -116,11 +118,11 @@ func TestTLSServeAndReload(t *testing.T) {
 
 func TestTLSConfigErrors(t *testing.T) {
 	for _, c := range []struct {
-		tls  TLSConfig
+		tls  front.TLSConfig
 		want string
 	}{
-		{TLSConfig{CertFile: "c.pem"}, "server.tls.key_file: must be set"},
-		{TLSConfig{KeyFile: "k.pem"}, "server.tls.cert_file: must be set"},
+		{front.TLSConfig{CertFile: "c.pem"}, "server.tls.key_file: must be set"},
+		{front.TLSConfig{KeyFile: "k.pem"}, "server.tls.cert_file: must be set"},
 	} {
 		cfg := DefaultConfig()
 		cfg.Server.TLS = c.tls

@@ -1,4 +1,4 @@
-package main
+package front
 
 import (
 	"context"
@@ -21,9 +21,11 @@ type TLSConfig struct {
 	KeyFile string
 }
 
-func (t TLSConfig) enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
+// Enabled reports whether a certificate is configured.
+func (t TLSConfig) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" }
 
-func (t TLSConfig) validate() error {
+// Validate reports a half-configured pair, naming the missing key.
+func (t TLSConfig) Validate() error {
 	if t.CertFile == "" && t.KeyFile != "" {
 		return fmt.Errorf("server.tls.cert_file: must be set when server.tls.key_file is, got %q", t.CertFile)
 	}
@@ -33,25 +35,26 @@ func (t TLSConfig) validate() error {
 	return nil
 }
 
-// certPollInterval is how often the certificate files are checked for
+// CertPollInterval is how often the certificate files are checked for
 // changes: renewals are rare, a stat every few seconds is free. Tests
 // shorten it.
-var certPollInterval = 5 * time.Second
+var CertPollInterval = 5 * time.Second
 
-// certReloader serves the current certificate and replaces it when the
+// CertReloader serves the current certificate and replaces it when the
 // files change (polled) or on SIGHUP, so a renewed certificate (certbot,
 // step-ca) takes effect without a restart and without dropping devices. A
 // bad new pair is logged and the old one kept: a half-written renewal never
 // takes the server down.
-type certReloader struct {
+type CertReloader struct {
 	cfg     TLSConfig
 	log     *slog.Logger
 	cert    atomic.Pointer[tls.Certificate]
 	lastMod atomic.Value // string: "<cert mtime/size>|<key mtime/size>"
 }
 
-func newCertReloader(cfg TLSConfig, log *slog.Logger) (*certReloader, error) {
-	r := &certReloader{cfg: cfg, log: log}
+// NewCertReloader loads the pair once; a bad pair is an error.
+func NewCertReloader(cfg TLSConfig, log *slog.Logger) (*CertReloader, error) {
+	r := &CertReloader{cfg: cfg, log: log}
 	if err := r.reload(); err != nil {
 		return nil, err
 	}
@@ -66,11 +69,11 @@ func fileStamp(path string) string {
 	return fmt.Sprintf("%d/%d", fi.ModTime().UnixNano(), fi.Size())
 }
 
-func (r *certReloader) stamp() string {
+func (r *CertReloader) stamp() string {
 	return fileStamp(r.cfg.CertFile) + "|" + fileStamp(r.cfg.KeyFile)
 }
 
-func (r *certReloader) reload() error {
+func (r *CertReloader) reload() error {
 	st := r.stamp()
 	c, err := tls.LoadX509KeyPair(r.cfg.CertFile, r.cfg.KeyFile)
 	if err != nil {
@@ -81,13 +84,13 @@ func (r *certReloader) reload() error {
 	return nil
 }
 
-func (r *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+func (r *CertReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return r.cert.Load(), nil
 }
 
-// tlsConfig is the server side: TLS 1.2+, and HTTP/1.1 only because a
+// ServerTLS is the server side: TLS 1.2+, and HTTP/1.1 only because a
 // WebSocket upgrade needs it (no h2 over the device port).
-func (r *certReloader) tlsConfig() *tls.Config {
+func (r *CertReloader) ServerTLS() *tls.Config {
 	return &tls.Config{
 		GetCertificate: r.getCertificate,
 		MinVersion:     tls.VersionTLS12,
@@ -95,9 +98,9 @@ func (r *certReloader) tlsConfig() *tls.Config {
 	}
 }
 
-// watch reloads on SIGHUP and whenever the files' mtime or size change,
+// Watch reloads on SIGHUP and whenever the files' mtime or size change,
 // until ctx ends.
-func (r *certReloader) watch(ctx context.Context, every time.Duration) {
+func (r *CertReloader) Watch(ctx context.Context, every time.Duration) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

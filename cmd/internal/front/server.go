@@ -1,4 +1,4 @@
-package main
+package front
 
 import (
 	"errors"
@@ -38,7 +38,7 @@ type HTTPConfig struct {
 	MaxPendingConns int
 }
 
-func defaultHTTPConfig() HTTPConfig {
+func DefaultHTTPConfig() HTTPConfig {
 	return HTTPConfig{
 		IdleTimeout:     60 * time.Second,
 		HeaderTimeout:   10 * time.Second,
@@ -47,7 +47,8 @@ func defaultHTTPConfig() HTTPConfig {
 	}
 }
 
-func (h HTTPConfig) validate() error {
+// Validate reports the first bad value, naming its key.
+func (h HTTPConfig) Validate() error {
 	for _, d := range []struct {
 		key string
 		v   time.Duration
@@ -62,10 +63,10 @@ func (h HTTPConfig) validate() error {
 	return nil
 }
 
-// newHTTPServer builds the one http.Server of `serve` with the deadlines of
+// NewServer builds the one http.Server of `serve` with the deadlines of
 // cfg. Write deadlines are left to handlers: /v1/live streams for hours and
 // /v1/query bounds its own whole request.
-func newHTTPServer(cfg HTTPConfig, h http.Handler, errLog *log.Logger) *http.Server {
+func NewServer(cfg HTTPConfig, h http.Handler, errLog *log.Logger) *http.Server {
 	pending := &pendingConns{limit: cfg.MaxPendingConns, state: map[net.Conn]http.ConnState{}}
 	return &http.Server{
 		Handler:           bodyDeadline(cfg.BodyTimeout, h),
