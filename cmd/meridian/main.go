@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
+
 	"context"
 	"errors"
 	"fmt"
@@ -29,10 +31,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // usageError marks a wrong command line (unknown flag, missing argument).
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
+type usageError = conf.UsageError
 
 // exitCode prints err as one line and maps it to the process exit status:
 // 0 success, 2 bad configuration or usage, 1 anything else.

@@ -19,7 +19,7 @@ func TestExitCode(t *testing.T) {
 		{"config", configError{Err: errors.New("ingest.writers: must be between 1 and 64, got 0")}, 2,
 			"meridian: invalid config: ingest.writers: must be between 1 and 64, got 0\n"},
 		{"wrapped config", fmt.Errorf("serve: %w", configError{Err: errors.New("x")}), 2, "meridian: serve: invalid config: x\n"},
-		{"usage", usageError{errors.New("unknown flag: --x")}, 2, "meridian: unknown flag: --x\n"},
+		{"usage", usageError{Err: errors.New("unknown flag: --x")}, 2, "meridian: unknown flag: --x\n"},
 		{"runtime", errors.New("listen on :8470 (server.listen): address already in use"), 1,
 			"meridian: listen on :8470 (server.listen): address already in use\n"},
 	}

@@ -28,14 +28,14 @@ timeout and a row cap; see docs/sql.md for the tables and example queries.`,
   meridian query --format csv "SELECT * FROM telemetry_1h WHERE bucket > now() - interval '1 day'"`,
 		Args: func(c *cobra.Command, args []string) error {
 			if len(args) != 1 {
-				return usageError{fmt.Errorf("query takes exactly one SQL statement (quote it), got %d arguments", len(args))}
+				return usageError{Err: fmt.Errorf("query takes exactly one SQL statement (quote it), got %d arguments", len(args))}
 			}
 			return nil
 		},
 		RunE: func(c *cobra.Command, args []string) (err error) {
 			write, ok := queryapi.Writers[format]
 			if !ok {
-				return usageError{fmt.Errorf("--format: must be table, json or csv, got %q", format)}
+				return usageError{Err: fmt.Errorf("--format: must be table, json or csv, got %q", format)}
 			}
 			cfg, err := loadConfig(c.Flags())
 			if err != nil {

@@ -21,7 +21,7 @@ variables and flags, in that order of precedence; see docs/config.md.`,
 		SilenceUsage:  true,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown command %q (see meridian --help)", args[0])}
+				return usageError{Err: fmt.Errorf("unknown command %q (see meridian --help)", args[0])}
 			}
 			return nil
 		},
@@ -29,7 +29,7 @@ variables and flags, in that order of precedence; see docs/config.md.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{Err: err} })
 
 	pf := root.PersistentFlags()
 	pf.String("config", "", "config file (YAML); env MERIDIAN_CONFIG")
@@ -55,7 +55,7 @@ variables and flags, in that order of precedence; see docs/config.md.`,
 // noArgs is cobra.NoArgs as a usage error (exit 2).
 func noArgs(c *cobra.Command, args []string) error {
 	if len(args) > 0 {
-		return usageError{fmt.Errorf("%s takes no arguments, got %q", c.CommandPath(), args)}
+		return usageError{Err: fmt.Errorf("%s takes no arguments, got %q", c.CommandPath(), args)}
 	}
 	return nil
 }

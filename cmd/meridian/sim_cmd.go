@@ -62,10 +62,10 @@ or the server's /v1/query with --verify-via http.`,
 				applyChaosPreset(&cfg.Chaos, c)
 			}
 			if verifyVia != "store" && verifyVia != "http" {
-				return usageError{fmt.Errorf("--verify-via: must be store or http, got %q", verifyVia)}
+				return usageError{Err: fmt.Errorf("--verify-via: must be store or http, got %q", verifyVia)}
 			}
 			if err := cfg.Validate(); err != nil {
-				return usageError{err}
+				return usageError{Err: err}
 			}
 			return runSim(c, cfg, simIO{stdout: stdout, stderr: stderr, noProgress: noProgress},
 				simAccess{apiKey: apiKey, provKey: provKey, tokens: tokensPath, reportJSON: reportJSON, verifyVia: verifyVia})
@@ -170,7 +170,7 @@ func runSim(c *cobra.Command, cfg sim.Config, out simIO, acc simAccess) error {
 	}
 	fleet, err := sim.New(cfg, tokens, progress)
 	if err != nil {
-		return usageError{err}
+		return usageError{Err: err}
 	}
 	rep, err := fleet.Run(ctx)
 	if err != nil {
@@ -228,7 +228,7 @@ func simTokens(ctx context.Context, cfg sim.Config, acc simAccess) (map[string]s
 		return have, nil
 	}
 	if acc.apiKey == "" && acc.provKey == "" {
-		return nil, usageError{fmt.Errorf("%d devices have no token: give --tokens FILE, or MERIDIAN_API_KEY (admin) or MERIDIAN_DEVICES_PROVISIONING_KEY to provision them", len(missing))}
+		return nil, usageError{Err: fmt.Errorf("%d devices have no token: give --tokens FILE, or MERIDIAN_API_KEY (admin) or MERIDIAN_DEVICES_PROVISIONING_KEY to provision them", len(missing))}
 	}
 	p := sim.Provisioner{
 		Client:   &http.Client{Timeout: 30 * time.Second},
@@ -258,7 +258,7 @@ func simTokens(ctx context.Context, cfg sim.Config, acc simAccess) (map[string]s
 func simVerifier(c *cobra.Command, cfg sim.Config, acc simAccess, stderr io.Writer) (sim.QueryFunc, func(), error) {
 	if acc.verifyVia == "http" {
 		if acc.apiKey == "" {
-			return nil, nil, usageError{errors.New("--verify-via http needs an API key: set MERIDIAN_API_KEY or --api-key")}
+			return nil, nil, usageError{Err: errors.New("--verify-via http needs an API key: set MERIDIAN_API_KEY or --api-key")}
 		}
 		return sim.HTTPQuery(&http.Client{Timeout: 5 * time.Minute}, cfg.URL, acc.apiKey), func() {}, nil
 	}

@@ -41,6 +41,13 @@ type Error struct{ Err error }
 func (e Error) Error() string { return "invalid config: " + e.Err.Error() }
 func (e Error) Unwrap() error { return e.Err }
 
+// UsageError is a wrong command line (unknown flag, missing argument):
+// commands exit 2 for it, like for Error.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
 // Loader loads entries from the environment under EnvPrefix, a file and flags.
 type Loader struct {
 	// EnvPrefix + "_" + the upper-cased key with "." replaced by "_" names a

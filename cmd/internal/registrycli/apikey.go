@@ -1,4 +1,4 @@
-package main
+package registrycli
 
 import (
 	"fmt"
@@ -8,12 +8,15 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/storage"
 )
 
-func newAPIKeyCmd(stdout, stderr io.Writer) *cobra.Command {
-	x := &registryCLI{stdout: stdout, stderr: stderr}
+// NewAPIKeyCmd is `meridian apikey`; local opens the store for the mode
+// without --server.
+func NewAPIKeyCmd(stdout, stderr io.Writer, local LocalOpener) *cobra.Command {
+	x := &registryCLI{rf: registryFlags{local: local}, stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
 		Use:   "apikey",
 		Short: "Manage operator API keys: add, list, revoke",
@@ -46,7 +49,7 @@ The key is stored only as a hash: save it now.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(*cobra.Command, []string) error {
 			if role != devices.RoleAdmin && role != devices.RoleViewer {
-				return usageError{fmt.Errorf("--role: must be admin or viewer, got %q", role)}
+				return conf.UsageError{Err: fmt.Errorf("--role: must be admin or viewer, got %q", role)}
 			}
 			return nil
 		},

@@ -1,4 +1,10 @@
-package main
+// Package registrycli is `meridian device` and `meridian apikey`: the
+// operator's command line for the device registry and API keys. Each
+// command works either through a running server's admin API
+// (devices/adminclient, --server) or directly on the configured store
+// (devices.Service, opened by the caller's LocalOpener), and prints the same
+// either way.
+package registrycli
 
 import (
 	"cmp"
@@ -15,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/devices/adminclient"
 	"github.com/meridian-iot/meridian/storage"
@@ -44,7 +51,12 @@ var _ registryOps = (*adminclient.Client)(nil)
 type registryFlags struct {
 	server string
 	apiKey string
+	local  LocalOpener
 }
+
+// LocalOpener opens the registry on the configured store (the same config,
+// env and flags as serve) and returns a function that closes it.
+type LocalOpener func(c *cobra.Command, stderr io.Writer) (*devices.Service, func() error, error)
 
 func (f *registryFlags) register(cmd *cobra.Command) {
 	pf := cmd.PersistentFlags()
@@ -62,33 +74,19 @@ func (f *registryFlags) open(c *cobra.Command, stderr io.Writer) (registryOps, f
 	if server != "" {
 		key := cmp.Or(f.apiKey, os.Getenv("MERIDIAN_API_KEY"))
 		if key == "" {
-			return nil, nil, usageError{errors.New("--server needs an API key: set MERIDIAN_API_KEY or --api-key")}
+			return nil, nil, conf.UsageError{Err: errors.New("--server needs an API key: set MERIDIAN_API_KEY or --api-key")}
 		}
 		c, err := adminclient.New(server, key, adminclient.Options{})
 		if err != nil {
-			return nil, nil, usageError{fmt.Errorf("--server: %w", err)}
+			return nil, nil, conf.UsageError{Err: fmt.Errorf("--server: %w", err)}
 		}
 		return c, func() error { return nil }, nil
 	}
-	cfg, err := loadConfig(c.Flags())
+	svc, closeFn, err := f.local(c, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
-	// A CLI command's own chatter (store ready, device added) would bury
-	// its output; warnings and errors still show.
-	if cfg.Server.LogLevel == "info" {
-		cfg.Server.LogLevel = "warn"
-	}
-	log := newLogger(cfg.Server, stderr)
-	st, err := openStore(c.Context(), cfg, cfg.Storage.Migrate, log)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := st.waitReady(c.Context()); err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("%s store at %s: %w", st.kind, st.where, err), st.Close())
-	}
-	svc := devices.NewService(st, cfg.Devices, log.With("component", "devices"))
-	return localRegistry{svc}, st.Close, nil
+	return localRegistry{svc}, closeFn, nil
 }
 
 // withRegistry runs fn on the registry and closes it, joining errors.
@@ -160,7 +158,7 @@ func parseLabelFlags(list []string) (map[string]string, error) {
 	for _, l := range list {
 		k, v, err := devices.ParseLabel(l)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("--label: must be key=value, got %q", l)}
+			return nil, conf.UsageError{Err: fmt.Errorf("--label: must be key=value, got %q", l)}
 		}
 		m[k] = v
 	}
@@ -170,7 +168,7 @@ func parseLabelFlags(list []string) (map[string]string, error) {
 func oneID(what string) cobra.PositionalArgs {
 	return func(_ *cobra.Command, args []string) error {
 		if len(args) != 1 {
-			return usageError{fmt.Errorf("expected exactly one %s, got %d arguments", what, len(args))}
+			return conf.UsageError{Err: fmt.Errorf("expected exactly one %s, got %d arguments", what, len(args))}
 		}
 		return nil
 	}
@@ -204,8 +202,10 @@ func (x *registryCLI) run(fn func(*cobra.Command, registryOps, []string) error) 
 
 const jsonHelp = "print JSON instead of text"
 
-func newDeviceCmd(stdout, stderr io.Writer) *cobra.Command {
-	x := &registryCLI{stdout: stdout, stderr: stderr}
+// NewDeviceCmd is `meridian device`; local opens the store for the mode
+// without --server.
+func NewDeviceCmd(stdout, stderr io.Writer, local LocalOpener) *cobra.Command {
+	x := &registryCLI{rf: registryFlags{local: local}, stdout: stdout, stderr: stderr}
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Manage devices: add, list, show, disable, enable, rotate-token, revoke-tokens, delete",
