@@ -14,7 +14,7 @@ import (
 func testPipeline(t *testing.T, store Store, mut func(*Config)) *pipeline {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.FlushInterval = 5 * time.Millisecond
+	cfg.Linger = 0
 	cfg.Writers = 4
 	if mut != nil {
 		mut(&cfg)
