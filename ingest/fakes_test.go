@@ -16,8 +16,11 @@ type memStore struct {
 	wm      map[string]uint64
 	rows    map[string][]telemetry.Reading
 	commits [][]telemetry.Batch
-	failing bool          // Commit and Ping fail
-	gate    chan struct{} // when non-nil, Commit waits for a receive... close to release
+	failing bool // Commit and Ping fail
+	// refuse, when set, makes Commit fail with telemetry.ErrInvalidData
+	// if any batch of the call matches: a store refusing one batch's data.
+	refuse func(telemetry.Batch) bool
+	gate   chan struct{} // when non-nil, Commit waits for a receive... close to release
 }
 
 func newMemStore() *memStore {
@@ -41,6 +44,11 @@ func (m *memStore) Commit(ctx context.Context, batches []telemetry.Batch) ([]tel
 	defer m.mu.Unlock()
 	if m.failing {
 		return nil, errDown
+	}
+	for _, b := range batches {
+		if m.refuse != nil && m.refuse(b) {
+			return nil, fmt.Errorf("commit: device %s seq %d: %w", b.Device, b.Seq, telemetry.ErrInvalidData)
+		}
 	}
 	out := make([]telemetry.Outcome, len(batches))
 	for i, b := range batches {
