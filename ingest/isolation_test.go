@@ -30,6 +30,7 @@ import (
 	"github.com/tinylib/msgp/msgp"
 
 	"github.com/meridian-iot/meridian/ingest"
+	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/ingest/wire"
 	"github.com/meridian-iot/meridian/storage/postgres"
 	"github.com/meridian-iot/meridian/storage/sqlite"
@@ -464,6 +465,38 @@ func TestRefusedReadingIsolated(t *testing.T) {
 			}
 			if n := s.counter(t, "meridian_flush_failures_total", map[string]string{"reason": "data"}); n < 2 {
 				t.Errorf("meridian_flush_failures_total{reason=data} = %v, want >= 2", n)
+			}
+		})
+	}
+}
+
+// TestStoresClassifyDataErrors: both backends mark errors caused by the
+// data with telemetry.ErrInvalidData — what the pipeline bisects on — and
+// still commit good batches afterwards.
+func TestStoresClassifyDataErrors(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			store, poison := be.open(t)
+			poison(t)
+			now := time.Now().UnixMilli()
+			for _, c := range []struct {
+				name string
+				b    telemetry.Batch
+			}{
+				{"seq above 2^63-1", telemetry.Batch{Device: "d", Seq: math.MaxUint64, Readings: []telemetry.Reading{{Time: now, Metric: "m", Value: 1}}}},
+				{"refused reading", telemetry.Batch{Device: "d", Seq: 1, Readings: []telemetry.Reading{{Time: now, Metric: "m", Value: poisonValue}}}},
+			} {
+				t.Run(c.name, func(t *testing.T) {
+					good := telemetry.Batch{Device: "other", Seq: 1, Readings: []telemetry.Reading{{Time: now, Metric: "m", Value: 1}}}
+					_, err := store.Commit(context.Background(), []telemetry.Batch{good, c.b})
+					if !errors.Is(err, telemetry.ErrInvalidData) {
+						t.Fatalf("got %v, want an error wrapping telemetry.ErrInvalidData", err)
+					}
+				})
+			}
+			out, err := store.Commit(context.Background(), []telemetry.Batch{{Device: "other", Seq: 1, Readings: []telemetry.Reading{{Time: now, Metric: "m", Value: 1}}}})
+			if err != nil || len(out) != 1 || out[0].Duplicate {
+				t.Fatalf("good batch after the refusals: %v %+v", err, out)
 			}
 		})
 	}
