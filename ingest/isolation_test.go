@@ -46,11 +46,11 @@ const poisonValue = 666
 // with poisonValue.
 type backend struct {
 	name string
-	open func(t *testing.T) (store ingest.Store, poison func(t *testing.T))
+	open func(t testing.TB) (store ingest.Store, poison func(t testing.TB))
 }
 
 var backends = []backend{
-	{"sqlite", func(t *testing.T) (ingest.Store, func(*testing.T)) {
+	{"sqlite", func(t testing.TB) (ingest.Store, func(testing.TB)) {
 		cfg := sqlite.DefaultConfig()
 		cfg.Path = filepath.Join(t.TempDir(), "meridian.db")
 		cfg.Migrate = true
@@ -59,7 +59,7 @@ var backends = []backend{
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { store.Close() })
-		return store, func(t *testing.T) {
+		return store, func(t testing.TB) {
 			// RAISE(ABORT) fails the statement with SQLITE_CONSTRAINT, as a
 			// CHECK would (SQLite cannot add one to an existing table).
 			db, err := sql.Open("sqlite3", "file:"+filepath.ToSlash(cfg.Path)+"?_pragma=busy_timeout(5000)")
@@ -73,7 +73,7 @@ var backends = []backend{
 			}
 		}
 	}},
-	{"postgres", func(t *testing.T) (ingest.Store, func(*testing.T)) {
+	{"postgres", func(t testing.TB) (ingest.Store, func(testing.TB)) {
 		url := storagetest.NewPostgresDB(t)
 		cfg := postgres.DefaultConfig()
 		cfg.URL = url
@@ -87,7 +87,7 @@ var backends = []backend{
 		if err := store.WaitReady(ctx); err != nil {
 			t.Fatal(err)
 		}
-		return store, func(t *testing.T) {
+		return store, func(t testing.TB) {
 			c, err := pgx.Connect(context.Background(), url)
 			if err != nil {
 				t.Fatal(err)
@@ -123,7 +123,7 @@ type ingestServer struct {
 	http string // http://host
 }
 
-func startIngest(t *testing.T, store ingest.Store, mut func(*ingest.Config)) *ingestServer {
+func startIngest(t testing.TB, store ingest.Store, mut func(*ingest.Config)) *ingestServer {
 	t.Helper()
 	cfg := ingest.DefaultConfig()
 	cfg.ShutdownGrace = 5 * time.Second
@@ -175,12 +175,12 @@ func (s *ingestServer) counter(t *testing.T, name string, want map[string]string
 
 // device is a minimal protocol v1 WebSocket client.
 type device struct {
-	t    *testing.T
+	t    testing.TB
 	conn net.Conn
 	rw   io.ReadWriter
 }
 
-func dialDevice(t *testing.T, url, id string) (*device, wire.Hello) {
+func dialDevice(t testing.TB, url, id string) (*device, wire.Hello) {
 	t.Helper()
 	d := ws.Dialer{
 		Protocols: []string{ingest.Subprotocol},
