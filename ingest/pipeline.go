@@ -111,7 +111,8 @@ func newPipeline(cfg Config, store Store, log *slog.Logger, m *metrics, committe
 	}
 	// A shard channel holds at most QueueReadings items (each weighs >= 1
 	// against the budget), so a send after a successful acquire never blocks
-	// for long; its capacity only needs to cover a flush or two.
+	// for long; its capacity only needs to cover a flush or two (the next
+	// flush accumulates here while the current one commits).
 	capacity := max(cfg.FlushSize, cfg.MaxBatch) * 2
 	for i := range p.shards {
 		p.shards[i] = make(chan *item, min(capacity, cfg.QueueReadings))
