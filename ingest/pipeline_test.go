@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/ingest/wire"
@@ -176,6 +177,7 @@ func TestPipelineDrainAbort(t *testing.T) {
 // TestPipelineGroupCommit: an idle writer commits a batch at once; batches
 // submitted while that commit is in flight all go into the next commit.
 func TestPipelineGroupCommit(t *testing.T) {
+	noLeaks(t)
 	store := newMemStore()
 	store.stall()
 	p := testPipeline(t, store, func(c *Config) { c.Writers = 1 })
@@ -232,6 +234,7 @@ func TestPipelineIsolatesRefusedBatch(t *testing.T) {
 		{"a whole device", func(b telemetry.Batch) bool { return b.Device == "dev-4" }, 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			noLeaks(t)
 			store := newMemStore()
 			store.refuse = tc.bad
 			store.stall() // everything below queues up and meets in few flushes
@@ -301,6 +304,7 @@ func TestPipelineIsolatesRefusedBatch(t *testing.T) {
 // TestPipelineHealth: commits that keep failing make health report an error
 // (and /readyz fail) and count in the metrics; one success clears it.
 func TestPipelineHealth(t *testing.T) {
+	noLeaks(t)
 	store := newMemStore()
 	p := testPipeline(t, store, func(c *Config) { c.Writers = 1 })
 	if err := p.health(); err != nil {
@@ -348,4 +352,11 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 		return d.Counter.GetValue()
 	}
 	return d.Gauge.GetValue()
+}
+
+// noLeaks checks, after the test's other cleanups (the pipeline's drain
+// among them), that no goroutine started during the test is left running.
+func noLeaks(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
