@@ -17,6 +17,9 @@ type memStore struct {
 	rows    map[string][]telemetry.Reading
 	commits [][]telemetry.Batch
 	failing bool // Commit and Ping fail
+	// commitFailing makes Commit alone fail: the database answers pings but
+	// cannot commit (e.g. disk full, a lock held by someone else).
+	commitFailing bool
 	// refuse, when set, makes Commit fail with telemetry.ErrInvalidData
 	// if any batch of the call matches: a store refusing one batch's data.
 	refuse func(telemetry.Batch) bool
@@ -42,7 +45,7 @@ func (m *memStore) Commit(ctx context.Context, batches []telemetry.Batch) ([]tel
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.failing {
+	if m.failing || m.commitFailing {
 		return nil, errDown
 	}
 	for _, b := range batches {

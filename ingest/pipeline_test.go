@@ -360,3 +360,47 @@ func noLeaks(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
+
+// TestReadyWhileCommitsFail: a store that answers pings but cannot commit
+// makes Server.Ready (/readyz) fail after a few attempts, and ready again
+// once a commit succeeds.
+func TestReadyWhileCommitsFail(t *testing.T) {
+	store := newMemStore()
+	cfg := DefaultConfig()
+	cfg.ShutdownGrace = time.Second
+	srv, err := New(cfg, store, tokenAuth{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-runDone })
+	if err := srv.Ready(context.Background()); err != nil {
+		t.Fatalf("not ready at start: %v", err)
+	}
+	store.mu.Lock()
+	store.commitFailing = true
+	store.mu.Unlock()
+	done := make(chan error, 1)
+	if err := srv.pipe.submit(context.Background(), telemetry.Batch{Device: "x", Seq: 1, Readings: []telemetry.Reading{{Metric: "m"}}},
+		func(_ telemetry.Outcome, err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.Ready(context.Background()) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("still ready after 10s of failing commits")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	store.mu.Lock()
+	store.commitFailing = false
+	store.mu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Ready(context.Background()); err != nil {
+		t.Fatalf("not ready after the commit succeeded: %v", err)
+	}
+}
