@@ -56,7 +56,8 @@ type Config struct {
 	// SessionQueue bounds the batches one connection may have in flight
 	// (read, not yet acked). When reached the session stops reading until an
 	// ack is written, so the ack queue it sizes never overflows. 32 covers a
-	// device pipelining a batch every few ms across a 100 ms flush and keeps
+	// device pipelining a batch every few ms across a flush of up to ~100 ms
+	// (a full 10,000-reading commit, or ingest.linger = 100ms) and keeps
 	// the per-connection ack queue at about 1 KiB (it matters at 20k
 	// connections). A device that stops reading its socket is closed by
 	// WriteTimeout, not buffered for.
