@@ -315,7 +315,7 @@ func TestBrowserEndToEnd(t *testing.T) {
 	var dash *Dashboard
 	cmds := &ingestCommands{waiters: map[string]chan telemetry.CommandResult{}}
 	icfg := ingest.DefaultConfig()
-	icfg.FlushInterval = 5 * time.Millisecond
+	icfg.Linger = 0 // group commit: commit at once
 	ing, err := ingest.New(icfg, store, tokenAuth{}, ingest.Options{
 		Logger:    slog.New(slog.DiscardHandler),
 		Committed: func(b telemetry.Batch) { dash.Publish(b) },

@@ -81,7 +81,7 @@ func openPostgres(t testing.TB, url string) *postgres.Store {
 func serveIngest(t testing.TB, store ingest.Store, mut func(*ingest.Config), opts ...func(*ingest.Options)) *inProcess {
 	t.Helper()
 	cfg := ingest.DefaultConfig()
-	cfg.FlushInterval = 20 * time.Millisecond
+	cfg.Linger = 0 // group commit: commit at once
 	cfg.Heartbeat = 3 * time.Second
 	cfg.ShutdownGrace = 5 * time.Second
 	if mut != nil {

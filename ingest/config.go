@@ -34,24 +34,30 @@ type Config struct {
 	// devices (queued or being flushed). When full, read loops stop reading
 	// and TCP pushes back. 200,000 readings x ~64 bytes in memory ≈ 13 MiB.
 	QueueReadings int
-	// FlushSize is the number of readings that triggers a flush. Measured
-	// (docs/benchmarks.md): a 1,000-row commit reaches ~75% of the raw
-	// CopyFrom ceiling, a 10,000-row one ~90%, because the transaction,
-	// device-row locks and watermark updates are paid per flush. 10,000 rows
-	// is a ~40-70 ms COPY, so acks stay well under 100 ms at full load; at
-	// low rates FlushInterval decides instead.
+	// FlushSize is the most readings one flush (one transaction) takes.
+	// Writers commit as soon as they are idle (group commit, see pipeline),
+	// so FlushSize only bounds flushes under load, when batches queue up
+	// while a commit is in flight. Measured (docs/benchmarks.md): a
+	// 1,000-row commit reaches ~75% of the raw CopyFrom ceiling, a
+	// 10,000-row one ~90%, because the transaction, device-row locks and
+	// watermark updates are paid per flush. 10,000 rows is a ~40-70 ms COPY,
+	// so acks stay well under 100 ms at full load.
 	FlushSize int
-	// FlushInterval is the longest a reading waits for a flush. 100 ms keeps
-	// ack latency low for a trickle of readings while at high rates flushes
-	// are size-triggered long before the timer.
-	FlushInterval time.Duration
+	// Linger is how long a writer waits, before each commit, for more
+	// batches to join it; 0 commits at once. Group commit already fills
+	// flushes under load, and at low rates a linger is pure ack latency, so
+	// the default is 0 (docs/benchmarks.md, "Group commit"). It can trade
+	// latency for fewer transactions, e.g. on an SD card (docs/edge.md).
+	// 100ms reproduces the fixed flush interval of earlier versions.
+	Linger time.Duration
 	// Writers is the number of flush goroutines. Devices are sharded to
 	// writers by id hash, so a device's batches stay in order.
 	Writers int
 	// SessionQueue bounds the batches one connection may have in flight
 	// (read, not yet acked). When reached the session stops reading until an
 	// ack is written, so the ack queue it sizes never overflows. 32 covers a
-	// device pipelining a batch every few ms across a 100 ms flush and keeps
+	// device pipelining a batch every few ms across a flush of up to ~100 ms
+	// (a full 10,000-reading commit, or ingest.linger = 100ms) and keeps
 	// the per-connection ack queue at about 1 KiB (it matters at 20k
 	// connections). A device that stops reading its socket is closed by
 	// WriteTimeout, not buffered for.
@@ -87,7 +93,7 @@ func DefaultConfig() Config {
 		MaxPast:          30 * 24 * time.Hour,
 		QueueReadings:    200_000,
 		FlushSize:        10_000,
-		FlushInterval:    100 * time.Millisecond,
+		Linger:           0,
 		Writers:          2,
 		SessionQueue:     32,
 		MaxConnections:   50_000,
@@ -114,7 +120,7 @@ func (c Config) Validate() error {
 		{c.MaxPast >= 0, "ingest.max_past", c.MaxPast, "must be >= 0"},
 		{c.QueueReadings >= c.MaxBatch, "ingest.queue_readings", c.QueueReadings, fmt.Sprintf("must be >= ingest.max_batch (%d)", c.MaxBatch)},
 		{c.FlushSize >= 1, "ingest.flush_size", c.FlushSize, "must be >= 1"},
-		{c.FlushInterval > 0, "ingest.flush_interval", c.FlushInterval, "must be > 0"},
+		{c.Linger >= 0 && c.Linger <= 10*time.Second, "ingest.linger", c.Linger, "must be between 0 and 10s"},
 		{c.Writers >= 1 && c.Writers <= 64, "ingest.writers", c.Writers, "must be between 1 and 64"},
 		{c.SessionQueue >= 1, "ingest.session_queue", c.SessionQueue, "must be >= 1"},
 		{c.MaxConnections >= 1, "ingest.max_connections", c.MaxConnections, "must be >= 1"},

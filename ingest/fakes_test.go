@@ -16,8 +16,14 @@ type memStore struct {
 	wm      map[string]uint64
 	rows    map[string][]telemetry.Reading
 	commits [][]telemetry.Batch
-	failing bool          // Commit and Ping fail
-	gate    chan struct{} // when non-nil, Commit waits for a receive... close to release
+	failing bool // Commit and Ping fail
+	// commitFailing makes Commit alone fail: the database answers pings but
+	// cannot commit (e.g. disk full, a lock held by someone else).
+	commitFailing bool
+	// refuse, when set, makes Commit fail with telemetry.ErrInvalidData
+	// if any batch of the call matches: a store refusing one batch's data.
+	refuse func(telemetry.Batch) bool
+	gate   chan struct{} // when non-nil, Commit waits for a receive... close to release
 }
 
 func newMemStore() *memStore {
@@ -39,8 +45,13 @@ func (m *memStore) Commit(ctx context.Context, batches []telemetry.Batch) ([]tel
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.failing {
+	if m.failing || m.commitFailing {
 		return nil, errDown
+	}
+	for _, b := range batches {
+		if m.refuse != nil && m.refuse(b) {
+			return nil, fmt.Errorf("commit: device %s seq %d: %w", b.Device, b.Seq, telemetry.ErrInvalidData)
+		}
 	}
 	out := make([]telemetry.Outcome, len(batches))
 	for i, b := range batches {

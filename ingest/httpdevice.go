@@ -157,6 +157,10 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	// commits; the device learns it from hello.acked or a duplicate ack.
 	select {
 	case res := <-done:
+		if pe := (*wire.ProtocolError)(nil); errors.As(res.err, &pe) {
+			writeErr(w, statusFor(pe.Close), pe.Code, pe.Message) // refused by the store
+			return
+		}
 		if res.err != nil {
 			writeErr(w, http.StatusServiceUnavailable, "unavailable", "not committed, retry later")
 			return

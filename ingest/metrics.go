@@ -18,7 +18,9 @@ type metrics struct {
 	readingsStored      prometheus.Counter
 	batchReadings       prometheus.Histogram
 	flushSeconds        prometheus.Histogram
-	flushErrors         prometheus.Counter
+	flushFailures       *prometheus.CounterVec // reason: data, unavailable, timeout
+	flushFailing        *prometheus.GaugeVec   // writer
+	batchesRefused      prometheus.Counter
 	queueReadings       prometheus.Gauge
 	backpressure        prometheus.Counter
 	backpressureSeconds prometheus.Counter
@@ -39,7 +41,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9)}),
 		flushSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meridian_flush_seconds", Help: "Latency of one storage commit attempt.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
-		flushErrors:         prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_flush_errors_total", Help: "Failed storage commit attempts (each is retried)."}),
+		flushFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_flush_failures_total",
+			Help: "Failed storage commit attempts by reason: unavailable and timeout are retried, data splits the flush to isolate the refused batch."}, []string{"reason"}),
+		flushFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meridian_flush_consecutive_failures",
+			Help: "Consecutive failed (retried) commit attempts of each writer; 0 once a commit succeeds. /readyz fails from 5."}, []string{"writer"}),
+		batchesRefused:      prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_batches_refused_total", Help: "Batches the store refused as invalid data, answered with batch_refused and not stored."}),
 		queueReadings:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "meridian_queue_readings", Help: "Readings accepted but not yet committed."}),
 		backpressure:        prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_backpressure_waits_total", Help: "Times a device read loop paused because the queue was full."}),
 		backpressureSeconds: prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_backpressure_seconds_total", Help: "Time device read loops spent paused on a full queue."}),
@@ -48,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.handshakes, m.frames, m.closes, m.readingsAccepted, m.readingsRejected,
-			m.readingsStored, m.batchReadings, m.flushSeconds, m.flushErrors, m.queueReadings, m.backpressure,
+			m.readingsStored, m.batchReadings, m.flushSeconds, m.flushFailures, m.flushFailing, m.batchesRefused, m.queueReadings, m.backpressure,
 			m.backpressureSeconds, m.acks, m.duplicates)
 	}
 	return m

@@ -3,14 +3,18 @@ package ingest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
+	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
 // item is one batch travelling through the pipeline with the place its
@@ -24,10 +28,26 @@ type item struct {
 
 // pipeline batches readings from every connection into store commits.
 //
+// Group commit: a writer that is idle commits what it has at once; while a
+// commit is in flight, new batches wait in its queue and go into the next
+// commit together, up to FlushSize readings. Flushes therefore stay small
+// (low ack latency) at low rates and grow towards FlushSize under load by
+// themselves, the way PostgreSQL's WAL writer and Kafka's producer batch.
+// Linger > 0 adds a fixed wait before each commit for more batches to join
+// (Linger = 100ms is the fixed-interval flush of earlier versions).
+//
 // Ordering: a device is pinned to one writer by a hash of its id, and each
 // writer handles its queue in FIFO order and commits one flush at a time, so
 // a device's batches commit — and their acks are delivered — in the order
 // they were submitted, whichever transport they came over.
+//
+// Failures: a commit that fails because the store is unavailable is retried
+// with backoff (nothing is acked meanwhile; health reports it after a few
+// attempts). A commit the store refuses because of the data itself
+// (telemetry.ErrInvalidData) is split in halves that are committed in order,
+// down to the batches that fail alone: those are answered with a
+// batch_refused error (docs/protocol.md) and never stored; every other batch
+// commits and is acked. One device's bad data thus never stops another's acks.
 //
 // Backpressure: budget is a semaphore over readings accepted but not yet
 // committed. submit blocks while it is exhausted, so the read loop that
@@ -53,6 +73,10 @@ type pipeline struct {
 
 	inflight sync.WaitGroup // items submitted and not yet done
 
+	// writerHealth holds each writer's failure streak, read by health() for
+	// /readyz from other goroutines.
+	writerHealth []writerHealth
+
 	// pending counts each device's items submitted and not yet done, so a
 	// new session can wait for an old one's batches to commit before it reads
 	// the watermark for hello.acked. idle[device] is closed when it drops to 0.
@@ -66,26 +90,29 @@ type pipeline struct {
 
 // errShuttingDown is returned to items that could not be committed before
 // the drain deadline; they are never acked, so the device resends them.
+// A batch the store refused gets a *wire.ProtocolError instead (refuse).
 var errShuttingDown = errors.New("server shutting down")
 
 func newPipeline(cfg Config, store Store, log *slog.Logger, m *metrics, committed func(telemetry.Batch)) *pipeline {
 	p := &pipeline{
-		cfg:       cfg,
-		store:     store,
-		log:       log,
-		m:         m,
-		budget:    semaphore.NewWeighted(int64(cfg.QueueReadings)),
-		seed:      maphash.MakeSeed(),
-		shards:    make([]chan *item, cfg.Writers),
-		stopping:  make(chan struct{}),
-		abort:     make(chan struct{}),
-		committed: committed,
-		pending:   make(map[string]int),
-		idle:      make(map[string]chan struct{}),
+		cfg:          cfg,
+		store:        store,
+		log:          log,
+		m:            m,
+		budget:       semaphore.NewWeighted(int64(cfg.QueueReadings)),
+		seed:         maphash.MakeSeed(),
+		shards:       make([]chan *item, cfg.Writers),
+		writerHealth: make([]writerHealth, cfg.Writers),
+		stopping:     make(chan struct{}),
+		abort:        make(chan struct{}),
+		committed:    committed,
+		pending:      make(map[string]int),
+		idle:         make(map[string]chan struct{}),
 	}
 	// A shard channel holds at most QueueReadings items (each weighs >= 1
 	// against the budget), so a send after a successful acquire never blocks
-	// for long; its capacity only needs to cover a flush or two.
+	// for long; its capacity only needs to cover a flush or two (the next
+	// flush accumulates here while the current one commits).
 	capacity := max(cfg.FlushSize, cfg.MaxBatch) * 2
 	for i := range p.shards {
 		p.shards[i] = make(chan *item, min(capacity, cfg.QueueReadings))
@@ -98,7 +125,7 @@ func (p *pipeline) start() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.writer(p.shards[i])
+			p.writer(i)
 		}()
 	}
 }
@@ -146,70 +173,118 @@ func (p *pipeline) submit(ctx context.Context, b telemetry.Batch, done func(tele
 	return nil
 }
 
-// writer collects items into flushes of up to FlushSize readings or
-// FlushInterval of waiting, and commits them one at a time.
-func (p *pipeline) writer(q chan *item) {
+// writer commits its queue's items in flushes, one flush at a time: it waits
+// for a first item, takes whatever else is already queued (up to FlushSize
+// readings), lingers if configured, and commits. At drain it commits what is
+// queued and returns.
+func (p *pipeline) writer(shard int) {
+	q := p.shards[shard]
 	var (
-		pending  []*item
-		readings int
-		timer    = time.NewTimer(time.Hour)
+		pending []*item
+		timer   = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
-	flush := func() {
-		if len(pending) > 0 {
-			p.flush(pending)
-			pending, readings = pending[:0], 0
-		}
-	}
 	for {
-		if len(pending) == 0 {
-			select {
-			case it := <-q:
-				pending = append(pending, it)
-				readings += len(it.batch.Readings)
-				timer.Reset(p.cfg.FlushInterval)
-			case <-p.stopping:
-				// Drain: whatever is still queued is committed now.
-				for {
-					select {
-					case it := <-q:
-						pending = append(pending, it)
-						readings += len(it.batch.Readings)
-						if readings >= p.cfg.FlushSize {
-							flush()
-						}
-					default:
-						flush()
-						return
-					}
+		pending = pending[:0]
+		select {
+		case it := <-q:
+			pending = append(pending, it)
+		case <-p.stopping:
+			// Drain: whatever is still queued is committed now.
+			for {
+				pending, _ = p.gather(q, pending[:0], 0)
+				if len(pending) == 0 {
+					return
+				}
+				p.commit(shard, pending)
+			}
+		}
+		// Batches that queued up while the previous commit was in flight
+		// join this one: that is the whole of group commit.
+		var readings int
+		pending, readings = p.gather(q, pending, len(pending[0].batch.Readings))
+		if p.cfg.Linger > 0 && readings < p.cfg.FlushSize {
+			timer.Reset(p.cfg.Linger)
+		linger:
+			for readings < p.cfg.FlushSize {
+				select {
+				case it := <-q:
+					pending = append(pending, it)
+					readings += len(it.batch.Readings)
+				case <-timer.C:
+					break linger
+				case <-p.stopping:
+					break linger
 				}
 			}
-		} else {
-			select {
-			case it := <-q:
-				pending = append(pending, it)
-				readings += len(it.batch.Readings)
-			case <-timer.C:
-				flush()
-				continue
-			case <-p.stopping:
-				timer.Stop()
-				flush()
-				continue
-			}
-		}
-		if readings >= p.cfg.FlushSize {
 			timer.Stop()
-			flush()
 		}
+		p.commit(shard, pending)
 	}
 }
 
-// flush commits the items, retrying with backoff while the store fails:
-// Commit is atomic and deduplicates by watermark, so a retry after an
-// ambiguous failure (commit applied, reply lost) stores nothing twice — the
-// batches then come back as duplicates, which is still a truthful ack.
-func (p *pipeline) flush(items []*item) {
+// gather appends the items already waiting in q, without blocking, until
+// the flush holds FlushSize readings (the last item may pass it: batches are
+// never split across flushes).
+func (p *pipeline) gather(q chan *item, pending []*item, readings int) ([]*item, int) {
+	for readings < p.cfg.FlushSize {
+		select {
+		case it := <-q:
+			pending = append(pending, it)
+			readings += len(it.batch.Readings)
+		default:
+			return pending, readings
+		}
+	}
+	return pending, readings
+}
+
+// When the readiness check reports a stuck writer: after this many
+// consecutive failed attempts (with the backoff below, ~0.75 s of retrying:
+// one blip does not flip readiness, a store that stays down does), or when a
+// writer has been failing, or one attempt has been running, this long.
+const (
+	unhealthyAfterFailures = 5
+	unhealthyAfter         = 10 * time.Second
+)
+
+// writerHealth is one writer's failure streak. Only that writer stores;
+// health() loads from any goroutine.
+type writerHealth struct {
+	failures     atomic.Int64 // consecutive failed attempts; 0 after a success
+	failingSince atomic.Int64 // Unix ns of the streak's first failure; 0 when healthy
+	attemptStart atomic.Int64 // Unix ns the running attempt started; 0 when none
+}
+
+// health returns an error while a writer's flushes keep failing (see the
+// constants above). Data errors do not count: their batches are isolated
+// and answered, so they stop no one.
+func (p *pipeline) health() error {
+	now := time.Now().UnixNano()
+	for i := range p.writerHealth {
+		h := &p.writerHealth[i]
+		n, since, attempt := h.failures.Load(), h.failingSince.Load(), h.attemptStart.Load()
+		switch {
+		case n >= unhealthyAfterFailures:
+			return fmt.Errorf("ingest writer %d: %d consecutive commits failed", i, n)
+		case since != 0 && now-since >= int64(unhealthyAfter):
+			return fmt.Errorf("ingest writer %d: commits failing for %s", i, time.Duration(now-since).Round(time.Second))
+		case attempt != 0 && now-attempt >= int64(unhealthyAfter):
+			return fmt.Errorf("ingest writer %d: a commit has been running for %s", i, time.Duration(now-attempt).Round(time.Second))
+		}
+	}
+	return nil
+}
+
+// commit commits the items, retrying with backoff while the store is
+// unavailable: Commit is atomic and deduplicates by watermark, so a retry
+// after an ambiguous failure (commit applied, reply lost) stores nothing
+// twice — the batches then come back as duplicates, which is still a
+// truthful ack. When the store refuses the data (telemetry.ErrInvalidData)
+// it bisects instead: the halves are committed in order (so per-device order
+// holds), recursively, until the batch at fault is alone and refused.
+func (p *pipeline) commit(shard int, items []*item) {
+	h := &p.writerHealth[shard]
 	batches := make([]telemetry.Batch, len(items))
 	n := 0
 	for i, it := range items {
@@ -228,21 +303,45 @@ func (p *pipeline) flush(items []*item) {
 		default:
 		}
 		start := time.Now()
+		h.attemptStart.Store(start.UnixNano())
 		// Each attempt gets its own deadline so a hung connection cannot
 		// stall the writer forever; 30 s is far above a healthy flush.
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		outcomes, err := p.store.Commit(ctx, batches)
 		cancel()
+		h.attemptStart.Store(0)
 		p.m.flushSeconds.Observe(time.Since(start).Seconds())
 		if err == nil && len(outcomes) != len(batches) {
-			err = errors.New("store returned a wrong number of outcomes")
+			err = fmt.Errorf("store returned %d outcomes for %d batches", len(outcomes), len(batches))
 		}
 		if err == nil {
+			h.failures.Store(0)
+			h.failingSince.Store(0)
+			p.m.flushFailing.WithLabelValues(strconv.Itoa(shard)).Set(0)
 			p.m.batchReadings.Observe(float64(n))
 			p.finish(items, outcomes, nil)
 			return
 		}
-		p.m.flushErrors.Inc()
+		if errors.Is(err, telemetry.ErrInvalidData) {
+			p.m.flushFailures.WithLabelValues("data").Inc()
+			if len(items) == 1 {
+				p.refuse(items[0], err)
+				return
+			}
+			p.log.Debug("store refused a flush's data; splitting it", "batches", len(items), "readings", n, "err", err)
+			mid := len(items) / 2
+			p.commit(shard, items[:mid])
+			p.commit(shard, items[mid:])
+			return
+		}
+		reason := "unavailable"
+		if errors.Is(err, context.DeadlineExceeded) {
+			reason = "timeout"
+		}
+		p.m.flushFailures.WithLabelValues(reason).Inc()
+		failures := h.failures.Add(1)
+		h.failingSince.CompareAndSwap(0, start.UnixNano())
+		p.m.flushFailing.WithLabelValues(strconv.Itoa(shard)).Set(float64(failures))
 		if attempt == 1 || attempt%20 == 0 {
 			p.log.Warn("commit failed; retrying, devices are not acked meanwhile", "batches", len(batches), "readings", n, "attempt", attempt, "err", err)
 		}
@@ -253,6 +352,19 @@ func (p *pipeline) flush(items []*item) {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// refuse answers a batch the store refused on its own: not stored, not
+// acked, and its device is told why (batch_refused, docs/protocol.md).
+func (p *pipeline) refuse(it *item, err error) {
+	p.m.batchesRefused.Inc()
+	p.log.Warn("store refused a batch; its device is told, the rest of the flush committed",
+		"device", it.batch.Device, "seq", it.batch.Seq, "readings", len(it.batch.Readings), "err", err)
+	p.finish([]*item{it}, nil, &wire.ProtocolError{
+		Close:   wire.CloseInvalidData,
+		Code:    "batch_refused",
+		Message: fmt.Sprintf("batch seq %d refused by storage and not stored; do not resend it unchanged", it.batch.Seq),
+	})
 }
 
 func (p *pipeline) finish(items []*item, outcomes []telemetry.Outcome, err error) {

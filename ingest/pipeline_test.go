@@ -2,19 +2,25 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+
 	"github.com/meridian-iot/meridian/ingest/telemetry"
+	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
 func testPipeline(t *testing.T, store Store, mut func(*Config)) *pipeline {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.FlushInterval = 5 * time.Millisecond
+	cfg.Linger = 0
 	cfg.Writers = 4
 	if mut != nil {
 		mut(&cfg)
@@ -165,5 +171,236 @@ func TestPipelineDrainAbort(t *testing.T) {
 	}
 	if err := p.submit(context.Background(), telemetry.Batch{Device: "x", Seq: 2}, func(telemetry.Outcome, error) {}); err != errShuttingDown {
 		t.Fatalf("submit after drain: %v", err)
+	}
+}
+
+// TestPipelineGroupCommit: an idle writer commits a batch at once; batches
+// submitted while that commit is in flight all go into the next commit.
+func TestPipelineGroupCommit(t *testing.T) {
+	noLeaks(t)
+	store := newMemStore()
+	store.stall()
+	p := testPipeline(t, store, func(c *Config) { c.Writers = 1 })
+	var acked sync.WaitGroup
+	submit := func(seq uint64) {
+		acked.Add(1)
+		b := telemetry.Batch{Device: fmt.Sprintf("d%d", seq%3), Seq: seq, Readings: []telemetry.Reading{{Metric: "m"}}}
+		if err := p.submit(context.Background(), b, func(_ telemetry.Outcome, err error) {
+			if err != nil {
+				t.Errorf("seq %d: %v", seq, err)
+			}
+			acked.Done()
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit(1)
+	// Wait until the writer has taken seq 1 and is blocked in Commit.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p.shards[0]) != 0 || p.writerHealth[0].attemptStart.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("writer did not start committing")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for seq := uint64(2); seq <= 40; seq++ {
+		submit(seq)
+	}
+	store.resume()
+	acked.Wait()
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if len(store.commits) != 2 || len(store.commits[0]) != 1 || len(store.commits[1]) != 39 {
+		sizes := []int{}
+		for _, c := range store.commits {
+			sizes = append(sizes, len(c))
+		}
+		t.Fatalf("commit sizes %v, want [1 39]", sizes)
+	}
+}
+
+// TestPipelineIsolatesRefusedBatch: when the store refuses one batch's data,
+// the flush is split, that batch alone is answered with batch_refused and
+// not stored, and every other batch — of other devices and of the same
+// device, before and after it — commits and is answered in order.
+func TestPipelineIsolatesRefusedBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		bad  func(telemetry.Batch) bool
+		want int // refused batches
+	}{
+		{"one batch", func(b telemetry.Batch) bool { return b.Device == "dev-7" && b.Seq == 5 }, 1},
+		{"two devices", func(b telemetry.Batch) bool { return b.Seq == 3 && (b.Device == "dev-0" || b.Device == "dev-19") }, 2},
+		{"a whole device", func(b telemetry.Batch) bool { return b.Device == "dev-4" }, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			noLeaks(t)
+			store := newMemStore()
+			store.refuse = tc.bad
+			store.stall() // everything below queues up and meets in few flushes
+			p := testPipeline(t, store, func(c *Config) { c.Writers = 2 })
+			type answer struct {
+				seq uint64
+				err error
+			}
+			const devices, perDevice = 20, 10
+			answers := make([][]answer, devices)
+			var mu sync.Mutex
+			var done sync.WaitGroup
+			for seq := uint64(1); seq <= perDevice; seq++ {
+				for d := range devices {
+					b := telemetry.Batch{Device: fmt.Sprintf("dev-%d", d), Seq: seq, Readings: []telemetry.Reading{{Metric: "m", Value: float64(seq)}}}
+					done.Add(1)
+					if err := p.submit(context.Background(), b, func(_ telemetry.Outcome, err error) {
+						mu.Lock()
+						answers[d] = append(answers[d], answer{seq, err})
+						mu.Unlock()
+						done.Done()
+					}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			store.resume()
+			done.Wait()
+			refused := 0
+			for d := range devices {
+				dev := fmt.Sprintf("dev-%d", d)
+				stored := 0
+				for i, a := range answers[d] {
+					if a.seq != uint64(i+1) {
+						t.Fatalf("%s: answer %d is seq %d (out of order)", dev, i, a.seq)
+					}
+					bad := tc.bad(telemetry.Batch{Device: dev, Seq: a.seq})
+					var pe *wire.ProtocolError
+					switch {
+					case bad && (!errors.As(a.err, &pe) || pe.Code != "batch_refused" || pe.Close != wire.CloseInvalidData):
+						t.Errorf("%s seq %d: got %v, want batch_refused", dev, a.seq, a.err)
+					case bad:
+						refused++
+					case a.err != nil:
+						t.Errorf("%s seq %d: %v", dev, a.seq, a.err)
+					default:
+						stored++
+					}
+				}
+				if n := store.count(dev); n != stored {
+					t.Errorf("%s: %d readings stored, want %d", dev, n, stored)
+				}
+			}
+			if refused != tc.want {
+				t.Errorf("%d batches refused, want %d", refused, tc.want)
+			}
+			if got := metricValue(t, p.m.batchesRefused); got != float64(tc.want) {
+				t.Errorf("meridian_batches_refused_total = %v, want %d", got, tc.want)
+			}
+			if err := p.health(); err != nil {
+				t.Errorf("refused data made the pipeline unhealthy: %v", err)
+			}
+		})
+	}
+}
+
+// TestPipelineHealth: commits that keep failing make health report an error
+// (and /readyz fail) and count in the metrics; one success clears it.
+func TestPipelineHealth(t *testing.T) {
+	noLeaks(t)
+	store := newMemStore()
+	p := testPipeline(t, store, func(c *Config) { c.Writers = 1 })
+	if err := p.health(); err != nil {
+		t.Fatalf("healthy pipeline: %v", err)
+	}
+	store.setFailing(true)
+	done := make(chan error, 1)
+	if err := p.submit(context.Background(), telemetry.Batch{Device: "x", Seq: 1, Readings: []telemetry.Reading{{Metric: "m"}}},
+		func(_ telemetry.Outcome, err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.health() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("health still fine after 10s of failing commits")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := metricValue(t, p.m.flushFailures.WithLabelValues("unavailable")); n < unhealthyAfterFailures {
+		t.Errorf("flush failures (unavailable) = %v, want >= %d", n, unhealthyAfterFailures)
+	}
+	if n := metricValue(t, p.m.flushFailing.WithLabelValues("0")); n < unhealthyAfterFailures {
+		t.Errorf("consecutive failures gauge = %v, want >= %d", n, unhealthyAfterFailures)
+	}
+	store.setFailing(false)
+	if err := <-done; err != nil {
+		t.Fatalf("not committed after recovery: %v", err)
+	}
+	if err := p.health(); err != nil {
+		t.Fatalf("still unhealthy after a successful commit: %v", err)
+	}
+	if n := metricValue(t, p.m.flushFailing.WithLabelValues("0")); n != 0 {
+		t.Errorf("consecutive failures gauge = %v after recovery, want 0", n)
+	}
+}
+
+// metricValue reads a counter's or gauge's current value.
+func metricValue(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Counter != nil {
+		return d.Counter.GetValue()
+	}
+	return d.Gauge.GetValue()
+}
+
+// noLeaks checks, after the test's other cleanups (the pipeline's drain
+// among them), that no goroutine started during the test is left running.
+func noLeaks(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+}
+
+// TestReadyWhileCommitsFail: a store that answers pings but cannot commit
+// makes Server.Ready (/readyz) fail after a few attempts, and ready again
+// once a commit succeeds.
+func TestReadyWhileCommitsFail(t *testing.T) {
+	store := newMemStore()
+	cfg := DefaultConfig()
+	cfg.ShutdownGrace = time.Second
+	srv, err := New(cfg, store, tokenAuth{}, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-runDone })
+	if err := srv.Ready(context.Background()); err != nil {
+		t.Fatalf("not ready at start: %v", err)
+	}
+	store.mu.Lock()
+	store.commitFailing = true
+	store.mu.Unlock()
+	done := make(chan error, 1)
+	if err := srv.pipe.submit(context.Background(), telemetry.Batch{Device: "x", Seq: 1, Readings: []telemetry.Reading{{Metric: "m"}}},
+		func(_ telemetry.Outcome, err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.Ready(context.Background()) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("still ready after 10s of failing commits")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	store.mu.Lock()
+	store.commitFailing = false
+	store.mu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Ready(context.Background()); err != nil {
+		t.Fatalf("not ready after the commit succeeded: %v", err)
 	}
 }

@@ -159,7 +159,7 @@ func (s *Server) Ready(ctx context.Context) error {
 	if err := s.store.Ping(ctx); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
-	return nil
+	return s.pipe.health()
 }
 
 // Kick closes the device's live session with 1008 and reason: used when a

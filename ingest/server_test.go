@@ -47,7 +47,7 @@ func (l *testLimiter) AllowReadings(device string, n int) bool {
 func startServer(t *testing.T, mut func(*Config), opts ...func(*Options)) *testServer {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.FlushInterval = 5 * time.Millisecond
+	cfg.Linger = 0
 	cfg.MaxFrame = 4096
 	cfg.MaxBatch = 50
 	if mut != nil {

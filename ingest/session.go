@@ -474,6 +474,9 @@ func (sess *session) handle(payload []byte) error {
 		err := s.pipe.submit(sess.ctx, batch, func(o telemetry.Outcome, err error) {
 			if err != nil {
 				<-sess.inflight // never acked: the device resends after reconnect
+				if pe := (*wire.ProtocolError)(nil); errors.As(err, &pe) {
+					sess.close(pe.Close, pe.Code, pe.Message) // refused by the store
+				}
 				return
 			}
 			a := ack

@@ -90,8 +90,8 @@ func TestBadConfig(t *testing.T) {
 		},
 		{
 			name: "duration garbage",
-			env:  map[string]string{"MERIDIAN_INGEST_FLUSH_INTERVAL": "soon"},
-			want: `meridian: invalid config: ingest.flush_interval: must be a duration such as "20s" or "1h30m", got "soon"`,
+			env:  map[string]string{"MERIDIAN_INGEST_LINGER": "soon"},
+			want: `meridian: invalid config: ingest.linger: must be a duration such as "20s" or "1h30m", got "soon"`,
 		},
 		{
 			name: "heartbeat too short",

@@ -45,6 +45,12 @@ type Outcome struct {
 // know.
 var ErrUnknownDevice = errors.New("unknown device")
 
+// ErrInvalidData is wrapped by a store's Commit when the data itself was
+// refused (a value out of range, a violated constraint), as opposed to the
+// store being unavailable: committing the same batches again fails again, so
+// the caller must isolate the offending batch instead of retrying the set.
+var ErrInvalidData = errors.New("data refused by the store")
+
 // Command is an operator's command for one device. Payload is MessagePack
 // (any value, nil for none); bridges convert from and to JSON.
 type Command struct {

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
@@ -20,12 +21,21 @@ type Limits struct {
 	MaxPast   time.Duration
 }
 
-// CheckBatch applies the frame-level rules (seq > 0, 1..MaxBatch readings).
-// Breaking them is a protocol violation that closes the connection (1002),
-// unlike a bad reading, which is rejected alone.
+// MaxSeq is the largest seq a batch may carry (docs/protocol.md, 5.1): the
+// stores keep watermarks in signed 64-bit columns (PostgreSQL bigint, SQLite
+// INTEGER). Refusing a larger seq here, where the frame is decoded, answers
+// the one device that sent it; reaching the store it would fail the whole
+// flush it was in.
+const MaxSeq = math.MaxInt64
+
+// CheckBatch applies the frame-level rules (1 <= seq <= MaxSeq,
+// 1..MaxBatch readings). Breaking them is a protocol violation that closes
+// the connection (1002), unlike a bad reading, which is rejected alone.
 func CheckBatch(b *Batch, lim Limits) error {
-	if b.Seq == 0 {
-		return Protocol("bad_seq", "seq must be > 0")
+	if b.Seq == 0 || b.Seq > MaxSeq {
+		// Erased flash reads as all ones: firmware that takes its counter
+		// from it sends exactly 2^64-1.
+		return Protocol("bad_seq", "seq must be between 1 and 2^63-1, got %d", b.Seq)
 	}
 	if len(b.Readings) == 0 {
 		return Protocol("empty_batch", "a batch must carry at least 1 reading")

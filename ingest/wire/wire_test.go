@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -111,14 +112,30 @@ func TestDecodeErrors(t *testing.T) {
 
 func TestCheckBatchAndValidate(t *testing.T) {
 	lim := Limits{MaxBatch: 3, MaxFuture: time.Hour, MaxPast: 24 * time.Hour}
-	if err := CheckBatch(&Batch{Seq: 0, Readings: Readings{{}}}, lim); err == nil {
-		t.Error("seq 0 accepted")
-	}
-	if err := CheckBatch(&Batch{Seq: 1}, lim); err == nil {
-		t.Error("empty batch accepted")
-	}
-	if err := CheckBatch(&Batch{Seq: 1, Readings: make(Readings, 4)}, lim); err == nil {
-		t.Error("oversized batch accepted")
+	for _, c := range []struct {
+		name string
+		b    Batch
+		code string // "" = accepted
+	}{
+		{"seq 1", Batch{Seq: 1, Readings: Readings{{}}}, ""},
+		{"seq 2^63-1", Batch{Seq: math.MaxInt64, Readings: Readings{{}}}, ""},
+		{"seq 0", Batch{Seq: 0, Readings: Readings{{}}}, "bad_seq"},
+		{"seq 2^63", Batch{Seq: math.MaxInt64 + 1, Readings: Readings{{}}}, "bad_seq"},
+		{"seq 2^64-1 (erased flash)", Batch{Seq: math.MaxUint64, Readings: Readings{{}}}, "bad_seq"},
+		{"empty", Batch{Seq: 1}, "empty_batch"},
+		{"oversized", Batch{Seq: 1, Readings: make(Readings, 4)}, "batch_too_large"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := CheckBatch(&c.b, lim)
+			var pe *ProtocolError
+			switch {
+			case c.code == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.code == "":
+			case !errors.As(err, &pe) || pe.Code != c.code || pe.Close != CloseProtocol:
+				t.Fatalf("got %v, want close %d %s", err, CloseProtocol, c.code)
+			}
+		})
 	}
 	now := time.UnixMilli(1_700_000_000_000)
 	rs := Readings{
@@ -173,6 +190,12 @@ func FuzzDecode(f *testing.F) {
 	f.Add(good[:len(good)/2])
 	f.Add([]byte{0x81, 0xa4, 't', 'y', 'p', 'e', 0xdd, 0x7f, 0xff, 0xff, 0xff})
 	f.Add(bytes.Repeat([]byte{0x91}, 64))
+	// seq at and around the int64 limit of the stores: 2^64-1 is what
+	// firmware reading its counter from erased flash sends.
+	for _, seq := range []uint64{math.MaxUint64, math.MaxInt64 + 1, math.MaxInt64} {
+		b, _ := (&Batch{Type: TypeBatch, Seq: seq, Readings: Readings{{T: 1, HasT: true, Metric: "t", Value: 1}}}).MarshalMsg(nil)
+		f.Add(b)
+	}
 	lim := Limits{MaxBatch: 1000, MaxFuture: time.Hour, MaxPast: time.Hour}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Decode(b)
@@ -185,6 +208,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		if bt, ok := m.(*Batch); ok {
 			if CheckBatch(bt, lim) == nil {
+				if bt.Seq == 0 || bt.Seq > MaxSeq {
+					t.Fatalf("seq %d passed CheckBatch", bt.Seq)
+				}
 				Validate(bt.Readings, time.Now(), lim, nil)
 			}
 			if len(bt.Readings) > len(b) {

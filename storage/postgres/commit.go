@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
@@ -17,7 +19,10 @@ import (
 // Commit stores batches in one transaction: lock the devices' rows (in name
 // order, creating unknown devices), decide duplicates against the locked
 // watermarks, COPY the readings of the rest, move the watermarks, mark hours
-// that received late readings, commit. On any error nothing is stored.
+// that received late readings, commit. On any error nothing is stored. An
+// error caused by the data rather than the database wraps
+// telemetry.ErrInvalidData (see dataError), so the caller can isolate the
+// offending batch instead of retrying the set forever.
 func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]telemetry.Outcome, error) {
 	if err := s.ready(); err != nil {
 		return nil, err
@@ -31,7 +36,7 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 	seenMetric := map[string]bool{}
 	for _, b := range batches {
 		if b.Seq == 0 || b.Seq > math.MaxInt64 {
-			return nil, fmt.Errorf("commit: device %s: seq %d out of range 1..2^63-1", b.Device, b.Seq)
+			return nil, fmt.Errorf("commit: device %s: seq %d out of range 1..2^63-1: %w", b.Device, b.Seq, telemetry.ErrInvalidData)
 		}
 		if !seenDev[b.Device] {
 			seenDev[b.Device] = true
@@ -49,11 +54,11 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 	// idempotent and must not hold locks while the batch commits.
 	devIDs, err := s.resolveNames(ctx, &s.deviceIDs, deviceNames, devices)
 	if err != nil {
-		return nil, fmt.Errorf("commit: register devices: %w", err)
+		return nil, fmt.Errorf("commit: register devices: %w", dataError(err))
 	}
 	metricIDs, err := s.resolveNames(ctx, &s.metricIDs, metricNames, metrics)
 	if err != nil {
-		return nil, fmt.Errorf("commit: register metrics: %w", err)
+		return nil, fmt.Errorf("commit: register metrics: %w", dataError(err))
 	}
 
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -118,9 +123,24 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+		return nil, fmt.Errorf("commit: %w", dataError(err))
 	}
 	return out, nil
+}
+
+// dataError marks err with telemetry.ErrInvalidData when PostgreSQL refused
+// the data itself: SQLSTATE class 22 (data exception: a value out of range,
+// a string too long) or 23 (integrity constraint violation: a CHECK, a
+// missing partition for a reading's time, a foreign key to a device deleted
+// meanwhile). Everything else — connection loss, timeouts, serialization
+// failures (class 40), a full disk (53) — is the database's state, not the
+// batch's, and stays retryable.
+func dataError(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23")) {
+		return fmt.Errorf("%w: %w", telemetry.ErrInvalidData, err)
+	}
+	return err
 }
 
 // lockDevices locks the registry rows of devices (sorted), creating the

@@ -21,7 +21,10 @@ const hourMs = int64(time.Hour / time.Millisecond)
 // duplicate and stores nothing, otherwise the readings are inserted and the
 // watermark becomes Seq. Unknown devices are created in the registry. On
 // error nothing of the call is stored; a nil error means the transaction is
-// durable (as durable as Config.Synchronous makes it).
+// durable (as durable as Config.Synchronous makes it). An error caused by the
+// data rather than the database wraps telemetry.ErrInvalidData (see
+// dataError), so the caller can isolate the offending batch instead of
+// retrying the set forever.
 //
 // The write path uses the driver's direct statement API: one prepared
 // single-row INSERT stepped per reading. In-process that costs no round
@@ -34,16 +37,16 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 	}
 	for i, b := range batches {
 		if b.Device == "" {
-			return nil, fmt.Errorf("commit: batch %d has no device", i)
+			return nil, fmt.Errorf("commit: batch %d has no device: %w", i, telemetry.ErrInvalidData)
 		}
 		if b.Seq == 0 || b.Seq > math.MaxInt64 {
-			return nil, fmt.Errorf("commit: batch %d of %s: seq %d out of range 1..2^63-1", i, b.Device, b.Seq)
+			return nil, fmt.Errorf("commit: batch %d of %s: seq %d out of range 1..2^63-1: %w", i, b.Device, b.Seq, telemetry.ErrInvalidData)
 		}
 		for _, r := range b.Readings {
 			// SQLite stores NaN as NULL, which the NOT NULL column rejects
 			// with a less helpful message; ingest already refuses NaN.
 			if math.IsNaN(r.Value) {
-				return nil, fmt.Errorf("commit: batch %d of %s: metric %q at %d is NaN", i, b.Device, r.Metric, r.Time)
+				return nil, fmt.Errorf("commit: batch %d of %s: metric %q at %d is NaN: %w", i, b.Device, r.Metric, r.Time, telemetry.ErrInvalidData)
 			}
 		}
 	}
@@ -51,9 +54,23 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 		return s.commitTx(ctx, c, batches, out)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("commit %d batches: %w", len(batches), err)
+		return nil, fmt.Errorf("commit %d batches: %w", len(batches), dataError(err))
 	}
 	return out, nil
+}
+
+// dataError marks err with telemetry.ErrInvalidData when SQLite refused the
+// data itself: a constraint (CHECK, NOT NULL, foreign key), a type mismatch,
+// or a string or blob over its size limit. Busy, locked, I/O, full-disk and
+// interrupt errors are the database's state, not the batch's, and stay
+// retryable.
+func dataError(err error) error {
+	for _, code := range []sqlite3.ErrorCode{sqlite3.CONSTRAINT, sqlite3.MISMATCH, sqlite3.TOOBIG} {
+		if errors.Is(err, code) {
+			return fmt.Errorf("%w: %w", telemetry.ErrInvalidData, err)
+		}
+	}
+	return err
 }
 
 // commitStmts are the write path's statements, prepared once on the writer

@@ -1,0 +1,220 @@
+package ingest_test
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meridian-iot/meridian/ingest"
+	"github.com/meridian-iot/meridian/ingest/wire"
+)
+
+// Group commit against the fixed flush interval it replaced, on the real
+// stores, in one run so the two are compared on the same (noisy) machine:
+// linger=0 is group commit (the default), linger=100ms behaves like the old
+// ingest.flush_interval of 100 ms.
+//
+//	go test -run '^$' -bench Pipeline -benchtime 1x -count 5 ./ingest/
+//
+// max: 100 WebSocket devices, each with up to 32 batches of 100 readings
+// unacked (ingest.session_queue), send benchMaxReadings readings as fast as
+// they are acked: readings/s is the ceiling with group commit,
+// linger100ms-readings/s the old behaviour's, ratio the first over the
+// second within the same op. paced: the same devices offer 20% of the
+// group-commit ceiling last measured in this run (one batch of 10 readings
+// per device at a steady interval) for benchPacedFor; p50-ms and p99-ms are
+// the ack latencies (send to ack) the devices see, linger100ms-* the same
+// with the old behaviour.
+
+const (
+	benchDevices     = 100
+	benchMaxReadings = 200_000
+	benchMaxBatch    = 100
+	benchPacedBatch  = 10
+	benchPacedFor    = 3 * time.Second
+)
+
+// benchCeiling is the readings/s measured by max with linger=0, per backend,
+// which paced offers 20% of.
+var (
+	benchMu      sync.Mutex
+	benchCeiling = map[string]float64{}
+	benchWarm    sync.Once
+	benchOps     int // max ops run so far, for alternating the order
+)
+
+func BenchmarkPipeline(b *testing.B) {
+	for _, be := range backends {
+		b.Run(be.name, func(b *testing.B) {
+			// Each op runs both lingers back to back, so their ratio is
+			// measured under the same background load. The first run in a
+			// process is slower (heap growth, connection pools), so one
+			// unmeasured run goes first and the order alternates per op.
+			b.Run("max", func(b *testing.B) {
+				benchWarm.Do(func() { benchMax(b, be, 0) })
+				for range b.N {
+					var group, fixed float64
+					if benchOps++; benchOps%2 == 0 {
+						group = benchMax(b, be, 0)
+						fixed = benchMax(b, be, 100*time.Millisecond)
+					} else {
+						fixed = benchMax(b, be, 100*time.Millisecond)
+						group = benchMax(b, be, 0)
+					}
+					b.ReportMetric(group, "readings/s")
+					b.ReportMetric(fixed, "linger100ms-readings/s")
+					b.ReportMetric(group/fixed, "ratio")
+					benchMu.Lock()
+					benchCeiling[be.name] = group
+					benchMu.Unlock()
+				}
+			})
+			b.Run("paced", func(b *testing.B) {
+				benchMu.Lock()
+				ceiling := benchCeiling[be.name]
+				benchMu.Unlock()
+				if ceiling == 0 {
+					ceiling = benchMax(b, be, 0)
+				}
+				for range b.N {
+					p50, p99 := benchPaced(b, be, 0, ceiling/5)
+					fp50, fp99 := benchPaced(b, be, 100*time.Millisecond, ceiling/5)
+					b.ReportMetric(ceiling/5, "offered-readings/s")
+					b.ReportMetric(p50, "p50-ms")
+					b.ReportMetric(p99, "p99-ms")
+					b.ReportMetric(fp50, "linger100ms-p50-ms")
+					b.ReportMetric(fp99, "linger100ms-p99-ms")
+				}
+			})
+		})
+	}
+}
+
+func benchServer(b *testing.B, be backend, linger time.Duration) *ingestServer {
+	b.StopTimer()
+	defer b.StartTimer()
+	store, _ := be.open(b)
+	return startIngest(b, store, func(c *ingest.Config) { c.Linger = linger })
+}
+
+// benchMax returns acked readings per second with every device keeping its
+// session queue full.
+func benchMax(b *testing.B, be backend, linger time.Duration) float64 {
+	s := benchServer(b, be, linger)
+	devs := benchFleet(b, s)
+	perDevice := benchMaxReadings / benchDevices / benchMaxBatch
+	values := make([]float64, benchMaxBatch)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, d := range devs {
+		wg.Add(2)
+		window := make(chan struct{}, 32)
+		go func() {
+			defer wg.Done()
+			for seq := 1; seq <= perDevice; seq++ {
+				window <- struct{}{}
+				if err := d.send(batchOf(uint64(seq), values...)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for range perDevice {
+				if typ, _, err := d.read(); err != nil || typ != wire.TypeAck {
+					b.Errorf("got %q %v, want an ack", typ, err)
+					return
+				}
+				<-window
+			}
+		}()
+	}
+	wg.Wait()
+	rate := float64(perDevice*benchDevices*benchMaxBatch) / time.Since(start).Seconds()
+	if testing.Verbose() {
+		b.Logf("linger=%s: %.0f readings/s, %.0f readings per flush", linger, rate, s.meanFlush(b))
+	}
+	return rate
+}
+
+// meanFlush is the mean of meridian_flush_readings.
+func (s *ingestServer) meanFlush(tb testing.TB) float64 {
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "meridian_flush_readings" {
+			h := mf.GetMetric()[0].GetHistogram()
+			return h.GetSampleSum() / float64(max(h.GetSampleCount(), 1))
+		}
+	}
+	return 0
+}
+
+// benchPaced offers rate readings/s spread evenly over the devices and
+// returns the p50 and p99 ack latency in milliseconds.
+func benchPaced(b *testing.B, be backend, linger time.Duration, rate float64) (p50, p99 float64) {
+	s := benchServer(b, be, linger)
+	devs := benchFleet(b, s)
+	interval := time.Duration(float64(time.Second) * benchPacedBatch * benchDevices / rate)
+	values := make([]float64, benchPacedBatch)
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		lat []float64
+	)
+	for i, d := range devs {
+		wg.Add(2)
+		sent := make(chan time.Time, 1024)
+		go func() {
+			defer wg.Done()
+			defer close(sent)
+			// Devices start spread over one interval, as a real fleet is.
+			time.Sleep(interval * time.Duration(i) / benchDevices)
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			end := time.Now().Add(benchPacedFor)
+			for seq := uint64(1); time.Now().Before(end); seq++ {
+				sent <- time.Now()
+				if err := d.send(batchOf(seq, values...)); err != nil {
+					b.Error(err)
+					return
+				}
+				<-tick.C
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for at := range sent {
+				if typ, _, err := d.read(); err != nil || typ != wire.TypeAck {
+					b.Errorf("got %q %v, want an ack", typ, err)
+					return
+				}
+				ms := float64(time.Since(at)) / float64(time.Millisecond)
+				mu.Lock()
+				lat = append(lat, ms)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(lat)
+	if len(lat) == 0 {
+		b.Fatal("no acks")
+	}
+	return lat[len(lat)/2], lat[len(lat)*99/100]
+}
+
+func benchFleet(b *testing.B, s *ingestServer) []*device {
+	b.StopTimer()
+	defer b.StartTimer()
+	devs := make([]*device, benchDevices)
+	for i := range devs {
+		devs[i], _ = dialDevice(b, s.ws, fmt.Sprintf("bench-%03d", i))
+	}
+	return devs
+}
