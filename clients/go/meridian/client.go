@@ -263,11 +263,11 @@ func New(cfg Config) (*Client, error) {
 		}
 		c.file = rf
 		for _, r := range recs {
-			c.ring.Push(Entry[meta]{Seq: r.Seq, Frame: r.Frame})
-		}
-		// The persisted ring carries the counter: continue after it.
-		if c.ring.Len() > 0 {
-			c.nextSeq = c.ring.Last() + 1
+			// The persisted ring carries the counter: continue after it.
+			c.nextSeq = r.Seq + 1
+			if len(r.Frame) > 0 { // an empty frame only marks the counter
+				c.ring.Push(Entry[meta]{Seq: r.Seq, Frame: r.Frame})
+			}
 		}
 	}
 	return c, nil
@@ -448,8 +448,12 @@ func (c *Client) refusedFrame(tooBig bool) {
 // Run connects and keeps the device connected until ctx ends (it then
 // returns nil) or the server refuses the device (a *RefusedError). Batches
 // queued by Send are written in seq order; after every reconnect the unacked
-// ones are resent. Run must be called once.
-func (c *Client) Run(ctx context.Context) error {
+// ones are resent. With a StateFile, Run rewrites it from the ring when it
+// returns. Run must be called once.
+func (c *Client) Run(ctx context.Context) (err error) {
+	if c.file != nil {
+		defer func() { err = errors.Join(err, c.saveState()) }()
+	}
 	for {
 		var err error
 		var connected time.Time
@@ -482,6 +486,24 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// saveState compacts the state file to the live ring. An empty ring leaves
+// one record with an empty frame, so the seq counter survives too: a
+// restarted Client then seals new batches before it has seen a hello.
+// (Readings queued while the counter was still unknown, before the first
+// hello of a fresh device, live in memory only.)
+func (c *Client) saveState() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	recs := Records(&c.ring)
+	if len(recs) == 0 && c.nextSeq > 1 {
+		recs = append(recs, Record{Seq: c.nextSeq - 1})
+	}
+	if err := c.file.Rewrite(recs); err != nil {
+		return fmt.Errorf("meridian: save state: %w", err)
+	}
+	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
