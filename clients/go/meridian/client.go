@@ -282,13 +282,7 @@ func (c *Client) Send(ctx context.Context, readings []Reading) error {
 	if len(readings) == 0 {
 		return errors.New("meridian: Send with no readings")
 	}
-	rs := make(wire.Readings, len(readings))
-	for i, r := range readings {
-		rs[i] = wire.Reading{Metric: r.Metric, Value: r.Value}
-		if !r.Time.IsZero() {
-			rs[i].T, rs[i].HasT = r.Time.UnixMilli(), true
-		}
-	}
+	rs := toWire(readings)
 	for {
 		c.mu.Lock()
 		if c.ring.Len()+len(c.pending) < c.cfg.RingSize {
@@ -309,6 +303,17 @@ func (c *Client) Send(ctx context.Context, readings []Reading) error {
 			return fmt.Errorf("meridian: send: %w", ctx.Err())
 		}
 	}
+}
+
+func toWire(readings []Reading) wire.Readings {
+	rs := make(wire.Readings, len(readings))
+	for i, r := range readings {
+		rs[i] = wire.Reading{Metric: r.Metric, Value: r.Value}
+		if !r.Time.IsZero() {
+			rs[i].T, rs[i].HasT = r.Time.UnixMilli(), true
+		}
+	}
+	return rs
 }
 
 // Pending is the number of batches not yet acked.

@@ -311,6 +311,34 @@ func TestClientRefused(t *testing.T) {
 	})
 }
 
+// A second connection with the same token takes the session over: the
+// first Client's Run ends with 1008 session_taken_over, and does not fight
+// back (docs/protocol.md 8).
+func TestClientTakenOver(t *testing.T) {
+	srv := newPostgresServer(t, nil)
+	first, err := meridian.New(fastConfig(srv.url, "twin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- first.Run(context.Background()) }()
+	waitFor(t, "online", 5*time.Second, func() bool { return srv.srv.Online("twin") })
+	second, err := meridian.New(fastConfig(srv.url, "twin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, second)
+	select {
+	case err := <-done:
+		var re *meridian.RefusedError
+		if !errors.As(err, &re) || re.Code != 1008 || re.ErrorCode != "session_taken_over" {
+			t.Fatalf("first Run = %v, want a RefusedError 1008 session_taken_over", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first client kept running")
+	}
+}
+
 // Commands reach OnCommand and its result reaches the server.
 func TestClientCommands(t *testing.T) {
 	results := make(chan telemetry.CommandResult, 1)

@@ -69,6 +69,10 @@ var (
 	ErrBadHello = errors.New("meridian: bad hello")
 )
 
+// errStopPoll, returned by a Poll callback, ends Poll after that message
+// and leaves the frames behind it buffered.
+var errStopPoll = errors.New("stop poll")
+
 // HandshakeError is a refused upgrade: the server answered with an HTTP
 // status instead of 101 (docs/protocol.md 1, "Handshake answers other than
 // 101"). 401 means the token is wrong; 503 means retry with backoff.
@@ -191,7 +195,9 @@ func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, e
 				return fmt.Errorf("%w: %w", ErrBadHello, err)
 			}
 			hello = &h
-			return nil
+			// Frames after hello (an error and a close, say) stay buffered
+			// for the caller's first Poll.
+			return errStopPoll
 		})
 		if err != nil {
 			_ = nc.Close()
@@ -323,6 +329,9 @@ func (c *Conn) frames(fn func(string, []byte) error) (int, error) {
 		err := c.control(op, fin, payload, fn)
 		rest := copy(c.rbuf, c.rbuf[size:])
 		c.rbuf = c.rbuf[:rest]
+		if errors.Is(err, errStopPoll) {
+			return handled, nil
+		}
 		if err != nil {
 			return handled, err
 		}
