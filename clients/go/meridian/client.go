@@ -485,6 +485,8 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		case errors.As(err, &ce) && ce.Code == wire.CloseTryAgainLater,
 			errors.As(err, &he) && he.Status == http.StatusTooManyRequests:
 			wait += c.cfg.TryLater
+		case errors.As(err, &he) && he.RetryAfter > 0:
+			wait += he.RetryAfter // at least Retry-After, then the backoff
 		}
 		c.log.Info("disconnected", "err", err, "retry_in", wait)
 		if !sleep(ctx, wait) {

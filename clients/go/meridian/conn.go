@@ -1,6 +1,7 @@
 package meridian
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -78,6 +79,9 @@ var errStopPoll = errors.New("stop poll")
 // 101"). 401 means the token is wrong; 503 means retry with backoff.
 type HandshakeError struct {
 	Status int
+	// RetryAfter is the server's Retry-After (a 503 at its connection
+	// limit): wait at least this long before the next attempt.
+	RetryAfter time.Duration
 }
 
 func (e *HandshakeError) Error() string {
@@ -155,17 +159,21 @@ func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, e
 	}
 	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
+	var retryAfter time.Duration
 	dialer := ws.Dialer{
 		Timeout:        o.Timeout,
 		Protocols:      []string{wire.Subprotocol},
 		Header:         ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + o.Token}}),
 		ReadBufferSize: 1024,
+		OnStatusError: func(_ int, _ []byte, resp io.Reader) {
+			retryAfter = parseRetryAfter(resp)
+		},
 	}
 	nc, br, _, err := dialer.Dial(dctx, wsURL)
 	if err != nil {
 		var se ws.StatusError
 		if errors.As(err, &se) {
-			return nil, nil, &HandshakeError{Status: int(se)}
+			return nil, nil, &HandshakeError{Status: int(se), RetryAfter: retryAfter}
 		}
 		return nil, nil, fmt.Errorf("meridian: dial %s: %w", wsURL, err)
 	}
@@ -417,6 +425,21 @@ func (c *Conn) control(op ws.OpCode, fin bool, payload []byte, fn func(string, [
 		_ = c.write(ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(wire.CloseProtocol), "unexpected opcode"))
 		return &CloseError{Code: wire.CloseProtocol, Reason: fmt.Sprintf("unexpected opcode %d", op)}
 	}
+}
+
+// parseRetryAfter reads the Retry-After seconds of a refused upgrade's
+// response (0 when absent or not a number of seconds).
+func parseRetryAfter(resp io.Reader) time.Duration {
+	r, err := http.ReadResponse(bufio.NewReader(io.LimitReader(resp, 8<<10)), nil)
+	if err != nil {
+		return 0
+	}
+	_ = r.Body.Close()
+	secs, err := strconv.Atoi(r.Header.Get("Retry-After"))
+	if err != nil || secs < 0 {
+		return 0
+	}
+	return time.Duration(secs) * time.Second
 }
 
 // readAll reads a bounded HTTP body.

@@ -111,6 +111,27 @@ func TestClientCloseCodes(t *testing.T) {
 			t.Fatalf("%d connections in 700 ms with a 300 ms TryLater, want 2 or 3", n)
 		}
 	})
+	t.Run("503 Retry-After is waited out", func(t *testing.T) {
+		var conns atomic.Int32
+		hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			conns.Add(1)
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many connections, retry later", http.StatusServiceUnavailable)
+		}))
+		defer hs.Close()
+		cfg := fastConfig(hs.URL, "x")
+		cfg.BackoffBase, cfg.BackoffMax = time.Millisecond, time.Millisecond
+		c, err := meridian.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := run(t, c)
+		time.Sleep(1500 * time.Millisecond)
+		_ = stop()
+		if n := conns.Load(); n != 2 {
+			t.Fatalf("%d attempts in 1.5 s with Retry-After: 1, want 2", n)
+		}
+	})
 	t.Run("1001 reconnects with backoff only", func(t *testing.T) {
 		f := newFakeServer(t, func(_ int, conn net.Conn, _ *fakeServer) {
 			closeWith(conn, wire.CloseGoingAway, "shutdown")
