@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tinylib/msgp/msgp"
@@ -156,6 +158,22 @@ type Reading struct {
 	Value  float64
 }
 
+// Validate applies the rules of docs/protocol.md 5.3 that do not depend on
+// the server's clock or settings: the metric's alphabet and length and a
+// finite value. The server's ack counts rejected readings and names up to
+// five distinct reasons, but not which readings they were; a caller that
+// needs to know per reading checks them here before Send. (The server's
+// max_future and max_past time window is the one rule this cannot check.)
+func (r Reading) Validate() error {
+	if !wire.ValidMetric(r.Metric) {
+		return fmt.Errorf("metric %q: must be 1-%d bytes of [A-Za-z0-9_.:/-]", r.Metric, wire.MaxMetricLen)
+	}
+	if math.IsNaN(r.Value) || math.IsInf(r.Value, 0) {
+		return fmt.Errorf("metric %q: value must be a finite number, got %v", r.Metric, r.Value)
+	}
+	return nil
+}
+
 // Ack is the server's answer for one durable batch (docs/protocol.md 4.3).
 type Ack struct {
 	Seq       uint64
@@ -232,6 +250,7 @@ type Client struct {
 
 	rng *rand.Rand
 	bo  Backoff
+	ran atomic.Bool
 }
 
 // New checks cfg and builds a Client; with Config.StateFile it loads the
@@ -456,6 +475,9 @@ func (c *Client) refusedFrame(tooBig bool) {
 // ones are resent. With a StateFile, Run rewrites it from the ring when it
 // returns. Run must be called once.
 func (c *Client) Run(ctx context.Context) (err error) {
+	if !c.ran.CompareAndSwap(false, true) {
+		return errors.New("meridian: Run called twice")
+	}
 	if c.file != nil {
 		defer func() { err = errors.Join(err, c.saveState()) }()
 	}

@@ -1,6 +1,7 @@
 package meridian
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -71,5 +72,28 @@ func TestFit(t *testing.T) {
 	c.maxFrame = 1 << 30
 	if n := c.fit(wrs); n != 1000 {
 		t.Fatalf("fit %d, want max_batch 1000", n)
+	}
+}
+
+func TestReadingValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		r    Reading
+		want string
+	}{
+		{"fine", Reading{Metric: "boiler/flow.temp", Value: 60}, ""},
+		{"space", Reading{Metric: "boiler temp", Value: 1}, "must be 1-128 bytes"},
+		{"empty", Reading{Value: 1}, "must be 1-128 bytes"},
+		{"long", Reading{Metric: strings.Repeat("m", 129), Value: 1}, "must be 1-128 bytes"},
+		{"nan", Reading{Metric: "x", Value: math.NaN()}, "finite"},
+		{"inf", Reading{Metric: "x", Value: math.Inf(-1)}, "finite"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.r.Validate()
+			if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Fatalf("Validate() = %v, want %q", err, tt.want)
+			}
+		})
 	}
 }
