@@ -186,10 +186,17 @@ func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, e
 		}
 		ws.PutReader(br)
 	}
-	// The first data frame is hello (docs/protocol.md 1).
+	// The first data frame is hello (docs/protocol.md 1). A cancelled ctx
+	// ends the wait: the past deadline wakes the read.
 	deadline := time.Now().Add(o.Timeout)
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
 	var hello *wire.Hello
 	for hello == nil {
+		if err := ctx.Err(); err != nil {
+			_ = nc.Close()
+			return nil, nil, fmt.Errorf("meridian: waiting for hello: %w", err)
+		}
 		if !time.Now().Before(deadline) {
 			_ = nc.Close()
 			return nil, nil, ErrNoHello
