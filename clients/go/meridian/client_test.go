@@ -147,10 +147,19 @@ func TestClientSendsAndIsAcked(t *testing.T) {
 // the store holds every reading exactly once.
 func TestClientResendsAfterCuts(t *testing.T) {
 	srv := newPostgresServer(t, nil)
+	for _, tr := range []meridian.Transport{meridian.WebSocket, meridian.HTTP} {
+		t.Run(string(tr), func(t *testing.T) { resendsAfterCuts(t, srv, tr) })
+	}
+}
+
+func resendsAfterCuts(t *testing.T, srv *server, tr meridian.Transport) {
 	proxy := newCutter(t, srv.url)
 	a := newAcks()
-	cfg := fastConfig(proxy.url(), "cuts")
+	dev := "cuts-" + string(tr)
+	cfg := fastConfig(proxy.url(), dev)
 	cfg.OnAck = a.on
+	cfg.Transport = tr
+	cfg.HTTPClient = &http.Client{Transport: &http.Transport{}} // its own pool: cuts must reach it
 	cfg.RingSize = 8
 	c, err := meridian.New(cfg)
 	if err != nil {
@@ -171,7 +180,7 @@ func TestClientResendsAfterCuts(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := srv.count(t, "device = 'cuts'"); n != batches*per {
+	if n := srv.count(t, fmt.Sprintf("device = '%s'", dev)); n != batches*per {
 		t.Fatalf("stored %d readings, want %d", n, batches*per)
 	}
 	var dups int
@@ -181,6 +190,32 @@ func TestClientResendsAfterCuts(t *testing.T) {
 		}
 	}
 	t.Logf("%d acks, %d duplicates (resends of batches stored before a cut)", len(a.snapshot()), dups)
+}
+
+// Send splits readings to the max_batch the server announced in hello.
+func TestClientSplitsToMaxBatch(t *testing.T) {
+	srv := newPostgresServer(t, func(c *ingest.Config) { c.MaxBatch = 5 })
+	a := newAcks()
+	cfg := fastConfig(srv.url, "split")
+	cfg.OnAck = a.on
+	c, err := meridian.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, c)
+	waitFor(t, "online", 5*time.Second, func() bool { return srv.srv.Online("split") }) // hello read
+	if err := c.Send(context.Background(), readings("m", time.Now().Add(-time.Minute), 12)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "acks", 10*time.Second, func() bool { return c.Pending() == 0 })
+	_ = stop()
+	var accepted []int
+	for _, x := range a.snapshot() {
+		accepted = append(accepted, x.Accepted)
+	}
+	if fmt.Sprint(accepted) != "[5 5 2]" {
+		t.Fatalf("batches of %v readings, want [5 5 2]", accepted)
+	}
 }
 
 // The ring is bounded: with no server, Send blocks until ctx ends, or

@@ -22,14 +22,18 @@ import (
 // its limits between two connections). script runs once per connection
 // after hello, with the connection number (from 1).
 type fakeServer struct {
-	url     string
+	url       string
+	heartbeat int // hello.heartbeat; 0: 20
 	conns   atomic.Int32
 	mu      sync.Mutex
 	batches []wire.Batch // every batch received, in order
 }
 
-func newFakeServer(t *testing.T, script func(n int, conn net.Conn, f *fakeServer)) *fakeServer {
-	f := &fakeServer{}
+func newFakeServer(t *testing.T, script func(n int, conn net.Conn, f *fakeServer), heartbeat ...int) *fakeServer {
+	f := &fakeServer{heartbeat: 20}
+	if len(heartbeat) > 0 {
+		f.heartbeat = heartbeat[0]
+	}
 	var wg sync.WaitGroup
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, _, _, err := ws.UpgradeHTTP(r, w)
@@ -40,7 +44,7 @@ func newFakeServer(t *testing.T, script func(n int, conn net.Conn, f *fakeServer
 		defer wg.Done()
 		defer conn.Close()
 		n := int(f.conns.Add(1))
-		hello, _ := (&wire.Hello{Type: wire.TypeHello, Device: "fake", Acked: 0, MaxBatch: 1000, MaxFrame: 65536, Heartbeat: 20}).MarshalMsg(nil)
+		hello, _ := (&wire.Hello{Type: wire.TypeHello, Device: "fake", Acked: 0, MaxBatch: 1000, MaxFrame: 65536, Heartbeat: f.heartbeat}).MarshalMsg(nil)
 		if wsutil.WriteServerBinary(conn, hello) != nil {
 			return
 		}
@@ -130,6 +134,26 @@ func TestClientCloseCodes(t *testing.T) {
 		_ = stop()
 		if n := conns.Load(); n != 2 {
 			t.Fatalf("%d attempts in 1.5 s with Retry-After: 1, want 2", n)
+		}
+	})
+	t.Run("a silent server is left after three heartbeats", func(t *testing.T) {
+		f := newFakeServer(t, func(_ int, conn net.Conn, f *fakeServer) {
+			for { // no pings, no acks: read until the client leaves
+				if _, ok := f.next(conn); !ok {
+					return
+				}
+			}
+		}, 1)
+		c, err := meridian.New(fastConfig(f.url, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := run(t, c)
+		start := time.Now()
+		waitFor(t, "a reconnect", 6*time.Second, func() bool { return f.conns.Load() >= 2 })
+		_ = stop()
+		if d := time.Since(start); d < 2500*time.Millisecond {
+			t.Fatalf("left the server after %s, before three 1 s heartbeats", d)
 		}
 	})
 	t.Run("1001 reconnects with backoff only", func(t *testing.T) {
