@@ -24,9 +24,9 @@ import (
 type fakeServer struct {
 	url       string
 	heartbeat int // hello.heartbeat; 0: 20
-	conns   atomic.Int32
-	mu      sync.Mutex
-	batches []wire.Batch // every batch received, in order
+	conns     atomic.Int32
+	mu        sync.Mutex
+	batches   []wire.Batch // every batch received, in order
 }
 
 func newFakeServer(t *testing.T, script func(n int, conn net.Conn, f *fakeServer), heartbeat ...int) *fakeServer {
