@@ -25,6 +25,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	sim "github.com/meridian-iot/meridian/firmware-sim"
+	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
 // BenchmarkIdleConnections measures what an idle device connection costs
@@ -316,7 +317,7 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 // is retried after a short pause.
 func dialDevice(url, token string, retries *atomic.Int64) (net.Conn, io.Reader, error) {
 	d := ws.Dialer{
-		Protocols: []string{sim.Subprotocol},
+		Protocols: []string{wire.Subprotocol},
 		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
 		Timeout:   15 * time.Second,
 	}

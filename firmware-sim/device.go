@@ -1,51 +1,36 @@
 package sim
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"syscall"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/tinylib/msgp/msgp"
 
+	meridian "github.com/meridian-iot/meridian/clients/go/meridian"
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
-// Subprotocol is protocol v1's WebSocket subprotocol (docs/protocol.md 1).
-const Subprotocol = "meridian.v1"
-
-// maxServerFrame bounds one frame from the server; hello, acks and errors are
-// tiny, a command's payload is not bounded by the server (protocol 8), so
-// this is the device's own limit (a bigger frame closes with 1009).
-const maxServerFrame = 1 << 20
-
-// closeLost is the pseudo close code of a connection that ended without a
-// close frame (RFC 6455 7.1.5).
-const closeLost = 1006
-
 var (
-	errChaos     = errors.New("chaos")
-	errFinished  = errors.New("finished")
-	errStopped   = errors.New("stopped")
-	errHandshake = errors.New("handshake")
+	errChaos    = errors.New("chaos")
+	errFinished = errors.New("finished")
+	errStopped  = errors.New("stopped")
 )
 
 // device is one simulated device. Everything in it is owned by the device's
-// single goroutine: the connection is read with deadlines set to the next
-// thing the device must do (sample, flush, chaos), so one goroutine both
-// reads acks and writes batches, and thousands of devices cost one small
-// goroutine each.
+// single goroutine: the connection (a meridian.Conn, the Go client's
+// connection) is polled with deadlines set to the next thing the device
+// must do (sample, flush, chaos), so one goroutine both reads acks and
+// writes batches, and thousands of devices cost one small goroutine each.
+// The protocol's mechanics (framing, handshake, hello, pings, close codes,
+// the HTTP fallback, the ring and its file, backoff) are the client
+// package's; the device adds the schedule, the chaos and the ledger.
 type device struct {
 	f       *Fleet
 	id      string
@@ -53,8 +38,8 @@ type device struct {
 	useHTTP bool
 	rng     *rand.Rand
 	sig     *Signals
-	ring    ring
-	file    *ringFile
+	ring    meridian.Ring[batchMeta]
+	file    *meridian.RingFile
 	led     *DeviceLedger
 
 	nextSeq      uint64 // 0: unknown (fresh start or lost in a reboot)
@@ -68,16 +53,15 @@ type device struct {
 	skew      int64 // ms added to the wall clock
 	invalid   bool
 	malformed bool
-	bo        Backoff
+	bo        meridian.Backoff
 
 	nextDisconnect, nextStall, nextReboot, nextMalformed time.Time
 	stallUntil                                           time.Time
 	expectReject                                         bool
 
-	conn        net.Conn
+	conn        *meridian.Conn
 	gen         uint32 // connection generation
 	lastSentSeq uint64 // highest seq written on the current connection
-	rbuf        []byte
 }
 
 // exp draws an exponentially distributed delay with the given mean; zero
@@ -101,7 +85,7 @@ func (d *device) limit() int {
 
 // finished: generation is over and everything sent was acked.
 func (d *device) finished() bool {
-	return d.f.generating.Load() == false && len(d.pending) == 0 && d.ring.len() == 0
+	return d.f.generating.Load() == false && len(d.pending) == 0 && d.ring.Len() == 0
 }
 
 // produce samples what is due and seals full or old batches into the ring.
@@ -143,7 +127,7 @@ func (d *device) seal(lim int) bool {
 	if d.nextSeq == 0 {
 		return false
 	}
-	if d.ring.full() {
+	if d.ring.Full() {
 		d.f.stats.readingsSkip.Add(1)
 		return false
 	}
@@ -157,14 +141,14 @@ func (d *device) seal(lim int) bool {
 		d.f.stats.fail("encode")
 		return false
 	}
-	e := entry{seq: seq, frame: frame, n: n}
+	e := entry{Seq: seq, Frame: frame, Meta: batchMeta{n: n}}
 	if d.led != nil {
-		e.ver = d.led.Sent(seq, rs)
+		e.Meta.ver = d.led.Sent(seq, rs)
 	}
-	d.ring.push(e)
+	d.ring.Push(e)
 	d.f.stats.inRing.Add(1)
 	if d.file != nil {
-		if err := d.file.append(&e, &d.ring); err != nil {
+		if err := meridian.Append(d.file, e.Seq, e.Frame, &d.ring); err != nil {
 			d.f.stats.fail("state file")
 			d.f.log.Warn("persist ring", "device", d.id, "err", err)
 		}
@@ -180,7 +164,7 @@ func (d *device) nextWake(now time.Time) time.Time {
 	if d.f.generating.Load() && len(d.pending) < d.limit() {
 		w = earliest(w, time.UnixMilli(d.sig.NextDue()-d.skew))
 	}
-	if len(d.pending) > 0 && d.nextSeq != 0 && !d.ring.full() {
+	if len(d.pending) > 0 && d.nextSeq != 0 && !d.ring.Full() {
 		w = earliest(w, d.pendingSince.Add(d.f.cfg.FlushEvery))
 	}
 	for _, t := range []time.Time{d.nextDisconnect, d.nextStall, d.nextReboot, d.nextMalformed, d.stallUntil} {
@@ -222,19 +206,19 @@ func (d *device) sleep(ctx context.Context, until time.Time) bool {
 // onHello applies protocol section 7.2.
 func (d *device) onHello(h *wire.Hello) {
 	d.maxBatch = h.MaxBatch
-	k := d.ring.dropThrough(h.Acked, func(*entry) { d.f.stats.helloDropped.Add(1) })
+	k := d.ring.DropThrough(h.Acked, func(*entry) { d.f.stats.helloDropped.Add(1) })
 	d.f.stats.inRing.Add(-int64(k))
 	if d.led != nil {
 		d.led.Cover(h.Acked)
 		if !d.helloSeen {
 			// Entries restored from the state file join this run's ledger
 			// once hello has dropped the ones already durable.
-			for i := 0; i < d.ring.len(); i++ {
-				e := d.ring.at(i)
-				if e.ver == nil {
+			for i := 0; i < d.ring.Len(); i++ {
+				e := d.ring.At(i)
+				if e.Meta.ver == nil {
 					var b wire.Batch
-					if _, err := b.UnmarshalMsg(e.frame); err == nil {
-						e.ver, e.n = d.led.Sent(e.seq, b.Readings), len(b.Readings)
+					if _, err := b.UnmarshalMsg(e.Frame); err == nil {
+						e.Meta.ver, e.Meta.n = d.led.Sent(e.Seq, b.Readings), len(b.Readings)
 					}
 				}
 			}
@@ -246,32 +230,32 @@ func (d *device) onHello(h *wire.Hello) {
 		if d.rebooted && !d.f.cfg.Chaos.NaiveReboot {
 			// Batches of the previous life may still commit after this
 			// hello: skip past every seq they could hold (protocol 7.2).
-			d.nextSeq += uint64(d.ring.limit)
+			d.nextSeq += uint64(d.ring.Limit())
 		}
 	}
-	d.nextSeq = max(d.nextSeq, h.Acked+1, d.ring.last()+1)
+	d.nextSeq = max(d.nextSeq, h.Acked+1, d.ring.Last()+1)
 }
 
 // onAck drops acked entries and records the ack.
 func (d *device) onAck(a *wire.Ack, now time.Time) {
 	st := d.f.stats
-	k := d.ring.dropThrough(a.Seq, func(e *entry) {
-		if e.seq != a.Seq {
+	k := d.ring.DropThrough(a.Seq, func(e *entry) {
+		if e.Seq != a.Seq {
 			// An earlier ack was lost with a connection; this one covers it.
 			st.helloDropped.Add(1)
 			return
 		}
-		if e.conn == d.gen && e.sentAt != 0 {
-			st.ackLatency(now.Sub(time.Unix(0, e.sentAt)))
+		if e.Meta.conn == d.gen && e.Meta.sentAt != 0 {
+			st.ackLatency(now.Sub(time.Unix(0, e.Meta.sentAt)))
 		}
 		st.batchesAcked.Add(1)
-		st.readingsAcked.Add(int64(e.n))
+		st.readingsAcked.Add(int64(e.Meta.n))
 		st.readingsRej.Add(int64(a.Rejected))
 		if a.Duplicate {
 			st.dupAcks.Add(1)
 		}
 		if d.led != nil {
-			d.led.Ack(e.ver, a)
+			d.led.Ack(e.Meta.ver, a)
 		}
 	})
 	st.inRing.Add(-int64(k))
@@ -286,10 +270,10 @@ func (d *device) reboot() {
 	d.f.stats.event("reboot")
 	d.pending = d.pending[:0]
 	if d.file == nil {
-		d.f.stats.inRing.Add(-int64(d.ring.len()))
-		d.ring.clear(func(e *entry) { // sent, fate unknown
+		d.f.stats.inRing.Add(-int64(d.ring.Len()))
+		d.ring.Clear(func(e *entry) { // sent, fate unknown
 			if d.led != nil {
-				d.led.Abandon(e.ver)
+				d.led.Abandon(e.Meta.ver)
 			}
 		})
 	}
@@ -298,14 +282,14 @@ func (d *device) reboot() {
 
 func (d *device) markSent(e *entry, now time.Time) {
 	st := d.f.stats
-	if e.sends == 0 {
-		st.readingsSent.Add(int64(e.n))
+	if e.Meta.sends == 0 {
+		st.readingsSent.Add(int64(e.Meta.n))
 		st.batchesSent.Add(1)
 	} else {
-		st.readingsResent.Add(int64(e.n))
+		st.readingsResent.Add(int64(e.Meta.n))
 	}
-	e.sends++
-	e.sentAt, e.conn = now.UnixNano(), d.gen
+	e.Meta.sends++
+	e.Meta.sentAt, e.Meta.conn = now.UnixNano(), d.gen
 }
 
 // garbage returns an undecodable frame (the server answers 1007 / 400).
@@ -326,7 +310,7 @@ func (d *device) runWS(ctx context.Context) {
 	for ctx.Err() == nil && !d.finished() {
 		code, err := d.session(ctx)
 		if d.conn != nil {
-			_ = d.conn.Close()
+			_ = d.conn.Abort()
 			d.conn = nil
 		}
 		if errors.Is(err, errFinished) || ctx.Err() != nil {
@@ -366,72 +350,17 @@ func (d *device) session(ctx context.Context) (int, error) {
 		st.reconnects.Add(1)
 	}
 	d.gen++
-	dctx, cancel := context.WithTimeout(ctx, d.f.cfg.DialTimeout)
-	dialer := ws.Dialer{
-		Timeout:        d.f.cfg.DialTimeout,
-		Protocols:      []string{Subprotocol},
-		Header:         ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + d.token}}),
-		ReadBufferSize: 1024,
-	}
-	conn, br, _, err := dialer.Dial(dctx, d.f.wsURL)
-	cancel()
+	conn, hello, err := meridian.Dial(ctx, d.f.wsURL, meridian.DialOptions{
+		Token:        d.token,
+		Timeout:      d.f.cfg.DialTimeout,
+		WriteTimeout: d.f.cfg.WriteTimeout,
+		WriteBuffers: &d.f.bufs,
+		Rand:         d.rng.Uint32,
+	})
 	if err != nil {
-		var se ws.StatusError
-		if errors.As(err, &se) {
-			st.fail("handshake " + strconv.Itoa(int(se)))
-			return int(se), errHandshake
-		}
-		switch {
-		case errors.Is(err, syscall.ECONNREFUSED):
-			st.fail("dial refused")
-		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
-			st.fail("dial timeout")
-		default:
-			st.fail("dial")
-		}
-		return closeLost, err
+		return d.connEnded(err)
 	}
 	d.conn = conn
-	if cap(d.rbuf) < 512 {
-		d.rbuf = make([]byte, 0, 512)
-	}
-	d.rbuf = d.rbuf[:0]
-	if br != nil {
-		// Bytes the handshake reader buffered (often the hello) come first.
-		if n := br.Buffered(); n > 0 {
-			p, _ := br.Peek(n)
-			d.rbuf = append(d.rbuf, p...)
-		}
-		ws.PutReader(br)
-	}
-	// The first data frame is hello.
-	deadline := time.Now().Add(d.f.cfg.DialTimeout)
-	var hello *wire.Hello
-	for hello == nil {
-		if time.Now().After(deadline) {
-			st.fail("no hello")
-			return closeLost, errors.New("no hello before the dial timeout")
-		}
-		_ = conn.SetReadDeadline(deadline)
-		code, err := d.pump(func(p []byte) error {
-			var h wire.Hello
-			if typ, _ := wire.TypeOf(p); typ != wire.TypeHello {
-				return fmt.Errorf("first frame is %q, want hello", typ)
-			}
-			if _, err := h.UnmarshalMsg(p); err != nil {
-				return fmt.Errorf("decode hello: %w", err)
-			}
-			hello = &h
-			return nil
-		})
-		if err != nil {
-			if code == 0 {
-				st.fail("hello: " + err.Error())
-				code = closeLost
-			}
-			return code, err
-		}
-	}
 	d.onHello(hello)
 	d.lastSentSeq = 0
 	st.connected.Add(1)
@@ -441,7 +370,7 @@ func (d *device) session(ctx context.Context) (int, error) {
 	for {
 		now := time.Now()
 		if ctx.Err() != nil {
-			d.closeConn(1000, "device stopping")
+			_ = d.conn.Close(1000, "device stopping")
 			return 1000, errStopped
 		}
 		if !healthyAt.IsZero() && now.After(healthyAt) {
@@ -451,10 +380,10 @@ func (d *device) session(ctx context.Context) (int, error) {
 		d.produce(now)
 		if err := d.sendRing(now); err != nil {
 			st.fail("write")
-			return closeLost, err
+			return meridian.CloseLost, err
 		}
 		if d.finished() {
-			d.closeConn(1000, "done")
+			_ = d.conn.Close(1000, "done")
 			return 1000, errFinished
 		}
 		if code, err := d.chaos(now); err != nil {
@@ -467,12 +396,67 @@ func (d *device) session(ctx context.Context) (int, error) {
 			}
 			continue
 		}
-		_ = conn.SetReadDeadline(wake)
-		code, err := d.pump(d.handle)
-		if err != nil {
-			return code, err
+		if err := d.conn.Poll(wake, d.handle); err != nil {
+			return d.connEnded(err)
 		}
 	}
+}
+
+// connEnded counts why a connection (or its handshake) ended and returns
+// the code runWS backs off on: a close code, an HTTP status, or 1006.
+func (d *device) connEnded(err error) (int, error) {
+	st := d.f.stats
+	var he *meridian.HandshakeError
+	var ce *meridian.CloseError
+	switch {
+	case errors.As(err, &he):
+		st.fail("handshake " + strconv.Itoa(he.Status))
+		return he.Status, err
+	case errors.As(err, &ce) && ce.Code == meridian.CloseLost:
+		switch {
+		case errors.Is(err, io.EOF):
+			st.fail("connection lost")
+		case errors.Is(err, syscall.ECONNREFUSED):
+			st.fail("dial refused")
+		default:
+			st.fail("read")
+		}
+		return ce.Code, err
+	case errors.As(err, &ce):
+		switch ce.Code {
+		case wire.CloseTooBig:
+			if ce.Reason == "server frame over the device's limit" {
+				st.fail("frame too big")
+				return ce.Code, err
+			}
+		case wire.CloseUnsupported:
+			if ce.Reason == "fragmented server frame" {
+				st.fail("fragmented frame")
+				return ce.Code, err
+			}
+		}
+		st.closed(ce.Code)
+		switch {
+		case ce.Code == wire.CloseInvalidData && d.expectReject:
+			d.expectReject = false
+		case ce.Code == wire.CloseGoingAway, ce.Code == 1000:
+		default:
+			st.fail("close " + strconv.Itoa(ce.Code))
+			d.f.log.Debug("server closed", "device", d.id, "code", ce.Code, "reason", ce.Reason)
+		}
+		return ce.Code, err
+	case errors.Is(err, syscall.ECONNREFUSED):
+		st.fail("dial refused")
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		st.fail("dial timeout")
+	case errors.Is(err, meridian.ErrNoHello):
+		st.fail("no hello")
+	case errors.Is(err, meridian.ErrBadHello):
+		st.fail("hello: " + err.Error())
+	default:
+		st.fail("dial")
+	}
+	return meridian.CloseLost, err
 }
 
 // chaos fires due chaos events on a live connection.
@@ -485,15 +469,15 @@ func (d *device) chaos(now time.Time) (int, error) {
 	switch {
 	case due(now, d.nextReboot):
 		d.nextReboot = d.exp(now, ch.RebootEvery)
-		_ = d.conn.Close()
+		_ = d.conn.Abort()
 		d.reboot()
-		return closeLost, errChaos
+		return meridian.CloseLost, errChaos
 	case due(now, d.nextDisconnect):
 		d.nextDisconnect = d.exp(now, ch.DisconnectEvery)
 		st.chaosEvents.Add(1)
 		st.event("disconnect")
-		_ = d.conn.Close()
-		return closeLost, errChaos
+		_ = d.conn.Abort()
+		return meridian.CloseLost, errChaos
 	case due(now, d.nextStall):
 		d.nextStall = d.exp(now, ch.StallEvery)
 		st.chaosEvents.Add(1)
@@ -504,8 +488,9 @@ func (d *device) chaos(now time.Time) (int, error) {
 		st.chaosEvents.Add(1)
 		st.event("malformed frame")
 		d.expectReject = true
-		if err := d.write(ws.OpBinary, d.garbage()); err != nil {
-			return closeLost, err
+		// WriteMessage does not check its bytes: the server answers 1007.
+		if err := d.conn.WriteMessage(d.garbage()); err != nil {
+			return meridian.CloseLost, err
 		}
 	}
 	return 0, nil
@@ -514,223 +499,26 @@ func (d *device) chaos(now time.Time) (int, error) {
 // sendRing writes the ring entries not yet written on this connection, in
 // seq order (resends first, then new batches).
 func (d *device) sendRing(now time.Time) error {
-	for i := 0; i < d.ring.len(); i++ {
-		e := d.ring.at(i)
-		if e.seq <= d.lastSentSeq {
+	for i := 0; i < d.ring.Len(); i++ {
+		e := d.ring.At(i)
+		if e.Seq <= d.lastSentSeq {
 			continue
 		}
-		if err := d.write(ws.OpBinary, e.frame); err != nil {
+		if err := d.conn.WriteMessage(e.Frame); err != nil {
 			return err
 		}
 		d.markSent(e, now)
-		d.lastSentSeq = e.seq
+		d.lastSentSeq = e.Seq
 	}
 	return nil
 }
 
-// write sends one masked frame (RFC 6455 5.3: client frames are masked).
-func (d *device) write(op ws.OpCode, payload []byte) error {
-	bp := d.f.bufs.Get().(*[]byte)
-	b := appendFrame((*bp)[:0], op, payload, d.rng.Uint32())
-	_ = d.conn.SetWriteDeadline(time.Now().Add(d.f.cfg.WriteTimeout))
-	_, err := d.conn.Write(b)
-	if cap(b) <= 64<<10 {
-		*bp = b
-		d.f.bufs.Put(bp)
-	}
-	return err
-}
-
-func appendFrame(b []byte, op ws.OpCode, payload []byte, mask uint32) []byte {
-	b = append(b, 0x80|byte(op))
-	n := len(payload)
-	switch {
-	case n < 126:
-		b = append(b, 0x80|byte(n))
-	case n <= math.MaxUint16:
-		b = append(b, 0x80|126)
-		b = binary.BigEndian.AppendUint16(b, uint16(n))
-	default:
-		b = append(b, 0x80|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	var m [4]byte
-	binary.BigEndian.PutUint32(m[:], mask)
-	b = append(b, m[:]...)
-	start := len(b)
-	b = append(b, payload...)
-	ws.Cipher(b[start:], m, 0)
-	return b
-}
-
-func (d *device) closeConn(code int, reason string) {
-	if d.conn == nil {
-		return
-	}
-	_ = d.write(ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(code), reason))
-}
-
-// pump hands each complete data frame to fn, answering control frames
-// itself. Frames already buffered are handled without reading; otherwise it
-// reads once (until the read deadline). A timeout is not an error: it
-// returns (0, nil) so the caller can do its timed work.
-func (d *device) pump(fn func([]byte) error) (int, error) {
-	if n, code, err := d.frames(fn); err != nil || n > 0 {
-		return code, err
-	}
-	if len(d.rbuf) == cap(d.rbuf) {
-		nb := make([]byte, len(d.rbuf), max(2*cap(d.rbuf), 512))
-		copy(nb, d.rbuf)
-		d.rbuf = nb
-	}
-	n, rerr := d.conn.Read(d.rbuf[len(d.rbuf):cap(d.rbuf)])
-	d.rbuf = d.rbuf[:len(d.rbuf)+n]
-	if _, code, err := d.frames(fn); err != nil {
-		return code, err
-	}
-	// Give back a buffer a big frame made large: idle devices stay small.
-	if len(d.rbuf) == 0 && cap(d.rbuf) > 4096 {
-		d.rbuf = make([]byte, 0, 512)
-	}
-	if rerr != nil {
-		if errors.Is(rerr, os.ErrDeadlineExceeded) {
-			return 0, nil
-		}
-		if errors.Is(rerr, io.EOF) {
-			d.f.stats.fail("connection lost")
-		} else {
-			d.f.stats.fail("read")
-		}
-		return closeLost, rerr
-	}
-	return 0, nil
-}
-
-// frames handles the complete frames at the front of rbuf and returns how
-// many it handled.
-func (d *device) frames(fn func([]byte) error) (int, int, error) {
-	handled := 0
-	for {
-		op, fin, payload, size, need := parseFrame(d.rbuf)
-		if need > maxServerFrame {
-			d.f.stats.fail("frame too big")
-			d.closeConn(wire.CloseTooBig, "frame too big")
-			return handled, wire.CloseTooBig, errors.New("server frame over the device's limit")
-		}
-		if size == 0 {
-			if need > cap(d.rbuf) {
-				nb := make([]byte, len(d.rbuf), need)
-				copy(nb, d.rbuf)
-				d.rbuf = nb
-			}
-			return handled, 0, nil
-		}
-		handled++
-		code, err := d.control(op, fin, payload, fn)
-		rest := copy(d.rbuf, d.rbuf[size:])
-		d.rbuf = d.rbuf[:rest]
-		if err != nil {
-			return handled, code, err
-		}
-	}
-}
-
-// parseFrame decodes the frame at the start of b. size is the bytes it
-// occupies (0: incomplete), need the total bytes needed to complete it.
-func parseFrame(b []byte) (op ws.OpCode, fin bool, payload []byte, size, need int) {
-	if len(b) < 2 {
-		return 0, false, nil, 0, 2
-	}
-	fin = b[0]&0x80 != 0
-	op = ws.OpCode(b[0] & 0x0f)
-	masked := b[1]&0x80 != 0
-	hl := 2
-	l := uint64(b[1] & 0x7f)
-	switch l {
-	case 126:
-		hl = 4
-		if len(b) < hl {
-			return 0, false, nil, 0, hl
-		}
-		l = uint64(binary.BigEndian.Uint16(b[2:]))
-	case 127:
-		hl = 10
-		if len(b) < hl {
-			return 0, false, nil, 0, hl
-		}
-		l = binary.BigEndian.Uint64(b[2:])
-	}
-	if masked {
-		hl += 4
-	}
-	if l > maxServerFrame {
-		return 0, false, nil, 0, maxServerFrame + 1
-	}
-	total := hl + int(l)
-	if len(b) < total {
-		return 0, false, nil, 0, total
-	}
-	payload = b[hl:total]
-	if masked { // servers must not mask (RFC 6455 5.1); tolerate it anyway
-		var m [4]byte
-		copy(m[:], b[hl-4:hl])
-		ws.Cipher(payload, m, 0)
-	}
-	return op, fin, payload, total, total
-}
-
-// control answers control frames and passes data frames to fn.
-func (d *device) control(op ws.OpCode, fin bool, payload []byte, fn func([]byte) error) (int, error) {
-	st := d.f.stats
-	switch op {
-	case ws.OpPing:
-		if err := d.write(ws.OpPong, payload); err != nil {
-			return closeLost, err
-		}
-		return 0, nil
-	case ws.OpPong:
-		return 0, nil
-	case ws.OpClose:
-		code := 1005 // no status received
-		reason := ""
-		if len(payload) >= 2 {
-			code = int(binary.BigEndian.Uint16(payload))
-			reason = string(payload[2:])
-		}
-		st.closed(code)
-		switch {
-		case code == wire.CloseInvalidData && d.expectReject:
-			d.expectReject = false
-		case code == wire.CloseGoingAway, code == 1000:
-		default:
-			st.fail("close " + strconv.Itoa(code))
-			d.f.log.Debug("server closed", "device", d.id, "code", code, "reason", reason)
-		}
-		// Echo the close (RFC 6455 5.5.1) and go.
-		_ = d.write(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
-		return code, fmt.Errorf("server closed with %d %s", code, reason)
-	case ws.OpBinary:
-		if !fin {
-			st.fail("fragmented frame")
-			return wire.CloseUnsupported, errors.New("fragmented server frame")
-		}
-		return 0, fn(payload)
-	default:
-		st.fail("unexpected opcode")
-		d.closeConn(wire.CloseProtocol, "unexpected opcode")
-		return wire.CloseProtocol, fmt.Errorf("unexpected opcode %d", op)
-	}
-}
-
 // handle processes a data frame on an established session.
-func (d *device) handle(p []byte) error {
+func (d *device) handle(typ string, p []byte) error {
 	st := d.f.stats
-	typ, err := wire.TypeOf(p)
-	if err != nil {
-		st.fail("undecodable server frame")
-		return nil
-	}
 	switch typ {
+	case "":
+		st.fail("undecodable server frame")
 	case wire.TypeAck:
 		var a wire.Ack
 		if _, err := a.UnmarshalMsg(p); err != nil {
@@ -751,7 +539,7 @@ func (d *device) handle(p []byte) error {
 		payload = msgp.AppendString(payload, c.Name)
 		r := wire.Result{Type: wire.TypeResult, ID: c.ID, OK: true, Payload: payload}
 		out, _ := r.MarshalMsg(nil)
-		if err := d.write(ws.OpBinary, out); err != nil {
+		if err := d.conn.WriteMessage(out); err != nil {
 			return err
 		}
 		st.commands.Add(1)
@@ -812,11 +600,11 @@ func (d *device) runHTTP(ctx context.Context) {
 			}
 			continue
 		}
-		if d.ring.len() > 0 {
+		if d.ring.Len() > 0 {
 			// One request at a time, in seq order (protocol 10).
-			e := d.ring.at(0)
+			e := d.ring.At(0)
 			d.markSent(e, now)
-			status, body, err := d.post(ctx, e.frame)
+			status, body, err := d.post(ctx, e.Frame)
 			if err == nil && status == http.StatusOK {
 				var a wire.Ack
 				if _, derr := a.UnmarshalMsg(body); derr != nil {
@@ -854,51 +642,42 @@ func (d *device) httpBackoff(ctx context.Context, status int) bool {
 	return d.sleep(ctx, time.Now().Add(wait))
 }
 
+// httpDevice is the client package's HTTP fallback for this device; it is
+// built per use so an idle device holds nothing for it.
+func (d *device) httpDevice() *meridian.HTTPDevice {
+	return &meridian.HTTPDevice{Client: d.f.client, BaseURL: d.f.baseURL, Token: d.token}
+}
+
 func (d *device) httpHello(ctx context.Context) (*wire.Hello, int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.f.baseURL+"/v1/device/hello", nil)
-	if err != nil {
+	h, status, err := d.httpDevice().Hello(ctx)
+	switch {
+	case err != nil && status == 0:
+		if ctx.Err() == nil {
+			d.f.stats.fail("http")
+		}
 		return nil, 0, err
-	}
-	req.Header.Set("Authorization", "Bearer "+d.token)
-	status, body, err := d.do(req)
-	if err != nil {
-		return nil, 0, err
-	}
-	if status != http.StatusOK {
-		d.f.stats.fail("hello " + strconv.Itoa(status))
-		return nil, status, fmt.Errorf("hello: status %d", status)
-	}
-	var h wire.Hello
-	if _, err := h.UnmarshalMsg(body); err != nil {
+	case err != nil && status == http.StatusOK:
 		d.f.stats.fail("decode hello")
 		return nil, status, err
+	case err != nil:
+		d.f.stats.fail("http read")
+		return nil, status, err
+	case status != http.StatusOK:
+		d.f.stats.fail("hello " + strconv.Itoa(status))
+		return nil, status, errors.New("hello: status " + strconv.Itoa(status))
 	}
-	return &h, status, nil
+	return h, status, nil
 }
 
 func (d *device) post(ctx context.Context, frame []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.f.baseURL+"/v1/device/batches", bytes.NewReader(frame))
+	status, body, err := d.httpDevice().Post(ctx, frame)
 	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+d.token)
-	req.Header.Set("Content-Type", "application/msgpack")
-	return d.do(req)
-}
-
-func (d *device) do(req *http.Request) (int, []byte, error) {
-	resp, err := d.f.client.Do(req)
-	if err != nil {
-		if req.Context().Err() == nil {
+		switch {
+		case status != 0:
+			d.f.stats.fail("http read")
+		case ctx.Err() == nil:
 			d.f.stats.fail("http")
 		}
-		return 0, nil, err
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxServerFrame))
-	if err != nil {
-		d.f.stats.fail("http read")
-		return 0, nil, err
-	}
-	return resp.StatusCode, body, nil
+	return status, body, err
 }

@@ -3,8 +3,10 @@
 // ingest contract holds (acked means stored, exactly once).
 //
 // A simulated device behaves like firmware written from docs/protocol.md
-// and nothing else: it imports only ingest/telemetry and ingest/wire of
-// Meridian. It connects with its Bearer token, reads hello, keeps a bounded
+// and nothing else: of Meridian it imports only ingest/telemetry,
+// ingest/wire and the public Go device client, clients/go/meridian, whose
+// Conn, Ring, RingFile, Backoff and HTTPDevice carry its protocol mechanics
+// (so there is one Go device implementation, not two). It connects with its Bearer token, reads hello, keeps a bounded
 // ring of unacked batches (in memory, or in a file per device under
 // Config.StateDir so a simulator restart resends them), drops entries at or
 // below hello.acked and resends the rest in seq order, reconnects with

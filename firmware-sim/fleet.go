@@ -10,10 +10,13 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	meridian "github.com/meridian-iot/meridian/clients/go/meridian"
 )
 
 // Fleet runs many simulated devices from one process.
@@ -122,8 +125,8 @@ func (f *Fleet) newDevice(i int, id, token string, profiles []Profile) (*device,
 	d := &device{
 		f: f, id: id, token: token, rng: rng,
 		batchSize: batch,
-		ring:      newRing(cfg.Ring),
-		bo:        Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax},
+		ring:      meridian.NewRing[batchMeta](cfg.Ring),
+		bo:        meridian.Backoff{Base: cfg.BackoffBase, Max: cfg.BackoffMax},
 		useHTTP:   rng.Float64() < cfg.HTTPShare,
 		invalid:   rng.Float64() < cfg.Chaos.InvalidShare,
 		malformed: rng.Float64() < cfg.Chaos.MalformedShare,
@@ -139,19 +142,19 @@ func (f *Fleet) newDevice(i int, id, token string, profiles []Profile) (*device,
 		d.led = f.ledger.Device(id)
 	}
 	if cfg.StateDir != "" {
-		rf, entries, err := openRingFile(cfg.StateDir, id, cfg.Ring)
+		rf, recs, err := meridian.OpenRingFile(filepath.Join(cfg.StateDir, id+".ring"), cfg.Ring)
 		if err != nil {
 			return nil, fmt.Errorf("device %s: %w", id, err)
 		}
 		d.file = rf
-		for _, e := range entries {
-			e.sends = 1 // sent by the previous run: resends, not new readings
-			d.ring.push(e)
+		for _, r := range recs {
+			// sent by the previous run: resends, not new readings
+			d.ring.Push(entry{Seq: r.Seq, Frame: r.Frame, Meta: batchMeta{sends: 1}})
 			f.stats.inRing.Add(1)
 		}
 		// The persisted ring carries the counter: continue after it.
-		if d.ring.len() > 0 {
-			d.nextSeq = d.ring.last() + 1
+		if d.ring.Len() > 0 {
+			d.nextSeq = d.ring.Last() + 1
 		}
 	}
 	return d, nil
@@ -300,16 +303,12 @@ func (d *device) run(ctx context.Context) {
 		d.runWS(ctx)
 	}
 	if d.conn != nil {
-		_ = d.conn.Close()
+		_ = d.conn.Abort()
 		d.conn = nil
 	}
-	d.f.unacked.Add(int64(d.ring.len()))
+	d.f.unacked.Add(int64(d.ring.Len()))
 	if d.file != nil {
-		entries := make([]entry, 0, d.ring.len())
-		for i := 0; i < d.ring.len(); i++ {
-			entries = append(entries, *d.ring.at(i))
-		}
-		if err := d.file.rewrite(entries); err != nil {
+		if err := d.file.Rewrite(meridian.Records(&d.ring)); err != nil {
 			d.f.log.Warn("persist ring", "device", d.id, "err", err)
 		}
 	}

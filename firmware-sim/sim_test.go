@@ -1,9 +1,7 @@
 package sim
 
 import (
-	"bytes"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,127 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
-
-func TestRing(t *testing.T) {
-	r := newRing(3)
-	for seq := uint64(1); seq <= 3; seq++ {
-		if !r.push(entry{seq: seq}) {
-			t.Fatalf("push %d refused", seq)
-		}
-	}
-	if r.push(entry{seq: 4}) || !r.full() {
-		t.Fatal("a full ring took a fourth entry")
-	}
-	var dropped []uint64
-	if n := r.dropThrough(2, func(e *entry) { dropped = append(dropped, e.seq) }); n != 2 {
-		t.Fatalf("dropThrough(2) removed %d", n)
-	}
-	if !reflect.DeepEqual(dropped, []uint64{1, 2}) || r.len() != 1 || r.at(0).seq != 3 {
-		t.Fatalf("after drop: %v, len %d", dropped, r.len())
-	}
-	// Wrap around.
-	r.push(entry{seq: 4})
-	r.push(entry{seq: 5})
-	if r.last() != 5 || r.at(0).seq != 3 || r.at(2).seq != 5 {
-		t.Fatalf("wrapped order wrong: first %d last %d", r.at(0).seq, r.last())
-	}
-	if n := r.dropThrough(1, nil); n != 0 {
-		t.Fatalf("dropping below the front removed %d", n)
-	}
-	r.clear(nil)
-	if r.len() != 0 || r.last() != 0 {
-		t.Fatal("clear left entries")
-	}
-}
-
-func TestRingFile(t *testing.T) {
-	dir := t.TempDir()
-	rf, entries, err := openRingFile(dir, "dev-1", 4)
-	if err != nil || len(entries) != 0 {
-		t.Fatalf("fresh file: %v, %d entries", err, len(entries))
-	}
-	live := newRing(4)
-	for seq := uint64(1); seq <= 12; seq++ {
-		e := entry{seq: seq, frame: []byte{byte(seq), 0xff}}
-		live.dropThrough(seq-4, nil) // keep the last 3 "unacked"
-		live.push(e)
-		if err := rf.append(&e, &live); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_, entries, err = openRingFile(dir, "dev-1", 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var seqs []uint64
-	for _, e := range entries {
-		seqs = append(seqs, e.seq)
-		if e.frame[0] != byte(e.seq) {
-			t.Fatalf("seq %d has frame %v", e.seq, e.frame)
-		}
-	}
-	// The newest limit entries survive; older acked ones were compacted
-	// away or are dropped by hello later.
-	if !reflect.DeepEqual(seqs, []uint64{9, 10, 11, 12}) {
-		t.Fatalf("restored seqs %v", seqs)
-	}
-	// A torn last record (crash mid-write) is ignored.
-	path := filepath.Join(dir, "dev-1.ring")
-	b, _ := os.ReadFile(path)
-	if err := os.WriteFile(path, b[:len(b)-1], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, entries, err = openRingFile(dir, "dev-1", 4); err != nil || len(entries) != 3 {
-		t.Fatalf("torn file: %v, %d entries", err, len(entries))
-	}
-}
-
-func TestNormalizeRestartedSeqs(t *testing.T) {
-	in := []entry{{seq: 5}, {seq: 6}, {seq: 2}, {seq: 3}}
-	got := normalize(in, 10)
-	if len(got) != 2 || got[0].seq != 2 {
-		t.Fatalf("a restarted seq range must supersede older records, got %v", got)
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	b := Backoff{Base: 100 * time.Millisecond, Max: time.Second}
-	ceilings := []time.Duration{100, 200, 400, 800, 1000, 1000}
-	for i, c := range ceilings {
-		c *= time.Millisecond
-		var top time.Duration
-		for range 200 {
-			save := b.attempt
-			d := b.Next(rng)
-			b.attempt = save
-			if d < 0 || d > c {
-				t.Fatalf("attempt %d: %s outside [0, %s]", i, d, c)
-			}
-			top = max(top, d)
-		}
-		if top < c/2 {
-			t.Errorf("attempt %d: full jitter should reach near %s, max seen %s", i, c, top)
-		}
-		b.Next(rng)
-	}
-	if b.Attempt() != len(ceilings) {
-		t.Fatalf("attempt count %d", b.Attempt())
-	}
-	b.Reset()
-	if d := b.Next(rng); d > 100*time.Millisecond {
-		t.Fatalf("after Reset: %s", d)
-	}
-	// A huge attempt count does not overflow into a negative ceiling.
-	b.attempt = 62
-	if d := b.Next(rng); d < 0 || d > time.Second {
-		t.Fatalf("overflow: %s", d)
-	}
-}
 
 func TestSignalsDeterministic(t *testing.T) {
 	profiles, err := ResolveProfiles(nil)
@@ -209,39 +88,6 @@ func TestSampleLimitAndCatchUp(t *testing.T) {
 	// An hour later the device does not replay 3600 missed samples.
 	if got := s.Sample(3_600_000, nil, 0); len(got) > 5 {
 		t.Fatalf("caught up with %d samples after a long pause", len(got))
-	}
-}
-
-func TestFrameRoundTrip(t *testing.T) {
-	for _, n := range []int{0, 5, 125, 126, 1000, 70_000} {
-		payload := bytes.Repeat([]byte{0xab}, n)
-		b := appendFrame(nil, ws.OpBinary, payload, 0x01020304)
-		// The server side of gobwas must read it as a masked frame.
-		f, err := ws.ReadFrame(bytes.NewReader(b))
-		if err != nil {
-			t.Fatalf("n=%d: %v", n, err)
-		}
-		if !f.Header.Masked || f.Header.OpCode != ws.OpBinary || !f.Header.Fin {
-			t.Fatalf("n=%d: header %+v", n, f.Header)
-		}
-		ws.Cipher(f.Payload, f.Header.Mask, 0)
-		if !bytes.Equal(f.Payload, payload) {
-			t.Fatalf("n=%d: payload differs", n)
-		}
-		// And our parser reads it back too (masked or not).
-		op, fin, p, size, _ := parseFrame(b)
-		if op != ws.OpBinary || !fin || size != len(b) || !bytes.Equal(p, payload) {
-			t.Fatalf("n=%d: parseFrame op %v fin %v size %d", n, op, fin, size)
-		}
-	}
-	// Incomplete input asks for more.
-	var buf bytes.Buffer
-	_ = ws.WriteFrame(&buf, ws.NewBinaryFrame(bytes.Repeat([]byte{1}, 300)))
-	whole := buf.Bytes()
-	for _, cut := range []int{0, 1, 3, 100, len(whole) - 1} {
-		if _, _, _, size, need := parseFrame(whole[:cut]); size != 0 || need <= cut {
-			t.Fatalf("cut %d: size %d need %d", cut, size, need)
-		}
 	}
 }
 
@@ -488,26 +334,4 @@ func TestQuantile(t *testing.T) {
 	if quantile(make([]int64, histBuckets), 0.5) != 0 {
 		t.Fatal("empty histogram")
 	}
-}
-
-// FuzzParseFrame: the device's frame parser never panics, never reports a
-// frame larger than its input, and asks for more bytes only beyond what it
-// has.
-func FuzzParseFrame(f *testing.F) {
-	for _, n := range []int{0, 3, 125, 126, 300, 70_000} {
-		var buf bytes.Buffer
-		_ = ws.WriteFrame(&buf, ws.NewBinaryFrame(bytes.Repeat([]byte{7}, n)))
-		f.Add(buf.Bytes())
-		f.Add(appendFrame(nil, ws.OpPing, []byte("hi"), 1))
-	}
-	f.Add([]byte{0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _, p, size, need := parseFrame(b)
-		if size > len(b) || len(p) > size {
-			t.Fatalf("size %d payload %d of %d bytes", size, len(p), len(b))
-		}
-		if size == 0 && need <= len(b) && need <= maxServerFrame {
-			t.Fatalf("incomplete frame asks for %d bytes, has %d", need, len(b))
-		}
-	})
 }

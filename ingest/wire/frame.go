@@ -8,6 +8,10 @@ import (
 	"github.com/tinylib/msgp/msgp"
 )
 
+// Subprotocol is protocol v1's WebSocket subprotocol (docs/protocol.md 1):
+// the one definition that the server and the Go client both use.
+const Subprotocol = "meridian.v1"
+
 // WebSocket close codes of protocol v1 (docs/protocol.md, "Close codes").
 const (
 	CloseGoingAway     = 1001 // server shutting down

@@ -1,4 +1,4 @@
-package sim
+package meridian
 
 import (
 	"math/rand/v2"
