@@ -80,7 +80,6 @@ func newPostgresServer(t testing.TB, mut func(*ingest.Config), opts ...func(*ing
 func serve(t testing.TB, st store, mut func(*ingest.Config), opts ...func(*ingest.Options)) *server {
 	t.Helper()
 	cfg := ingest.DefaultConfig()
-	cfg.FlushInterval = 10 * time.Millisecond
 	cfg.Heartbeat = 2 * time.Second
 	cfg.ShutdownGrace = 5 * time.Second
 	if mut != nil {
@@ -141,7 +140,6 @@ func exampleServer() (url string, stop func()) {
 		panic(err)
 	}
 	cfg := ingest.DefaultConfig()
-	cfg.FlushInterval = 10 * time.Millisecond
 	srv, err := ingest.New(cfg, st, tokenAuth{}, ingest.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		panic(err)
