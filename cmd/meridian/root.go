@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/meridian-iot/meridian/cmd/internal/conf"
+
 	"fmt"
 	"io"
 
@@ -53,9 +55,4 @@ variables and flags, in that order of precedence; see docs/config.md.`,
 }
 
 // noArgs is cobra.NoArgs as a usage error (exit 2).
-func noArgs(c *cobra.Command, args []string) error {
-	if len(args) > 0 {
-		return usageError{Err: fmt.Errorf("%s takes no arguments, got %q", c.CommandPath(), args)}
-	}
-	return nil
-}
+var noArgs = conf.NoArgs

@@ -6,7 +6,8 @@
 //
 // What the keys are — their names, the fields they set, their docs — is the
 // caller's table (cmd/meridian/settings.go); this package knows nothing of
-// Meridian's settings. Only commands use it: packages receive plain Config
+// Meridian's settings. It also holds the command-line error types every
+// command shares (UsageError, NoArgs). Only commands use it: packages receive plain Config
 // structs and never read the environment.
 package conf
 
@@ -18,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 )
@@ -47,6 +49,14 @@ type UsageError struct{ Err error }
 
 func (e UsageError) Error() string { return e.Err.Error() }
 func (e UsageError) Unwrap() error { return e.Err }
+
+// NoArgs is cobra.NoArgs as a UsageError (exit 2).
+func NoArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return UsageError{Err: fmt.Errorf("%s takes no arguments, got %q", c.CommandPath(), args)}
+	}
+	return nil
+}
 
 // Loader loads entries from the environment under EnvPrefix, a file and flags.
 type Loader struct {
