@@ -210,6 +210,7 @@ typedef struct {
 	uint8_t http_close;           /* HTTP: server asked to close after this answer */
 	uint32_t retry_after_ms;      /* from a 503 */
 	size_t rx_len;
+	size_t http_used;             /* HTTP: bytes of rx holding the last answer's body */
 	uint8_t rx[MER_RX_BYTES];
 	uint8_t tx[MER_TX_BYTES];
 } mer_client_t;

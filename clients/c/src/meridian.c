@@ -960,8 +960,11 @@ static int http_do(mer_client_t *c, const char *method, const char *path, const 
 		if (c->cfg.transport.connect(c->cfg.transport.ctx, c->cfg.host, c->cfg.port, c->cfg.tls, c->cfg.io_timeout_ms))
 			return MER_EIO;
 		c->state = ST_WS; /* "transport open"; never sees WebSocket frames */
+		c->rx_len = 0;
+	} else {
+		consume(c, c->http_used); /* the previous answer's body */
 	}
-	c->rx_len = 0;
+	c->http_used = 0;
 	b.p = (char *)c->tx;
 	b.len = 0;
 	b.cap = sizeof c->tx;
@@ -997,6 +1000,7 @@ static int http_do(mer_client_t *c, const char *method, const char *path, const 
 	}
 	*out = c->rx;
 	*out_len = clen;
+	c->http_used = clen;
 	return status;
 }
 
@@ -1006,6 +1010,7 @@ static void http_close(mer_client_t *c)
 		c->cfg.transport.close(c->cfg.transport.ctx);
 	c->state = ST_DOWN;
 	c->rx_len = 0;
+	c->http_used = 0;
 }
 
 static int http_fail(mer_client_t *c, int status, const uint8_t *body, size_t len)
