@@ -157,8 +157,16 @@ int mer_decode(const uint8_t *buf, size_t len, mer_msg_t *m)
 	else
 		return 0; /* a type we do not know: ignore it (docs/protocol.md 3) */
 #undef IS
-	m->u.command.payload = &nil;
-	m->u.command.payload_len = 1;
+	/* Defaults for absent fields (u is a union: only for this type). */
+	if (m->type == MER_MSG_COMMAND) {
+		m->u.command.payload = &nil;
+		m->u.command.payload_len = 1;
+		m->u.command.id.p = m->u.command.name.p = "";
+	} else if (m->type == MER_MSG_ERROR) {
+		m->u.error.code.p = m->u.error.message.p = "";
+	} else if (m->type == MER_MSG_HELLO) {
+		m->u.hello.device.p = m->u.hello.session.p = "";
+	}
 
 	/* Pass 2: the fields of that type. */
 	r.p = buf;

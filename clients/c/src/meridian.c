@@ -783,7 +783,8 @@ static int on_message(mer_client_t *c, const uint8_t *p, size_t n)
 	}
 	case MER_MSG_ERROR: /* the close frame follows; keep the code for it */
 		c->err_code_len = (uint8_t)(m.u.error.code.n < sizeof c->err_code ? m.u.error.code.n : sizeof c->err_code - 1);
-		memcpy(c->err_code, m.u.error.code.p, c->err_code_len);
+		if (c->err_code_len) /* a frame without "code" leaves p NULL (found by the fuzzer) */
+			memcpy(c->err_code, m.u.error.code.p, c->err_code_len);
 		break;
 	default:
 		break; /* unknown types are ignored (§3) */

@@ -43,6 +43,15 @@ static void test_doc_messages(void)
 	CHECK(str_is(m.u.error.code, "seq_not_increasing"));
 	CHECK(str_is(m.u.error.message, "seq 7 is not greater than the previous seq 9 on this connection"));
 
+	/* Absent fields are zero or empty (m.u is a union: no default of one
+	 * type may leak into another). */
+	CHECK(mer_decode((const uint8_t *)"\x81\xa4type\xa5hello", 12, &m) == 0 && m.type == MER_MSG_HELLO &&
+	      m.u.hello.acked == 0 && m.u.hello.device.n == 0 && m.u.hello.max_batch == 0);
+	CHECK(mer_decode((const uint8_t *)"\x81\xa4type\xa3" "ack", 10, &m) == 0 && m.type == MER_MSG_ACK &&
+	      m.u.ack.seq == 0 && m.u.ack.nerrors == 0 && m.u.ack.duplicate == 0);
+	CHECK(mer_decode((const uint8_t *)"\x81\xa4type\xa5" "error", 12, &m) == 0 && m.type == MER_MSG_ERROR &&
+	      m.u.error.code.n == 0 && m.u.error.code.p != NULL);
+
 	/* Types the server does not send to devices decode as unknown (ignored). */
 	CHECK(mer_decode(doc_result, sizeof doc_result, &m) == 0 && m.type == MER_MSG_UNKNOWN);
 	CHECK(mer_decode(doc_batch, sizeof doc_batch, &m) == 0 && m.type == MER_MSG_UNKNOWN);
