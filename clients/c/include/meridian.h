@@ -149,8 +149,10 @@ typedef struct {
 	void (*on_ack)(void *user, const mer_ack_t *a);
 	/* Return nothing; fill res (ok defaults to 0, payload to nil). */
 	void (*on_command)(void *user, const mer_command_t *cmd, mer_result_t *res);
-	/* The server's error frame (code, message) or our own reason for
-	 * closing, and the close code; wait_ms is how long we back off. */
+	/* A connection ended. close_code is the WebSocket close code (1006:
+	 * lost or never opened), or the HTTP status of a refused handshake or
+	 * fallback request. code/message: the server's error frame, or our own
+	 * reason. wait_ms: how long we back off before the next attempt. */
 	void (*on_closed)(void *user, int close_code, mer_str_t code, mer_str_t message, uint32_t wait_ms);
 	void *user;
 } mer_handlers_t;
