@@ -187,6 +187,7 @@ typedef struct {
 	uint16_t len, n;              /* encoded bytes, readings */
 	uint8_t sent;                 /* sent on the current connection */
 	uint8_t fails;                /* refusals seen while it was the suspect */
+	uint8_t dead;                 /* re-split into newer batches (§7.3): never sent */
 	uint8_t bytes[MER_SLOT_BYTES];
 } mer_slot_t;
 

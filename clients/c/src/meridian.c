@@ -246,6 +246,7 @@ static int seal(mer_client_t *c)
 	s->seq = 0;
 	s->sent = 0;
 	s->fails = 0;
+	s->dead = 0;
 	c->count++;
 	rc = save_slot(c, (c->tail + c->count - 1) % MER_RING_SLOTS);
 	if (!rc)
@@ -295,41 +296,45 @@ static void drop_tail(mer_client_t *c, int how, const mer_ack_t *ack)
 static void drop_upto(mer_client_t *c, uint64_t upto, const mer_ack_t *ack)
 {
 	int dropped = 0;
-	while (c->count > 0 && slot_at(c, 0)->seq != 0 && slot_at(c, 0)->seq <= upto) {
+	while (c->count > 0 && (slot_at(c, 0)->dead || (slot_at(c, 0)->seq != 0 && slot_at(c, 0)->seq <= upto))) {
 		mer_slot_t *s = slot_at(c, 0);
-		drop_tail(c, ack && s->seq == ack->seq ? MER_ACKED : MER_ACKED_LATER, ack && s->seq == ack->seq ? ack : NULL);
+		if (s->dead) { /* its readings live on in newer batches */
+			c->tail = (c->tail + 1) % MER_RING_SLOTS;
+			c->count--;
+		} else {
+			drop_tail(c, ack && s->seq == ack->seq ? MER_ACKED : MER_ACKED_LATER,
+				  ack && s->seq == ack->seq ? ack : NULL);
+		}
 		dropped = 1;
 	}
 	if (dropped)
 		(void)save_meta(c);
 }
 
-static int valid_metric(const char *m, size_t *len)
+static int valid_metric(const char *m, size_t len)
 {
 	size_t n;
-	for (n = 0; m[n]; n++) {
+	if (len == 0 || len > 128)
+		return 0;
+	for (n = 0; n < len; n++) {
 		char ch = m[n];
-		if (n >= 128)
-			return 0;
 		if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
 		      ch == '_' || ch == '.' || ch == ':' || ch == '/' || ch == '-'))
 			return 0;
 	}
-	*len = n;
-	return n > 0;
+	return 1;
 }
 
 enum { V_FLOAT, V_INT, V_BOOL };
 
-static int add(mer_client_t *c, int64_t t, const char *metric, int kind, double f, int64_t i)
+static int add(mer_client_t *c, int64_t t, const char *metric, size_t mlen, int kind, double f, int64_t i)
 {
 	uint8_t tmp[1 + 9 + 2 + 128 + 9];
 	mp_w w;
 	mer_slot_t *s;
-	size_t mlen;
 	int rc;
 
-	if (!metric || !valid_metric(metric, &mlen))
+	if (!metric || !valid_metric(metric, mlen))
 		return MER_EINVAL;
 	if (kind == V_FLOAT && (f != f || f - f != 0)) /* NaN or infinity (§5.3) */
 		return MER_EINVAL;
@@ -381,9 +386,41 @@ static int add(mer_client_t *c, int64_t t, const char *metric, int kind, double 
 	return 0;
 }
 
-int mer_add_float(mer_client_t *c, int64_t t, const char *m, double v) { return add(c, t, m, V_FLOAT, v, 0); }
-int mer_add_int(mer_client_t *c, int64_t t, const char *m, int64_t v) { return add(c, t, m, V_INT, 0, v); }
-int mer_add_bool(mer_client_t *c, int64_t t, const char *m, int v) { return add(c, t, m, V_BOOL, 0, v != 0); }
+static size_t slen(const char *s) { return s ? strlen(s) : 0; }
+int mer_add_float(mer_client_t *c, int64_t t, const char *m, double v) { return add(c, t, m, slen(m), V_FLOAT, v, 0); }
+int mer_add_int(mer_client_t *c, int64_t t, const char *m, int64_t v) { return add(c, t, m, slen(m), V_INT, 0, v); }
+int mer_add_bool(mer_client_t *c, int64_t t, const char *m, int v) { return add(c, t, m, slen(m), V_BOOL, 0, v != 0); }
+
+/* §7.3: a batch sealed under older, larger limits no longer fits the
+ * latest hello. Its readings are re-added as new batches (at the end of
+ * the ring, so seqs stay in ring order) and it is marked dead: never sent,
+ * dropped silently when it reaches the tail. Only when the ring has room
+ * for all of them, so no reading is ever in two live batches. */
+static void resplit(mer_client_t *c)
+{
+	uint32_t i, limit = batch_limit(c), frame = c->max_frame < MER_SLOT_BYTES ? c->max_frame : MER_SLOT_BYTES;
+	for (i = 0; i < c->count; i++) {
+		mer_slot_t *s = slot_at(c, i);
+		uint32_t per, need;
+		size_t pos = 0;
+		mer_reading_t r;
+		if (s->dead || (s->n <= limit && s->len <= frame) || frame < HEADER_LEN + 149)
+			continue;
+		per = (frame - HEADER_LEN) / 149; /* readings that surely fit one batch */
+		if (per > limit)
+			per = limit;
+		need = (s->n + per - 1) / per + 1;
+		if (MER_RING_SLOTS - c->count < need + 1)
+			continue; /* no room now: it is refused and counted as usual */
+		(void)seal(c); /* keep the open batch's readings apart from these */
+		while (mer_batch_next(s->bytes, s->len, &pos, &r) == 1)
+			(void)add(c, r.t_ms, r.metric.p, r.metric.n, r.kind == 0 ? V_FLOAT : r.kind == 1 ? V_INT : V_BOOL, r.f, r.i);
+		(void)seal(c);
+		s->dead = 1;
+		s->sent = 0;
+		(void)save_slot(c, (uint32_t)(s - c->ring));
+	}
+}
 int mer_flush(mer_client_t *c) { return seal(c); }
 
 uint32_t mer_pending(const mer_client_t *c) { return c->count; }
@@ -432,6 +469,8 @@ static void apply_hello(mer_client_t *c, const mer_hello_t *h)
 		c->next_seq = h->acked + 1;
 		(void)save_meta(c);
 	}
+	resplit(c);                                   /* §7.3 */
+	drop_upto(c, 0, NULL);                        /* a dead batch at the tail */
 	if (c->cfg.on.on_hello)
 		c->cfg.on.on_hello(c->cfg.on.user, h);
 }
@@ -872,7 +911,7 @@ static int ws_pump(mer_client_t *c)
 	for (i = 0; i < c->count && inflight < window; i++) {
 		mer_slot_t *s = slot_at(c, i);
 		int rc;
-		if (s->sent)
+		if (s->sent || s->dead)
 			continue;
 		if ((rc = number(c, s)) != 0)
 			return rc;
@@ -1047,6 +1086,10 @@ int mer_http_sync(mer_client_t *c)
 	c->got_hello = 0; /* no session over HTTP */
 	while (c->count > 0) {
 		mer_slot_t *s = slot_at(c, 0);
+		if (s->dead) {
+			drop_upto(c, 0, NULL);
+			continue;
+		}
 		if (c->http_close)
 			http_close(c);
 		if ((rc = number(c, s)) != 0) {

@@ -78,7 +78,10 @@ static void fk_frame(uint8_t op, const uint8_t *p, size_t n)
 	fk_queue(p, n);
 }
 
-static void fk_hello(uint64_t acked)
+static void fk_hello_limits(uint64_t acked, int64_t max_batch, int64_t max_frame);
+static void fk_hello(uint64_t acked) { fk_hello_limits(acked, 1000, 65536); }
+
+static void fk_hello_limits(uint64_t acked, int64_t max_batch, int64_t max_frame)
 {
 	uint8_t b[256];
 	mp_w w;
@@ -89,8 +92,8 @@ static void fk_hello(uint64_t acked)
 	mp_cstr(&w, "session"); mp_cstr(&w, "0123456789abcdef");
 	mp_cstr(&w, "acked"); mp_uint(&w, acked);
 	mp_cstr(&w, "time"); mp_i64(&w, 1767225600000);
-	mp_cstr(&w, "max_batch"); mp_int(&w, 1000);
-	mp_cstr(&w, "max_frame"); mp_int(&w, 65536);
+	mp_cstr(&w, "max_batch"); mp_int(&w, max_batch);
+	mp_cstr(&w, "max_frame"); mp_int(&w, max_frame);
 	mp_cstr(&w, "heartbeat"); mp_int(&w, 20);
 	fk_frame(0x2, b, w.len);
 }

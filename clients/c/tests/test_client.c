@@ -365,6 +365,42 @@ static void test_batch_encoding(void)
 	CHECK(mer_server_time_ms(&cl) >= 1767225600000LL);
 }
 
+static uint32_t frame_readings(const frame_t *f)
+{
+	size_t pos = 0;
+	mer_reading_t r;
+	uint32_t n = 0;
+	while (mer_batch_next(f->p, f->len, &pos, &r) == 1)
+		n++;
+	return n;
+}
+
+/* §7.3: limits shrank while batches sat in the ring: they are re-split
+ * into batches that fit, under fresh seqs, and nothing is sent twice. */
+static void test_resplit(void)
+{
+	int i, total = 0;
+	fk_reset();
+	start(0, 0);
+	add_batch(5);
+	fk_hello_limits(7, 2, 65536);
+	for (i = 0; i < 5 && !mer_connected(&cl); i++)
+		(void)mer_poll(&cl, 10);
+	(void)mer_poll(&cl, 10);
+	CHECK(fk.nframes == 3);
+	for (i = 0; i < fk.nframes; i++) {
+		CHECK(frame_seq(&fk.frames[i]) == (uint64_t)(8 + i));
+		CHECK(frame_readings(&fk.frames[i]) <= 2);
+		total += (int)frame_readings(&fk.frames[i]);
+	}
+	CHECK(total == 5);
+	fk_ack(8, 0);
+	fk_ack(9, 0);
+	fk_ack(10, 0);
+	(void)mer_poll(&cl, 10);
+	CHECK(mer_pending(&cl) == 0 && seen.acks == 3);
+}
+
 /* Two silent heartbeats: the connection is dead even if TCP says nothing. */
 static void test_liveness(void)
 {
@@ -437,6 +473,7 @@ int main(void)
 	test_batch_encoding();
 	test_liveness();
 	test_http_fallback();
+	test_resplit();
 	if (failures) {
 		fprintf(stderr, "test_client: %d failures\n", failures);
 		return 1;
