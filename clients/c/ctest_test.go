@@ -64,7 +64,7 @@ func runMake(t *testing.T, args ...string) string {
 // unit tests, plain and with AddressSanitizer + UBSan.
 func TestCUnit(t *testing.T) {
 	needTools(t)
-	out := runMake(t, "OUT="+t.TempDir(), "check")
+	out := runMake(t, "-j2", "OUT="+t.TempDir(), "check")
 	for _, want := range []string{"test_mp: ok", "test_client: ok"} {
 		if strings.Count(out, want) != 2 {
 			t.Errorf("make check output lacks two %q:\n%s", want, out)

@@ -1079,6 +1079,8 @@ int mer_http_sync(mer_client_t *c)
 		return MER_EWAIT;
 	if ((rc = seal(c)) != 0)
 		return rc;
+	if (c->count == 0)
+		return 0; /* nothing to send: no radio time spent */
 	status = http_do(c, "GET", "/v1/device/hello", NULL, 0, &body, &len);
 	if (status != 200 || mer_decode(body, len, &m) || m.type != MER_MSG_HELLO)
 		return http_fail(c, status == 200 ? MER_EPROTO : status, body, len);
