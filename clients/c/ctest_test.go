@@ -73,7 +73,8 @@ func TestCUnit(t *testing.T) {
 }
 
 // TestStreamCutAndRestart: the example streams 4000 readings over the
-// WebSocket through a proxy; the proxy cuts every connection, later the
+// WebSocket through a proxy and answers a command sent through the admin
+// API; the proxy cuts every connection, later the
 // server is killed with SIGKILL and restarted on the same data. The example
 // must finish with nothing pending, and the store must hold every reading
 // exactly once.
@@ -93,6 +94,7 @@ func TestStreamCutAndRestart(t *testing.T) {
 		"--count", strconv.Itoa(count), "--rate", "400", "--backoff", "100", "--drain", "90")
 
 	ex.waitAcked(t, 600)
+	sendCommand(t, srv, "c-ws")
 	if n := proxy.cut(); n == 0 {
 		t.Fatal("no connection to cut")
 	}
@@ -103,6 +105,9 @@ func TestStreamCutAndRestart(t *testing.T) {
 	out := ex.out.String()
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("done produced=%d pending=0", count)) {
 		t.Fatalf("example exit %d\nstdout tail:\n%s\nstderr:\n%s\nserver:\n%s", code, tail(out, 30), ex.errOut.String(), srv.logTail())
+	}
+	if !strings.Contains(out, "command id=c-17 name=reboot") {
+		t.Error("the example did not log the command")
 	}
 	if strings.Count(out, "closed code=1006") < 2 {
 		t.Errorf("expected the cut and the kill to show as lost connections (1006):\n%s", grepLines(out, "closed "))
@@ -407,6 +412,29 @@ func addDevice(t *testing.T, s *server, id string) string {
 			t.Fatalf("add device %s: %v", id, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sendCommand goes through the admin API to the connected example, which
+// answers ok with a nil payload.
+func sendCommand(t *testing.T, s *server, device string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+s.listen+"/v1/admin/devices/"+device+"/commands",
+		strings.NewReader(`{"id":"c-17","name":"reboot","payload":{"delay_s":5}}`))
+	req.Header.Set("Authorization", "Bearer "+s.key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var res struct {
+		ID string `json:"id"`
+		OK bool   `json:"ok"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &res) != nil || res.ID != "c-17" || !res.OK {
+		t.Errorf("command: status %d, body %s", resp.StatusCode, body)
 	}
 }
 
