@@ -66,7 +66,8 @@ enum {
 	MER_EIO = -4,       /* transport failed (connection lost or refused) */
 	MER_EPROTO = -5,    /* the server broke the protocol, or we were closed */
 	MER_EAUTH = -6,     /* 401: the token is wrong (retry rarely) */
-	MER_ESTORE = -7     /* persistence callback failed */
+	MER_ESTORE = -7,    /* persistence callback failed */
+	MER_ESTOPPED = -8   /* stop_on_policy: stopped after 1008/401/403 until mer_resume() */
 };
 
 /* t for a reading without a time: the server stamps its receive time. Use
@@ -178,6 +179,10 @@ typedef struct {
 	uint32_t backoff_base_ms;     /* [1000] */
 	uint32_t backoff_cap_ms;      /* [60000] */
 	uint32_t io_timeout_ms;       /* connect, handshake, HTTP answer [10000] */
+	/* 0: after 1008, 401 or 403 wait minutes, then retry (docs/protocol.md
+	 * 9). 1: stop instead; mer_poll/mer_http_sync return MER_ESTOPPED until
+	 * the application calls mer_resume() (e.g. after re-provisioning). */
+	int stop_on_policy;
 } mer_config_t;
 
 /* ---- state (treat as opaque; public only so it can be static) ----------- */
@@ -200,6 +205,7 @@ typedef struct {
 
 	int state;                    /* internal */
 	int careful;                  /* send one batch at a time to find a bad one */
+	int stopped;                  /* stop_on_policy tripped */
 	uint32_t careful_acks;
 	uint32_t attempt;             /* backoff exponent */
 	uint32_t wait_from, wait_ms;  /* backing off since, for how long */
@@ -242,6 +248,9 @@ int mer_poll(mer_client_t *c, uint32_t timeout_ms);
 /* HTTP fallback (wake, send, sleep): GET /v1/device/hello, then POST every
  * sealed batch in seq order, one at a time. MER_OK when the ring is empty. */
 int mer_http_sync(mer_client_t *c);
+
+/* Leave the MER_ESTOPPED state (stop_on_policy) and retry at once. */
+void mer_resume(mer_client_t *c);
 
 /* Close the WebSocket with 1000 (acks not yet received stay in the ring). */
 void mer_disconnect(mer_client_t *c);

@@ -63,6 +63,14 @@ static void wait_for(mer_client_t *c, uint32_t ms)
 	c->wait_ms = ms;
 }
 
+/* 1008 and 401/403 mean the operator or the token said no: with
+ * stop_on_policy the client stays down until mer_resume(). */
+static void maybe_stop(mer_client_t *c, int code)
+{
+	if (c->cfg.stop_on_policy && (code == 1008 || code == 401 || code == 403))
+		c->stopped = 1;
+}
+
 static mer_str_t mstr(const char *s)
 {
 	mer_str_t r;
@@ -509,6 +517,8 @@ int64_t mer_server_time_ms(const mer_client_t *c)
 uint32_t mer_retry_in_ms(const mer_client_t *c)
 {
 	uint32_t el;
+	if (c->stopped)
+		return 0xffffffffu;
 	if (c->state != ST_DOWN)
 		return 0;
 	el = c->cfg.now_ms(c->cfg.sys_ctx) - c->wait_from;
@@ -516,6 +526,12 @@ uint32_t mer_retry_in_ms(const mer_client_t *c)
 }
 
 int mer_connected(const mer_client_t *c) { return c->state == ST_WS && c->got_hello; }
+
+void mer_resume(mer_client_t *c)
+{
+	c->stopped = 0;
+	c->wait_ms = 0;
+}
 
 /* ---- HTTP heads (handshake answer and fallback answers) ------------------ */
 
@@ -650,6 +666,7 @@ static void go_down(mer_client_t *c, int close_code, int by_server, mer_str_t co
 	else if (close_code == 1013)
 		wait += WAIT_LATER_MS;
 	wait_for(c, wait);
+	maybe_stop(c, close_code);
 	c->got_hello = 0;
 	if (c->cfg.on.on_closed)
 		c->cfg.on.on_closed(c->cfg.on.user, close_code, code, msg, wait);
@@ -751,6 +768,7 @@ static int ws_open(mer_client_t *c)
 		c->cfg.transport.close(c->cfg.transport.ctx);
 		c->state = ST_DOWN;
 		wait_for(c, wait_for_status(c, status));
+		maybe_stop(c, status);
 		if (c->cfg.on.on_closed)
 			c->cfg.on.on_closed(c->cfg.on.user, status, mstr("http"), mstr(""), c->wait_ms);
 		c->rx_len = 0;
@@ -933,6 +951,8 @@ int mer_poll(mer_client_t *c, uint32_t timeout_ms)
 	if (open && open->n > 0 && now(c) - c->open_since >= c->cfg.batch_age_ms)
 		if ((rc = seal(c)) != 0)
 			return rc;
+	if (c->stopped)
+		return MER_ESTOPPED;
 	if (c->state == ST_DOWN) {
 		if (mer_retry_in_ms(c) > 0)
 			return MER_EWAIT;
@@ -1059,6 +1079,7 @@ static int http_fail(mer_client_t *c, int status, const uint8_t *body, size_t le
 	mer_str_t code = mstr(status < 0 ? "io" : "http");
 	http_close(c);
 	wait_for(c, status < 0 ? backoff(c) : wait_for_status(c, status));
+	maybe_stop(c, status);
 	if (status > 0 && body && mer_decode(body, len, &m) == 0 && m.type == MER_MSG_ERROR)
 		code = m.u.error.code;
 	if (c->cfg.on.on_closed)
@@ -1075,6 +1096,8 @@ int mer_http_sync(mer_client_t *c)
 
 	if (c->state != ST_DOWN)
 		return MER_EINVAL; /* the WebSocket is up: use it */
+	if (c->stopped)
+		return MER_ESTOPPED;
 	if (mer_retry_in_ms(c) > 0)
 		return MER_EWAIT;
 	if ((rc = seal(c)) != 0)

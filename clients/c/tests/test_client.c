@@ -192,6 +192,19 @@ static void test_close_waits(void)
 		CHECK(mer_poll(&cl, 10) == MER_EWAIT);
 	}
 
+	/* stop_on_policy: 1008 stops until mer_resume */
+	fk_reset();
+	start(0, 0);
+	cl.cfg.stop_on_policy = 1;
+	connect_with_hello(0);
+	fk_close(1008, "policy");
+	(void)mer_poll(&cl, 10);
+	fk.clock += 3600u * 1000u;
+	CHECK(mer_poll(&cl, 10) == MER_ESTOPPED && fk.connects == 1);
+	mer_resume(&cl);
+	connect_with_hello(0);
+	CHECK(fk.connects == 2);
+
 	/* handshake refusals */
 	fk_reset();
 	start(0, 0);
