@@ -222,6 +222,11 @@ static void restore(mer_client_t *c)
 			break;
 		s->sent = 0;
 		s->fails = 0;
+		/* number() saves the slot before the meta record: after a crash
+		 * between the two, the counter must still move past this seq, or
+		 * the next batch would reuse it (and be acked as a duplicate). */
+		if (s->seq >= c->next_seq)
+			c->next_seq = s->seq + 1;
 		c->count++;
 	}
 	if (c->count < MER_RING_SLOTS)
