@@ -426,12 +426,14 @@ static void resplit(mer_client_t *c)
 		if (MER_RING_SLOTS - c->count < need + 1)
 			continue; /* no room now: it is refused and counted as usual */
 		(void)seal(c); /* keep the open batch's readings apart from these */
-		while (mer_batch_next(s->bytes, s->len, &pos, &r) == 1)
-			(void)add(c, r.t_ms, r.metric.p, r.metric.n, r.kind == 0 ? V_FLOAT : r.kind == 1 ? V_INT : V_BOOL, r.f, r.i);
-		(void)seal(c);
+		/* Dead first: a crash in between may lose these unacked readings
+		 * but can never store them twice. */
 		s->dead = 1;
 		s->sent = 0;
 		(void)save_slot(c, (uint32_t)(s - c->ring));
+		while (mer_batch_next(s->bytes, s->len, &pos, &r) == 1)
+			(void)add(c, r.t_ms, r.metric.p, r.metric.n, r.kind == 0 ? V_FLOAT : r.kind == 1 ? V_INT : V_BOOL, r.f, r.i);
+		(void)seal(c);
 	}
 }
 int mer_flush(mer_client_t *c) { return seal(c); }
