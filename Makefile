@@ -90,6 +90,8 @@ fuzz:
 		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
 	done
+	@echo "fuzz clients/c decoder for $(FUZZTIME)"
+	@$(MAKE) --no-print-directory -C clients/c fuzz FUZZTIME=$(patsubst %s,%,$(FUZZTIME))
 
 bench:
 	@mkdir -p $(dir $(BENCH_OUT))
