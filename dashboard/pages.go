@@ -147,9 +147,21 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // ---- login / logout ----
 
 // safeNext keeps a post-login redirect on this site: a local absolute path,
-// never "//host" or a scheme.
+// never "//host", "/\\host" or a scheme. Browsers drop tabs and newlines
+// from URLs and treat a backslash as a slash, so "/\t/evil.example" would
+// become "//evil.example" (off-site) after the check: any control
+// character, space or backslash makes the target "/".
 func safeNext(s string) string {
-	if !strings.HasPrefix(s, "/") || strings.HasPrefix(s, "//") || strings.HasPrefix(s, "/\\") || strings.ContainsAny(s, "\r\n") {
+	if !strings.HasPrefix(s, "/") || strings.HasPrefix(s, "//") {
+		return "/"
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f || c == '\\' {
+			return "/"
+		}
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil {
 		return "/"
 	}
 	return s
@@ -187,8 +199,14 @@ func (d *Dashboard) serveLogin(w http.ResponseWriter, r *http.Request) {
 		d.render(w, http.StatusServiceUnavailable, "login", view{Title: "Log in", Page: "login", Next: next, Error: "Credentials cannot be checked right now; try again shortly."})
 		return
 	}
+	tok, err := d.sessions.create(key, k)
+	if err != nil {
+		d.m.logins.WithLabelValues("error").Inc()
+		d.log.Warn("dashboard login refused: session table full", "key", k.ID, "sessions", maxSessions)
+		d.render(w, http.StatusServiceUnavailable, "login", view{Title: "Log in", Page: "login", Next: next, Error: "Too many open dashboard sessions on this server; log out elsewhere or try again later."})
+		return
+	}
 	d.m.logins.WithLabelValues("ok").Inc()
-	tok := d.sessions.create(key, k)
 	d.log.Info("dashboard login", "key", k.ID, "role", k.Role, "remote", r.RemoteAddr)
 	d.setSessionCookie(w, r, tok, 0)
 	http.Redirect(w, r, next, http.StatusSeeOther)
