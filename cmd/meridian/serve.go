@@ -164,6 +164,20 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 			Series:     st.Series,
 			Logger:     log.With("component", "dashboard"),
 			Registerer: promReg,
+			Gatherer:   promReg,
+			Build:      dashboard.BuildInfo{Version: version, Commit: buildCommit(), Node: cfg.Ingest.Node},
+			Storage: func(ctx context.Context) (dashboard.StorageInfo, error) {
+				si := dashboard.StorageInfo{Backend: st.kind, Mode: modeOrPending(st.Mode())}
+				sz, ok := st.backend.(interface {
+					DatabaseSize(context.Context) (int64, error)
+				})
+				if !ok {
+					return si, nil
+				}
+				var err error
+				si.SizeBytes, err = sz.DatabaseSize(ctx)
+				return si, err
+			},
 			Stats: func() map[string]any {
 				stats := map[string]any{"storage": map[string]any{"backend": st.kind, "mode": modeOrPending(st.Mode())}}
 				if br != nil {

@@ -1,0 +1,44 @@
+// Shared uPlot setup: uPlot's own tick spacing and time formatting, the
+// unit once as the y axis label (not on every tick), the dashboard's time
+// zone choice on the x axis, colours from the CSS theme.
+import uPlot from 'uplot';
+import { useUTC } from './util.js';
+
+export function cssVar(name, fallback) {
+  const v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  return v || fallback;
+}
+
+const utcDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC');
+
+// plotOpts: series is [{label, stroke?}], band adds a min/max band from the
+// last two series.
+export function plotOpts({ width, height, unit, series, band, fmtTick }) {
+  const fg = cssVar('--muted', '#667');
+  const grid = cssVar('--grid', 'rgba(128,128,128,.15)');
+  const accent = cssVar('--accent', '#2563eb');
+  const axis = { stroke: fg, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+  const o = {
+    width, height,
+    legend: { show: false },
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true } },
+    series: [{}, ...series.map((s, i) => ({
+      label: s.label,
+      stroke: s.stroke || (i === 0 ? accent : 'transparent'),
+      width: 1.5,
+      points: { show: false },
+      spanGaps: !!s.spanGaps,
+    }))],
+    axes: [
+      { ...axis, space: 70 },
+      { ...axis, space: 28, size: 56, label: unit || undefined, labelSize: unit ? 18 : 0, labelGap: 0,
+        ...(fmtTick ? { values: (u, vs) => vs.map(fmtTick) } : {}) },
+    ],
+  };
+  if (band) o.bands = [{ series: [series.length, series.length - 1], fill: cssVar('--band', 'rgba(37,99,235,.18)') }];
+  if (useUTC()) o.tzDate = utcDate;
+  return o;
+}
+
+export { uPlot };
