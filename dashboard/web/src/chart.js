@@ -9,6 +9,20 @@ export function cssVar(name, fallback) {
   return v || fallback;
 }
 
+// uPlot's own time-axis table (tick increment → template), in 24-hour
+// time and ISO dates, matching the rest of the dashboard. The second to
+// eighth fields are the label used where a tick crosses into a new year,
+// month, day, hour, minute or second.
+const TIME_TICKS = [
+  [3600 * 24 * 365, '{YYYY}', null, null, null, null, null, null, 1],
+  [3600 * 24 * 28, '{MMM}', '\n{YYYY}', null, null, null, null, null, 1],
+  [3600 * 24, '{MMM} {D}', '\n{YYYY}', null, null, null, null, null, 1],
+  [3600, '{HH}:{mm}', '\n{YYYY}-{MM}-{DD}', null, '\n{MMM} {D}', null, null, null, 1],
+  [60, '{HH}:{mm}', '\n{YYYY}-{MM}-{DD}', null, '\n{MMM} {D}', null, null, null, 1],
+  [1, '{HH}:{mm}:{ss}', '\n{YYYY}-{MM}-{DD}', null, '\n{MMM} {D}', null, null, null, 1],
+  [0.001, ':{ss}.{fff}', '\n{YYYY}-{MM}-{DD}', null, '\n{MMM} {D}', null, '\n{HH}:{mm}', null, 1],
+];
+
 const utcDate = (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC');
 
 // plotOpts: series is [{label, stroke?}], band adds a min/max band from the
@@ -31,7 +45,7 @@ export function plotOpts({ width, height, unit, series, band, fmtTick }) {
       spanGaps: !!s.spanGaps,
     }))],
     axes: [
-      { ...axis, space: 70 },
+      { ...axis, space: 70, values: TIME_TICKS },
       { ...axis, space: 28, size: 56, label: unit || undefined, labelSize: unit ? 18 : 0, labelGap: 0,
         ...(fmtTick ? { values: (u, vs) => vs.map(fmtTick) } : {}) },
     ],
