@@ -467,4 +467,3 @@ func (d *Dashboard) apiSeries(w http.ResponseWriter, r *http.Request, _ Principa
 	}
 	writeJSON(w, http.StatusOK, s)
 }
-
