@@ -86,6 +86,11 @@ func (h *history) take(now time.Time) {
 	for i := range s.v {
 		s.v[i] = math.NaN()
 	}
+	// Labelled counters have no series until their first increment: no
+	// drops yet is 0 drops, not "unknown".
+	for _, i := range []int{8, 10, 11} {
+		s.v[i] = 0
+	}
 	byName := make(map[string]*dto.MetricFamily, len(fams))
 	for _, f := range fams {
 		byName[f.GetName()] = f

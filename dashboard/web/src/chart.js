@@ -41,7 +41,9 @@ export function plotOpts({ width, height, unit, series, band, fmtTick }) {
       label: s.label,
       stroke: s.stroke || (i === 0 ? accent : 'transparent'),
       width: 1.5,
-      points: { show: false },
+      // uPlot's default shows points only where data is sparse (a single
+      // reading would otherwise draw nothing); band edges never.
+      ...(s.stroke === 'transparent' || i > 0 ? { points: { show: false } } : {}),
       spanGaps: !!s.spanGaps,
     }))],
     axes: [

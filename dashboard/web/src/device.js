@@ -315,7 +315,7 @@ export function devicePage(data) {
     return list.map((s) => {
       const started = Date.parse(s.started_at);
       const ended = s.ended_at ? Date.parse(s.ended_at) : 0;
-      return `<tr><td class="num">${timeHTML(started)}</td><td class="num">${s.open ? '<span class="badge on">open</span>' : timeHTML(ended)}</td>` +
+      return `<tr><td class="tnum">${timeHTML(started)}</td><td class="tnum">${s.open ? '<span class="badge on">open</span>' : timeHTML(ended)}</td>` +
         `<td>${esc(s.node)}</td><td>${esc(s.transport)}</td><td>${esc(s.remote_addr)}</td>` +
         `<td class="num">${s.readings}</td><td>${esc(s.close_text || '')}</td></tr>`;
     }).join('');

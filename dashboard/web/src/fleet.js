@@ -65,7 +65,7 @@ export function fleetPage() {
       const seen = d.last_seen
         ? `<time data-ms="${d.last_seen}" title="${esc(fullTime(d.last_seen))}">${esc(ago(d.last_seen, now))}</time>`
         : '<span class="muted">never</span>';
-      const never = d.state === 'never';
+      const never = !d.last_seen;
       return `<tr data-device="${esc(d.id)}" data-state="${esc(d.state)}">
         <td class="c-state"><span class="state s-${esc(d.state)}">${esc(STATE_TEXT[d.state] || d.state)}</span></td>
         <td class="c-id"><a href="/ui/devices/${encodeURIComponent(d.id)}">${esc(d.id)}</a>${d.name && d.name !== d.id ? ` <span class="muted">${esc(d.name)}</span>` : ''}<div class="small">${labels}</div></td>
