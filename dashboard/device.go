@@ -55,6 +55,22 @@ func closeReason(stored string) (int, string) {
 	return code, words
 }
 
+// sameSession: the hub's count belongs to this record only if the online
+// event it started from was this session's (ingest records the session and
+// then reports it online, within moments). A session held by another node
+// sends no presence here, and its record keeps its stored count.
+func sameSession(s storage.Session, live LiveStats) bool {
+	if live.SessionSince == 0 {
+		return false
+	}
+	d := s.StartedAt.UnixMilli() - live.SessionSince
+	return d > -sessionMatchWindow && d < sessionMatchWindow
+}
+
+// sessionMatchWindow bounds the gap between a session's recorded start and
+// its online event.
+const sessionMatchWindow = 10_000 // ms
+
 // sessionViews decorates the newest-first session records; the newest open
 // one gets the hub's running count when it is ahead of the record (a
 // session's count is stored only at close).
@@ -63,7 +79,7 @@ func sessionViews(sess []storage.Session, live LiveStats) []sessionView {
 	for i, s := range sess {
 		v := sessionView{Session: s, Open: s.EndedAt == nil}
 		if v.Open {
-			if i == 0 && live.Online && live.SessionReadings > v.Readings {
+			if i == 0 && live.Online && sameSession(s, live) && live.SessionReadings > v.Readings {
 				v.Readings = live.SessionReadings
 			}
 		} else {

@@ -120,8 +120,9 @@ func (f *fleet) presence(p telemetry.Presence) {
 	if d == nil {
 		return
 	}
-	if p.Online && !d.online {
-		// A new session: its running count starts here.
+	if p.Online {
+		// Every online event is a new session (a takeover sends no offline
+		// for the old one): its running count starts here.
 		d.sessReadings, d.sessSince = 0, p.At
 	}
 	d.presenceKnown, d.online = true, p.Online

@@ -49,7 +49,8 @@ func TestSessionViewsRunningCount(t *testing.T) {
 		{ID: "s2", StartedAt: time.Now()}, // open: its stored count is 0 until close
 		{ID: "s1", EndedAt: &ended, CloseReason: "1000 ", Readings: 10},
 	}
-	v := sessionViews(sess, LiveStats{Online: true, SessionReadings: 42})
+	since := sess[0].StartedAt.UnixMilli()
+	v := sessionViews(sess, LiveStats{Online: true, SessionReadings: 42, SessionSince: since})
 	if !v[0].Open || v[0].Readings != 42 {
 		t.Errorf("open session: %+v, want open with the live count 42", v[0])
 	}
@@ -57,8 +58,15 @@ func TestSessionViewsRunningCount(t *testing.T) {
 		t.Errorf("closed session: %+v", v[1])
 	}
 	// Offline: the hub's count belongs to no open session.
-	if v := sessionViews(sess, LiveStats{SessionReadings: 42}); v[0].Readings != 0 {
+	if v := sessionViews(sess, LiveStats{SessionReadings: 42, SessionSince: since}); v[0].Readings != 0 {
 		t.Errorf("offline device: open session readings %d, want the stored 0", v[0].Readings)
+	}
+	// Online, but the count started with another session (held by another
+	// node, or no presence seen here).
+	for _, other := range []int64{0, since - 60_000} {
+		if v := sessionViews(sess, LiveStats{Online: true, SessionReadings: 42, SessionSince: other}); v[0].Readings != 0 {
+			t.Errorf("count since %d applied to a session started at %d", other, since)
+		}
 	}
 }
 
@@ -274,5 +282,30 @@ func TestHistoryIntervalValidate(t *testing.T) {
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("dashboard.history_interval: must be between 100ms and 1m, got %s", d)) {
 			t.Errorf("HistoryInterval %s: %v", d, err)
 		}
+	}
+}
+
+// TestFleetSessionCount: the running count restarts with every session,
+// including a takeover (a new online event without an offline one).
+func TestFleetSessionCount(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	f := newFleet(func() time.Time { return now })
+	batch := func(seq uint64, n int) telemetry.Batch {
+		return telemetry.Batch{Device: "d", Seq: seq, Readings: make([]telemetry.Reading, n)}
+	}
+	f.presence(telemetry.Presence{Device: "d", Online: true, At: 1000})
+	f.observe(batch(1, 3), now)
+	f.observe(batch(2, 4), now)
+	if s, _ := f.stats("d"); s.SessionReadings != 7 || s.SessionSince != 1000 || s.Acked != 2 {
+		t.Fatalf("first session: %+v", s)
+	}
+	f.presence(telemetry.Presence{Device: "d", Online: true, At: 2000}) // takeover
+	f.observe(batch(3, 5), now)
+	if s, _ := f.stats("d"); s.SessionReadings != 5 || s.SessionSince != 2000 || s.Acked != 3 {
+		t.Fatalf("after takeover: %+v", s)
+	}
+	f.observe(batch(2, 1), now) // a late batch never lowers acked
+	if s, _ := f.stats("d"); s.Acked != 3 {
+		t.Fatalf("acked went back to %d", s.Acked)
 	}
 }
