@@ -178,13 +178,6 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 				si.SizeBytes, err = sz.DatabaseSize(ctx)
 				return si, err
 			},
-			Stats: func() map[string]any {
-				stats := map[string]any{"storage": map[string]any{"backend": st.kind, "mode": modeOrPending(st.Mode())}}
-				if br != nil {
-					stats["mqtt"] = map[string]any{"connected": br.Connected()}
-				}
-				return stats
-			},
 		}
 		if br != nil {
 			deps.Commands = br
