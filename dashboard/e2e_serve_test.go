@@ -223,7 +223,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 	browserStart := time.Now()
 	// ---- device page: every field live ----
 	err = chromedp.Do(bctx,
-		chromedp.Navigate(base+"/ui/devices/sim-0"),
+		chromedp.Navigate(base+"/ui/devices/sim-2"),
 		chromedp.WaitVisible(chromedp.CSS(`#key`)),
 		chromedp.SendKeys(chromedp.CSS(`#key`), key),
 		chromedp.Submit(chromedp.CSS(`#key`)),
@@ -305,7 +305,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 	// ---- screenshots: every page, desktop and phone, light and dark ----
 	pages := []struct{ name, path, ready string }{
 		{"fleet", "/", `document.querySelectorAll('#rows tr[data-device]').length === 5`},
-		{"device", "/ui/devices/sim-0", `[...document.querySelectorAll('#charts .chart')].every((c) => Number(c.dataset.points) > 0) && document.querySelector('#sessions .badge.on') !== null`},
+		{"device", "/ui/devices/sim-2", `[...document.querySelectorAll('#charts .chart')].every((c) => Number(c.dataset.points) > 0) && document.querySelector('#sessions .badge.on') !== null`},
 		{"system", "/ui/system", `Number(document.querySelector('[data-chart="readings_per_s"]')?.dataset.points) >= 2`},
 	}
 	for _, scheme := range []string{"light", "dark"} {
@@ -359,7 +359,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 			Readings int64 `json:"readings"`
 		} `json:"sessions"`
 	}
-	req, _ := http.NewRequest(http.MethodGet, base+"/ui/api/devices/sim-0", nil)
+	req, _ := http.NewRequest(http.MethodGet, base+"/ui/api/devices/sim-2", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
