@@ -309,3 +309,36 @@ func TestFleetSessionCount(t *testing.T) {
 		t.Fatalf("acked went back to %d", s.Acked)
 	}
 }
+
+// downRegistry is a registry whose storage is unreachable.
+type downRegistry struct{}
+
+func (downRegistry) ListDevices(context.Context, map[string]string) ([]storage.Device, error) {
+	return nil, errors.New("dial tcp 127.0.0.1:5432: connection refused")
+}
+
+func (downRegistry) Device(context.Context, string) (storage.Device, []storage.Session, error) {
+	return storage.Device{}, nil, errors.New("dial tcp 127.0.0.1:5432: connection refused")
+}
+
+// TestStorageDownSaysWhatHappens: with the registry unreachable the pages
+// and their JSON say so and what the server does, instead of an empty list.
+func TestStorageDownSaysWhatHappens(t *testing.T) {
+	e := newTestEnv(t, func(_ *Config, d *Deps) { d.Registry = downRegistry{} })
+	cookie, _ := e.login(t, viewerKey)
+	cases := map[string]struct {
+		path string
+		want string
+	}{
+		"fleet list":  {"/ui/api/devices", "the server keeps retrying"},
+		"device JSON": {"/ui/api/devices/boiler-7", "the server keeps retrying"},
+		"device page": {"/ui/devices/boiler-7", "The server keeps retrying"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if body := e.get(t, tc.path, cookie, http.StatusServiceUnavailable); !strings.Contains(body, tc.want) {
+				t.Errorf("%s: %s, want it to say %q", tc.path, body, tc.want)
+			}
+		})
+	}
+}
