@@ -36,7 +36,12 @@ export function plotOpts({ width, height, unit, series, band, fmtTick }) {
     width, height,
     legend: { show: false },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true } },
+    scales: {
+      x: { time: true },
+      // A flat or single-valued series gets a narrow band around its value
+      // (uPlot's default spans from 0, squashing 90.7 % into a line).
+      y: { range: (u, min, max) => (min === null || max === null ? [0, 1] : min === max ? [min - Math.max(1, Math.abs(min) * 0.05), max + Math.max(1, Math.abs(max) * 0.05)] : uPlot.rangeNum(min, max, 0.1, true)) },
+    },
     series: [{}, ...series.map((s, i) => ({
       label: s.label,
       stroke: s.stroke || (i === 0 ? accent : 'transparent'),
