@@ -15,7 +15,8 @@ TEST_P       ?= 2
 TEST_TIMEOUT ?= 15m
 
 # Fuzz targets `make test` runs briefly, as package:FuzzName.
-FUZZ_TARGETS ?= ./ingest/wire:FuzzDecode ./bridge:FuzzCommand ./dashboard:FuzzParseClientMsg ./dashboard:FuzzJSONToMsgpack
+FUZZ_TARGETS ?= ./ingest/wire:FuzzDecode ./bridge:FuzzCommand ./dashboard:FuzzParseClientMsg ./dashboard:FuzzJSONToMsgpack \
+                ./dashboard:FuzzSafeNext ./dashboard:FuzzListQuery ./clients/go/meridian:FuzzParseFrame ./clients/go/meridian:FuzzClientRead
 FUZZTIME     ?= 15s
 
 # Benchmarks: every package with a Benchmark function; compare runs with

@@ -24,9 +24,15 @@ const (
 
 const (
 	sessionCookie = "meridian_session"
-	// maxSessions bounds the in-memory session table; a login beyond it
-	// evicts the session closest to expiry.
+	// maxSessions bounds the in-memory session table. A login that would
+	// pass it is refused (503), never paid for with someone else's session.
 	maxSessions = 10_000
+	// maxSessionsPerKey bounds one API key's sessions: a key's login beyond
+	// it evicts that key's own session closest to expiry, so a flood of
+	// logins with one (viewer) key can log out only that key. 64 covers one
+	// operator's browsers and devices many times over; at 10,000 total it
+	// takes 157 distinct keys to fill the table.
+	maxSessionsPerKey = 64
 	// recheckEvery: a session re-checks its API key this often, so revoking
 	// a key ends the sessions opened with it within this delay.
 	recheckEvery = time.Minute
@@ -84,23 +90,40 @@ func randomToken(n int) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// errTooManySessions: the session table is full of other keys' sessions.
+var errTooManySessions = errors.New("too many dashboard sessions")
+
 // create opens a session for the authenticated key and returns the cookie
-// value.
-func (s *sessions) create(key string, k storage.APIKey) string {
+// value. A key at maxSessionsPerKey loses its own oldest session; a full
+// table refuses the login rather than evict another key's session.
+func (s *sessions) create(key string, k storage.APIKey) (string, error) {
 	tok := randomToken(32)
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var (
+		own    int
+		oldest [32]byte
+		at     time.Time
+	)
+	for h, ss := range s.m {
+		if ss.keyID != k.ID {
+			continue
+		}
+		own++
+		if at.IsZero() || ss.expires.Before(at) {
+			oldest, at = h, ss.expires
+		}
+	}
+	if own >= maxSessionsPerKey {
+		delete(s.m, oldest)
+	}
 	if len(s.m) >= maxSessions {
 		s.sweepLocked(now)
 	}
 	if len(s.m) >= maxSessions {
-		var oldest [32]byte
-		var at time.Time
-		for h, ss := range s.m {
-			if at.IsZero() || ss.expires.Before(at) {
-				oldest, at = h, ss.expires
-			}
+		if own == 0 {
+			return "", errTooManySessions
 		}
 		delete(s.m, oldest)
 	}
@@ -108,7 +131,7 @@ func (s *sessions) create(key string, k storage.APIKey) string {
 		key: key, keyID: k.ID, name: k.Name, role: k.Role,
 		csrf: randomToken(24), expires: now.Add(s.ttl), checked: now,
 	}
-	return tok
+	return tok, nil
 }
 
 func (s *sessions) delete(tok string) {

@@ -54,6 +54,16 @@ type Deps struct {
 	// page (every 2 s per open system page), so it must be cheap; values
 	// must encode as JSON.
 	Stats func() map[string]any
+	// Build names this server on the system page (version, commit, node).
+	Build BuildInfo
+	// Storage is optional: the backend, its mode and the database size for
+	// the system page; asked at most every 30 s. An error is shown as
+	// "storage unreachable".
+	Storage func(ctx context.Context) (StorageInfo, error)
+	// Gatherer is optional: the server's own Prometheus registry, sampled
+	// every Config.HistoryInterval into the system page's 15-minute charts.
+	// Without it the charts stay empty.
+	Gatherer prometheus.Gatherer
 	// Logger and Registerer are optional (nil discards / does not register).
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -75,6 +85,10 @@ type Dashboard struct {
 	m        *metrics
 	pages    *pages
 	devCache deviceCache
+	hist     *history
+	started  time.Time
+
+	storageCache storageCache
 }
 
 // New checks cfg and deps and builds the dashboard.
@@ -117,6 +131,8 @@ func New(cfg Config, deps Deps) (*Dashboard, error) {
 		origins:  make(map[string]bool),
 		m:        m,
 		pages:    p,
+		hist:     newHistory(deps.Gatherer, cfg.HistoryInterval),
+		started:  deps.Now(),
 	}
 	for _, o := range cfg.AllowedOrigins {
 		n, _ := parseOrigin(o) // Validate checked it
@@ -137,6 +153,11 @@ func (d *Dashboard) Presence(p telemetry.Presence) { d.hub.Presence(p) }
 // clients are then disconnected with 1001.
 func (d *Dashboard) Run(ctx context.Context) error {
 	done := make(chan struct{})
+	histDone := make(chan struct{})
+	go func() {
+		defer close(histDone)
+		d.hist.run(ctx, d.now)
+	}()
 	go func() {
 		defer close(done)
 		t := time.NewTicker(time.Minute)
@@ -152,6 +173,7 @@ func (d *Dashboard) Run(ctx context.Context) error {
 	}()
 	err := d.hub.Run(ctx)
 	<-done
+	<-histDone
 	return err
 }
 

@@ -17,6 +17,8 @@
 // client's bounded queue. Each live connection has one read loop (the
 // handler's goroutine) and one write loop, the only writer to its socket.
 // Fleet statistics are written by the hub goroutine and read by HTTP
-// handlers under a RWMutex; sessions live in a mutex-guarded map. A
-// *Dashboard is safe for concurrent use.
+// handlers under a RWMutex; sessions live in a mutex-guarded map. Run also
+// starts the metrics sampler, the only writer of the system page's history
+// ring (read by handlers under its mutex). A *Dashboard is safe for
+// concurrent use.
 package dashboard

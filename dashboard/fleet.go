@@ -38,6 +38,14 @@ type LiveStats struct {
 	LastSeen int64             `json:"last_seen,omitempty"` // Unix ms of the last committed batch
 	Rate     float64           `json:"rate"`                // readings/s, EWMA
 	Latest   map[string]Latest `json:"latest"`
+	// Acked is the highest seq committed since this server started (0:
+	// none); the registry's acked_seq is read only when a page loads.
+	Acked uint64 `json:"acked,omitempty"`
+	// SessionReadings counts readings committed since the device's current
+	// session came online (reported through Presence): the running count
+	// of an open session, whose stored record is written only at close.
+	SessionReadings int64 `json:"session_readings"`
+	SessionSince    int64 `json:"session_since,omitempty"` // Unix ms the session came online
 }
 
 type deviceStats struct {
@@ -47,6 +55,9 @@ type deviceStats struct {
 	pending       int64 // readings since the last tick
 	rate          float64
 	latest        map[string]Latest
+	acked         uint64
+	sessReadings  int64
+	sessSince     int64
 }
 
 // fleet holds per-device live stats in memory, bounded by device count.
@@ -89,6 +100,8 @@ func (f *fleet) observe(b telemetry.Batch, now time.Time) {
 	}
 	d.lastSeen = now.UnixMilli()
 	d.pending += int64(len(b.Readings))
+	d.sessReadings += int64(len(b.Readings))
+	d.acked = max(d.acked, b.Seq)
 	for _, r := range b.Readings {
 		l, ok := d.latest[r.Metric]
 		if !ok && len(d.latest) >= maxLatestMetrics {
@@ -106,6 +119,11 @@ func (f *fleet) presence(p telemetry.Presence) {
 	d := f.get(p.Device)
 	if d == nil {
 		return
+	}
+	if p.Online {
+		// Every online event is a new session (a takeover sends no offline
+		// for the old one): its running count starts here.
+		d.sessReadings, d.sessSince = 0, p.At
 	}
 	d.presenceKnown, d.online = true, p.Online
 	if p.Online && p.At > d.lastSeen {
@@ -145,11 +163,39 @@ func (f *fleet) stats(id string) (LiveStats, bool) {
 	if d == nil {
 		return LiveStats{Latest: map[string]Latest{}}, false
 	}
-	online := d.online
-	if !d.presenceKnown {
-		online = d.lastSeen > 0 && f.now().Sub(time.UnixMilli(d.lastSeen)) < onlineWindow
+	return LiveStats{
+		Online: d.isOnline(f.now()), LastSeen: d.lastSeen, Rate: round2(d.rate), Latest: maps.Clone(d.latest),
+		Acked: d.acked, SessionReadings: d.sessReadings, SessionSince: d.sessSince,
+	}, true
+}
+
+// isOnline: presence when reported, else a recent batch.
+func (d *deviceStats) isOnline(now time.Time) bool {
+	if d.presenceKnown {
+		return d.online
 	}
-	return LiveStats{Online: online, LastSeen: d.lastSeen, Rate: round2(d.rate), Latest: maps.Clone(d.latest)}, true
+	return d.lastSeen > 0 && now.Sub(time.UnixMilli(d.lastSeen)) < onlineWindow
+}
+
+// brief is the part of a device's stats the fleet list sorts and filters
+// on, without copying the latest values.
+type brief struct {
+	online   bool
+	lastSeen int64
+	rate     float64
+}
+
+// briefs returns the sort/filter fields of every tracked device under one
+// read lock, so a fleet page costs one lock for 10,000 devices.
+func (f *fleet) briefs() map[string]brief {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	now := f.now()
+	out := make(map[string]brief, len(f.devices))
+	for id, d := range f.devices {
+		out[id] = brief{online: d.isOnline(now), lastSeen: d.lastSeen, rate: round2(d.rate)}
+	}
+	return out
 }
 
 func (f *fleet) latest(id string) map[string]Latest {
@@ -167,7 +213,7 @@ func (f *fleet) totals() (rate float64, tracked, online int) {
 	defer f.mu.RUnlock()
 	now := f.now()
 	for _, d := range f.devices {
-		if d.online || (!d.presenceKnown && d.lastSeen > 0 && now.Sub(time.UnixMilli(d.lastSeen)) < onlineWindow) {
+		if d.isOnline(now) {
 			online++
 		}
 	}

@@ -3,6 +3,9 @@ package dashboard
 import (
 	"bytes"
 	"encoding/json"
+	"net/url"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tinylib/msgp/msgp"
@@ -56,6 +59,55 @@ func FuzzJSONToMsgpack(f *testing.F) {
 		}
 		if !json.Valid(buf.Bytes()) {
 			t.Fatalf("%q → %q is not JSON", b, buf.Bytes())
+		}
+	})
+}
+
+// FuzzSafeNext: whatever the login form or query carries as next, the
+// redirect target is a path on this site that no browser can read as
+// another host.
+func FuzzSafeNext(f *testing.F) {
+	for _, s := range []string{"/", "/ui/devices/x?a=1", "/\t/evil.example/x", "//evil", "/\\evil", "https://evil", "/%09/evil", "\x00", "/ok\r\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := safeNext(s)
+		if got != "/" && got != s {
+			t.Fatalf("safeNext(%q) = %q: neither the input nor /", s, got)
+		}
+		// What a browser does before resolving: drop tabs and newlines,
+		// read backslashes as slashes.
+		b := strings.NewReplacer("\t", "", "\n", "", "\r", "", "\\", "/").Replace(got)
+		if !strings.HasPrefix(b, "/") || strings.HasPrefix(b, "//") {
+			t.Fatalf("safeNext(%q) = %q, which a browser reads as %q (off-site)", s, got, b)
+		}
+		u, err := url.Parse(got)
+		if err != nil || u.Host != "" || u.Scheme != "" {
+			t.Fatalf("safeNext(%q) = %q parses to host %q scheme %q (%v)", s, got, u.Host, u.Scheme, err)
+		}
+	})
+}
+
+// FuzzListQuery: any fleet list query parses or is refused; a parsed one
+// is within bounds.
+func FuzzListQuery(f *testing.F) {
+	for _, s := range []string{"", "offset=0&limit=50&sort=state&dir=desc&state=online", "label=site%3Dnorth&label=a%3Db&q=x", "limit=0", "sort=%00", "state=never&offset=99999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		lq, err := parseListQuery(q)
+		if err != nil {
+			return
+		}
+		if lq.limit < 1 || lq.limit > maxPageSize || lq.offset < 0 || !slices.Contains(sortKeys, lq.sort) {
+			t.Fatalf("%q parsed to %+v", raw, lq)
+		}
+		if _, ok := stateOrder[lq.state]; lq.state != "" && !ok {
+			t.Fatalf("%q: state %q", raw, lq.state)
 		}
 	})
 }

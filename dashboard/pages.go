@@ -29,19 +29,34 @@ type pages struct {
 
 func loadPages() (*pages, error) {
 	funcs := template.FuncMap{
-		"fmtTime": func(t any) string {
-			switch v := t.(type) {
+		// timeTag renders a <time> the front end rewrites into the
+		// dashboard's one format (local time with its zone, or UTC; full
+		// date on hover). Without the bundle the UTC text stands.
+		"timeTag": func(t any) template.HTML {
+			var v time.Time
+			switch x := t.(type) {
 			case time.Time:
-				return v.UTC().Format("2006-01-02 15:04:05Z")
+				v = x
 			case *time.Time:
-				if v == nil {
+				if x == nil {
 					return ""
 				}
-				return v.UTC().Format("2006-01-02 15:04:05Z")
+				v = *x
+			case int64:
+				if x == 0 {
+					return `<span class="muted">never</span>`
+				}
+				v = time.UnixMilli(x)
 			}
-			return ""
+			if v.IsZero() {
+				return ""
+			}
+			u := v.UTC()
+			return template.HTML(fmt.Sprintf(`<time datetime="%s" data-ms="%d" title="%s">%s</time>`,
+				u.Format(time.RFC3339Nano), u.UnixMilli(), u.Format("Mon 2006-01-02 15:04:05 UTC"), u.Format("2006-01-02 15:04:05 UTC")))
 		},
 	}
+	funcs["stateText"] = stateText
 	p := &pages{bundle: loadBundle(), tmpl: make(map[string]*template.Template)}
 	for _, name := range []string{"login", "fleet", "device", "system", "error"} {
 		t, err := template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
@@ -68,15 +83,15 @@ type view struct {
 
 	// device page
 	Device     storage.Device
-	Sessions   []storage.Session
+	Detail     deviceDetail
 	Live       LiveStats
-	LastSeen   string
 	Metrics    []metricRow
 	CanCommand bool
 }
 
 type metricRow struct {
-	Name, Value, Unit, Time string
+	Name, Value, Unit string
+	Time              time.Time
 }
 
 func (d *Dashboard) render(w http.ResponseWriter, status int, name string, v view) {
@@ -147,9 +162,21 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // ---- login / logout ----
 
 // safeNext keeps a post-login redirect on this site: a local absolute path,
-// never "//host" or a scheme.
+// never "//host", "/\\host" or a scheme. Browsers drop tabs and newlines
+// from URLs and treat a backslash as a slash, so "/\t/evil.example" would
+// become "//evil.example" (off-site) after the check: any control
+// character, space or backslash makes the target "/".
 func safeNext(s string) string {
-	if !strings.HasPrefix(s, "/") || strings.HasPrefix(s, "//") || strings.HasPrefix(s, "/\\") || strings.ContainsAny(s, "\r\n") {
+	if !strings.HasPrefix(s, "/") || strings.HasPrefix(s, "//") {
+		return "/"
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f || c == '\\' {
+			return "/"
+		}
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil {
 		return "/"
 	}
 	return s
@@ -187,8 +214,14 @@ func (d *Dashboard) serveLogin(w http.ResponseWriter, r *http.Request) {
 		d.render(w, http.StatusServiceUnavailable, "login", view{Title: "Log in", Page: "login", Next: next, Error: "Credentials cannot be checked right now; try again shortly."})
 		return
 	}
+	tok, err := d.sessions.create(key, k)
+	if err != nil {
+		d.m.logins.WithLabelValues("error").Inc()
+		d.log.Warn("dashboard login refused: session table full", "key", k.ID, "sessions", maxSessions)
+		d.render(w, http.StatusServiceUnavailable, "login", view{Title: "Log in", Page: "login", Next: next, Error: "Too many open dashboard sessions on this server; log out elsewhere or try again later."})
+		return
+	}
 	d.m.logins.WithLabelValues("ok").Inc()
-	tok := d.sessions.create(key, k)
 	d.log.Info("dashboard login", "key", k.ID, "role", k.Role, "remote", r.RemoteAddr)
 	d.setSessionCookie(w, r, tok, 0)
 	http.Redirect(w, r, next, http.StatusSeeOther)
@@ -227,17 +260,17 @@ func (d *Dashboard) serveDevice(w http.ResponseWriter, r *http.Request, p Princi
 	id := r.PathValue("id")
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	dev, sess, err := d.deps.Registry.Device(ctx, id)
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && dev.ID == "") {
-		d.render(w, http.StatusNotFound, "error", view{Title: "No such device", Page: "error", User: p, Error: fmt.Sprintf("There is no device %q.", id)})
+	dd, err := d.deviceDetail(ctx, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		d.render(w, http.StatusNotFound, "error", view{Title: "No such device", Page: "error", User: p, Error: fmt.Sprintf("There is no device %q. Devices are added with `meridian device add ID` or POST /v1/admin/devices.", id)})
 		return
 	}
 	if err != nil {
 		d.log.Error("dashboard: device page", "device", id, "err", err)
-		d.render(w, http.StatusServiceUnavailable, "error", view{Title: "Unavailable", Page: "error", User: p, Error: "The device registry cannot be read right now."})
+		d.render(w, http.StatusServiceUnavailable, "error", view{Title: "Unavailable", Page: "error", User: p, Error: "The device registry cannot be read right now (storage unreachable). The server keeps retrying; this page works again once storage answers."})
 		return
 	}
-	live, _ := d.hub.fleet.stats(id)
+	live := dd.Live
 	names := make([]string, 0, len(live.Latest))
 	for m := range live.Latest {
 		names = append(names, m)
@@ -246,25 +279,21 @@ func (d *Dashboard) serveDevice(w http.ResponseWriter, r *http.Request, p Princi
 	rows := make([]metricRow, 0, len(names))
 	for _, m := range names {
 		l := live.Latest[m]
-		rows = append(rows, metricRow{Name: m, Value: formatValue(l.V), Unit: unitOf(m), Time: time.UnixMilli(l.T).UTC().Format("15:04:05")})
-	}
-	lastSeen := "never"
-	if live.LastSeen > 0 {
-		lastSeen = time.UnixMilli(live.LastSeen).UTC().Format("2006-01-02 15:04:05Z")
-	} else if dev.LastSeen != nil {
-		lastSeen = dev.LastSeen.UTC().Format("2006-01-02 15:04:05Z")
+		rows = append(rows, metricRow{Name: m, Value: formatValue(l.V), Unit: unitOf(m), Time: time.UnixMilli(l.T)})
 	}
 	canCommand := p.Admin() && d.deps.Commands != nil
 	d.render(w, http.StatusOK, "device", view{
-		Title: dev.Name, Page: "device", User: p,
-		Device: dev, Sessions: sess, Live: live, LastSeen: lastSeen, Metrics: rows, CanCommand: canCommand,
+		Title: dd.Device.Name, Page: "device", User: p,
+		Device: dd.Device, Detail: dd, Live: live, Metrics: rows, CanCommand: canCommand,
 		Data: map[string]any{
-			"device":   dev.ID,
-			"metrics":  names,
-			"latest":   live.Latest,
-			"csrf":     p.CSRF,
-			"commands": canCommand,
-			"max_rate": d.cfg.MaxUpdatesPerSecond,
+			"device":    dd.Device.ID,
+			"metrics":   names,
+			"latest":    live.Latest,
+			"last_seen": live.LastSeen,
+			"created":   dd.Device.CreatedAt.UnixMilli(),
+			"csrf":      p.CSRF,
+			"commands":  canCommand,
+			"max_rate":  d.cfg.MaxUpdatesPerSecond,
 		},
 	})
 }
@@ -320,125 +349,51 @@ func (d *Dashboard) allDevices(ctx context.Context) ([]storage.Device, error) {
 	return all, nil
 }
 
-type deviceRow struct {
-	ID      string            `json:"id"`
-	Name    string            `json:"name"`
-	Labels  map[string]string `json:"labels"`
-	Enabled bool              `json:"enabled"`
-	LiveStats
+// deviceDetail is GET /ui/api/devices/{id}: everything the device page
+// refreshes while it is open.
+type deviceDetail struct {
+	Device   storage.Device `json:"device"`
+	State    string         `json:"state"`
+	Sessions []sessionView  `json:"sessions"`
+	Live     LiveStats      `json:"live"`
 }
 
-type devicePage struct {
-	Total   int         `json:"total"`
-	Offset  int         `json:"offset"`
-	Limit   int         `json:"limit"`
-	Devices []deviceRow `json:"devices"`
-}
-
-const (
-	defaultPageSize = 50
-	maxPageSize     = 500
-)
-
-func intParam(q url.Values, name string, def, lo, hi int) (int, error) {
-	s := q.Get(name)
-	if s == "" {
-		return def, nil
+// deviceDetail merges the registry record with the hub's live state: the
+// acked seq and last seen move with every committed batch, the record only
+// when read.
+func (d *Dashboard) deviceDetail(ctx context.Context, id string) (deviceDetail, error) {
+	dev, sess, err := d.deps.Registry.Device(ctx, id)
+	if err == nil && dev.ID == "" {
+		err = fmt.Errorf("device %q: %w", id, storage.ErrNotFound)
 	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < lo || n > hi {
-		return 0, fmt.Errorf("%s: must be an integer between %d and %d, got %q", name, lo, hi, s)
-	}
-	return n, nil
-}
-
-// apiDevices: GET /ui/api/devices?offset=&limit=&q=&label=k=v (label
-// repeatable, all must match; q matches id or name, case-insensitive).
-func (d *Dashboard) apiDevices(w http.ResponseWriter, r *http.Request, _ Principal) {
-	q := r.URL.Query()
-	offset, err := intParam(q, "offset", 0, 0, 1<<30)
-	if err == nil {
-		var limit int
-		limit, err = intParam(q, "limit", defaultPageSize, 1, maxPageSize)
-		if err == nil {
-			d.devicePage(w, r, q, offset, limit)
-			return
-		}
-	}
-	writeJSON(w, http.StatusBadRequest, apiError{Error: "bad_request", Detail: err.Error()})
-}
-
-func (d *Dashboard) devicePage(w http.ResponseWriter, r *http.Request, q url.Values, offset, limit int) {
-	labels := map[string]string{}
-	for _, l := range q["label"] {
-		if l = strings.TrimSpace(l); l == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || k == "" {
-			writeJSON(w, http.StatusBadRequest, apiError{Error: "bad_request", Detail: fmt.Sprintf("label: must be key=value, got %q", l)})
-			return
-		}
-		labels[k] = v
-	}
-	search := strings.ToLower(strings.TrimSpace(q.Get("q")))
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-	defer cancel()
-	all, err := d.allDevices(ctx)
 	if err != nil {
-		d.log.Error("dashboard: list devices", "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "unavailable", Detail: "the device registry cannot be read right now"})
-		return
+		return deviceDetail{}, err
 	}
-	page := devicePage{Offset: offset, Limit: limit, Devices: []deviceRow{}}
-	for _, dev := range all {
-		if !matches(dev, search, labels) {
-			continue
-		}
-		if page.Total >= offset && len(page.Devices) < limit {
-			live, _ := d.hub.fleet.stats(dev.ID)
-			if live.LastSeen == 0 && dev.LastSeen != nil {
-				live.LastSeen = dev.LastSeen.UnixMilli()
-			}
-			page.Devices = append(page.Devices, deviceRow{ID: dev.ID, Name: dev.Name, Labels: dev.Labels, Enabled: dev.Enabled, LiveStats: live})
-		}
-		page.Total++
+	live, _ := d.hub.fleet.stats(id)
+	dev.Acked = max(dev.Acked, live.Acked)
+	live.Acked = dev.Acked
+	if live.LastSeen == 0 && dev.LastSeen != nil {
+		live.LastSeen = dev.LastSeen.UnixMilli()
 	}
-	writeJSON(w, http.StatusOK, page)
-}
-
-func matches(dev storage.Device, search string, labels map[string]string) bool {
-	for k, v := range labels {
-		if hv, ok := dev.Labels[k]; !ok || hv != v {
-			return false
-		}
-	}
-	if search == "" {
-		return true
-	}
-	return strings.Contains(strings.ToLower(dev.ID), search) || strings.Contains(strings.ToLower(dev.Name), search)
+	b := brief{online: live.Online, lastSeen: live.LastSeen}
+	return deviceDetail{Device: dev, State: deviceState(dev, b), Sessions: sessionViews(sess, live), Live: live}, nil
 }
 
 func (d *Dashboard) apiDevice(w http.ResponseWriter, r *http.Request, _ Principal) {
 	id := r.PathValue("id")
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	dev, sess, err := d.deps.Registry.Device(ctx, id)
+	dd, err := d.deviceDetail(ctx, id)
 	if errors.Is(err, storage.ErrNotFound) {
 		writeJSON(w, http.StatusNotFound, apiError{Error: "not_found", Detail: "no device " + id})
 		return
 	}
 	if err != nil {
 		d.log.Error("dashboard: get device", "device", id, "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "unavailable", Detail: "the device registry cannot be read right now"})
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "unavailable", Detail: "the device registry cannot be read right now; the server keeps retrying"})
 		return
 	}
-	live, _ := d.hub.fleet.stats(id)
-	writeJSON(w, http.StatusOK, struct {
-		Device   storage.Device    `json:"device"`
-		Sessions []storage.Session `json:"sessions"`
-		Live     LiveStats         `json:"live"`
-	}{dev, sess, live})
+	writeJSON(w, http.StatusOK, dd)
 }
 
 const (
@@ -511,26 +466,4 @@ func (d *Dashboard) apiSeries(w http.ResponseWriter, r *http.Request, _ Principa
 		s.Points = []storage.SeriesPoint{}
 	}
 	writeJSON(w, http.StatusOK, s)
-}
-
-// apiSystem: live-feed numbers plus whatever Deps.Stats reports.
-func (d *Dashboard) apiSystem(w http.ResponseWriter, r *http.Request, _ Principal) {
-	rate, tracked, online := d.hub.fleet.totals()
-	out := map[string]any{
-		"ingest_rate":     rate,
-		"devices_tracked": tracked,
-		"devices_online":  online,
-		"live_clients":    d.hub.clientCount(),
-		"hub_queue":       d.hub.QueueDepth(),
-		"hub_queue_cap":   inboxSize,
-	}
-	var extra map[string]any
-	if d.deps.Stats != nil {
-		extra = d.deps.Stats()
-	}
-	if extra == nil {
-		extra = map[string]any{}
-	}
-	out["server"] = extra
-	writeJSON(w, http.StatusOK, out)
 }

@@ -208,7 +208,9 @@ func (s *server) buildDashboard() error {
 		Series:     s.st.Series,
 		Logger:     s.log.With("component", "dashboard"),
 		Registerer: s.reg,
-		Stats:      s.stats,
+		Gatherer:   s.reg,
+		Build:      dashboard.BuildInfo{Version: version, Commit: buildCommit(), Node: s.cfg.Ingest.Node},
+		Storage:    s.storageInfo,
 	}
 	if s.br != nil {
 		deps.Commands = s.br
@@ -226,13 +228,12 @@ func (s *server) buildDashboard() error {
 	return nil
 }
 
-// stats is the dashboard's system page summary.
-func (s *server) stats() map[string]any {
-	stats := map[string]any{"storage": map[string]any{"backend": s.st.kind, "mode": modeOrPending(s.st.Mode())}}
-	if s.br != nil {
-		stats["mqtt"] = map[string]any{"connected": s.br.Connected()}
-	}
-	return stats
+// storageInfo is the system page's storage tile.
+func (s *server) storageInfo(ctx context.Context) (dashboard.StorageInfo, error) {
+	si := dashboard.StorageInfo{Backend: s.st.kind, Mode: modeOrPending(s.st.Mode())}
+	var err error
+	si.SizeBytes, err = s.st.DatabaseSize(ctx)
+	return si, err
 }
 
 // buildHTTP mounts every route with its credential on one http.Server.

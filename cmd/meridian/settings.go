@@ -189,6 +189,8 @@ func settingsTable() []setting {
 			doc: "Live updates per series per client; faster readings are coalesced keeping min, max and last."},
 		{key: "dashboard.client_queue", field: func(c *Config) any { return &c.Dashboard.ClientQueue },
 			doc: "Live messages that may wait for one browser; a slow browser is downsampled, then disconnected."},
+		{key: "dashboard.history_interval", field: func(c *Config) any { return &c.Dashboard.HistoryInterval },
+			doc: "How often the server samples its own metrics for the system page's 15-minute charts (kept in memory)."},
 	}
 }
 

@@ -19,12 +19,13 @@ import (
 // conformance suite's interface, storagetest.Backend, stays in tests: the
 // binary links no test code.)
 type backend interface {
-	ingest.Store       // Commit, Watermark, Ping
-	devices.Repo       // the registry: devices, tokens, API keys, session history
-	queryapi.Reader    // /v1/query, /v1/series, `meridian query`
-	storage.Maintainer // partitions, retention, rollups
-	sessionStore       // device_sessions and last_seen
-	Mode() string      // storage.ModeTimescale, ModePostgres or ModeSQLite
+	ingest.Store                                     // Commit, Watermark, Ping
+	devices.Repo                                     // the registry: devices, tokens, API keys, session history
+	queryapi.Reader                                  // /v1/query, /v1/series, `meridian query`
+	storage.Maintainer                               // partitions, retention, rollups
+	sessionStore                                     // device_sessions and last_seen
+	Mode() string                                    // storage.ModeTimescale, ModePostgres or ModeSQLite
+	DatabaseSize(ctx context.Context) (int64, error) // the system page's storage tile
 	Migrate(ctx context.Context) error
 	Close() error
 }

@@ -1,14 +1,10 @@
-import uPlot from 'uplot';
-import { $, esc, fmt, ago, clock, unitOf, getJSON, every } from './util.js';
+import { $, esc, ago, clock, unitOf, getJSON, every, fmtMetric, timeHTML, fullTime, shortTime } from './util.js';
 import { LiveFeed } from './live.js';
+import { uPlot, plotOpts } from './chart.js';
 
-const RANGES = { '15m': 15 * 60e3, '1h': 3600e3, '24h': 86400e3, '7d': 7 * 86400e3 };
+const RANGES = { '1m': 60e3, '5m': 5 * 60e3, '15m': 15 * 60e3, '1h': 3600e3, '24h': 86400e3, '7d': 7 * 86400e3 };
 const MAX_POINTS = 20000;
-
-function cssVar(name, fallback) {
-  const v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-  return v || fallback;
-}
+const CHART_H = 200;
 
 // Chart is one metric's uPlot with its data columns (x in seconds).
 class Chart {
@@ -24,29 +20,19 @@ class Chart {
     this.el.dataset.metric = metric;
     this.el.innerHTML = `<div class="chead"><h3>${esc(metric)}</h3><span class="cval num">–</span></div><div class="plot"></div>`;
     container.appendChild(this.el);
-    const accent = cssVar('--accent', '#2563eb');
-    const fg = cssVar('--muted', '#667');
-    const grid = cssVar('--grid', 'rgba(128,128,128,.15)');
-    const unit = this.unit;
-    this.u = new uPlot({
-      width: Math.max(280, this.el.clientWidth - 24),
-      height: 180,
-      legend: { show: false },
-      cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true } },
-      series: [
-        {},
-        { label: metric, stroke: accent, width: 1.5, points: { show: false }, spanGaps: false },
-        { label: 'min', stroke: 'transparent', points: { show: false } },
-        { label: 'max', stroke: 'transparent', points: { show: false } },
-      ],
-      bands: [{ series: [3, 2], fill: cssVar('--band', 'rgba(37,99,235,.18)') }],
-      axes: [
-        { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } },
-        { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 64, values: (u, vs) => vs.map((v) => fmt(v) + (unit ? ' ' + unit : '')) },
-      ],
-    }, [[], [], [], []], this.el.querySelector('.plot'));
+    const metricName = metric;
+    this.u = new uPlot(plotOpts({
+      width: this.plotWidth(),
+      height: CHART_H,
+      unit: this.unit,
+      series: [{ label: metric }, { label: 'min' }, { label: 'max' }],
+      band: true,
+      fmtTick: null,
+    }), [[], [], [], []], this.el.querySelector('.plot'));
+    this.metricName = metricName;
   }
+
+  plotWidth() { return Math.max(240, this.el.clientWidth - 24); }
 
   reset() {
     this.xs = []; this.vals = []; this.mins = []; this.maxs = [];
@@ -83,7 +69,7 @@ class Chart {
     });
     const n = this.vals.length;
     this.el.dataset.points = String(n); // read by the end-to-end test
-    this.el.querySelector('.cval').textContent = n ? fmt(this.vals[n - 1]) + (this.unit ? ' ' + this.unit : '') : '–';
+    this.el.querySelector('.cval').textContent = n ? fmtMetric(this.metric, this.vals[n - 1]) + (this.unit ? ' ' + this.unit : '') : '–';
   }
 }
 
@@ -91,7 +77,13 @@ export function devicePage(data) {
   const device = data.device;
   const chartsEl = $('#charts');
   const charts = new Map();
+  // range: kind 'live' (the window ends now; span or from) or 'fixed'.
+  // follow: the live window slides with the clock; unchecked, it stays
+  // where it was (data keeps arriving and shows when following again).
   let range = { kind: 'live', span: RANGES['15m'] };
+  let follow = true;
+  let frozen = null; // [lo, hi] while not following
+  let picked = false; // the operator chose a range: no automatic default
   let seam = null;
   let generation = 0;
   let resume = false;
@@ -114,6 +106,7 @@ export function devicePage(data) {
   function view() {
     const now = Date.now();
     if (range.kind === 'fixed') return [range.from, range.to];
+    if (!follow && frozen) return frozen;
     return [range.from ?? now - range.span, now];
   }
 
@@ -121,7 +114,7 @@ export function devicePage(data) {
     dirty = false;
     const [lo, hi] = view();
     for (const c of charts.values()) {
-      if (range.kind === 'live' && range.span) c.trimBefore(lo);
+      if (range.kind === 'live' && range.span && follow) c.trimBefore(Date.now() - range.span);
       c.draw(lo, hi);
     }
   }
@@ -130,7 +123,23 @@ export function devicePage(data) {
     dirty = true;
     requestAnimationFrame(redraw);
   }
-  setInterval(() => { if (range.kind === 'live' && !document.hidden) scheduleDraw(); }, 1000);
+  setInterval(() => { if (range.kind === 'live' && follow && !document.hidden) scheduleDraw(); }, 1000);
+
+  // A sensible default for fresh data: once the first history is in, a
+  // device with under a minute (or five) of data gets the 1 m (5 m) range
+  // instead of a sliver at the right edge of 15 minutes.
+  function autoRange() {
+    if (picked || range.kind !== 'live' || range.span !== RANGES['15m']) return;
+    let first = Infinity;
+    for (const c of charts.values()) if (c.xs.length) first = Math.min(first, c.xs[0] * 1000);
+    if (first === Infinity) return;
+    const age = Date.now() - first;
+    const key = age < 50e3 ? '1m' : age < 4.5 * 60e3 ? '5m' : null;
+    if (!key) return;
+    range = { kind: 'live', span: RANGES[key] };
+    pressRange(key);
+    scheduleDraw();
+  }
 
   // History for one chart: [from, to) from the series API, then the live
   // updates that arrived meanwhile.
@@ -153,6 +162,7 @@ export function devicePage(data) {
     for (const u of c.buffer) c.push(u.t, u.last, u.min, u.max);
     c.buffer = [];
     c.ready = true;
+    if ([...charts.values()].every((x) => x.ready)) autoRange();
     scheduleDraw();
   }
 
@@ -185,8 +195,10 @@ export function devicePage(data) {
       const after = [...latestEl.querySelectorAll('tr[data-metric]')].find((r) => r.dataset.metric > metric);
       latestEl.insertBefore(row, after || null);
     }
-    row.querySelector('.v').textContent = fmt(v);
-    row.querySelector('.t').textContent = clock(t);
+    row.querySelector('.v').textContent = fmtMetric(metric, v);
+    const te = row.querySelector('.t');
+    te.textContent = clock(t);
+    te.title = fullTime(t);
   }
 
   // ---- live feed ----
@@ -234,24 +246,47 @@ export function devicePage(data) {
   });
   feed.start();
 
+  const STATE_TEXT = { online: 'online', offline: 'offline', never: 'never seen', disabled: 'disabled' };
+  function setState(state) {
+    const el = $('#state');
+    el.className = 'state s-' + state;
+    el.textContent = STATE_TEXT[state] || state;
+    $('#f-state').textContent = STATE_TEXT[state] || state;
+  }
   function setOnline(on) {
-    const dot = $('#state');
-    dot.className = 'dot ' + (on ? 'on' : 'off');
-    dot.title = on ? 'online' : 'offline';
+    if ($('#state').classList.contains('s-disabled')) return;
+    setState(on ? 'online' : 'offline');
   }
 
-  // ---- range picker ----
+  // ---- range picker and follow-live ----
   const custom = $('#custom');
+  function pressRange(key) {
+    for (const o of document.querySelectorAll('.ranges button')) o.setAttribute('aria-pressed', String(o.dataset.range === key));
+  }
   for (const b of document.querySelectorAll('.ranges button')) {
     b.addEventListener('click', () => {
-      for (const o of document.querySelectorAll('.ranges button')) o.setAttribute('aria-pressed', String(o === b));
+      picked = true;
+      pressRange(b.dataset.range);
       if (b.dataset.range === 'custom') { custom.hidden = false; return; }
       custom.hidden = true;
       range = { kind: 'live', span: RANGES[b.dataset.range] };
+      frozen = null;
+      followEl.checked = follow = true;
       resume = false;
       feed.subscribe([]); // a fresh seam; 'subscribed' reloads every chart
     });
   }
+  const followEl = $('#follow');
+  followEl.addEventListener('change', () => {
+    follow = followEl.checked;
+    frozen = follow ? null : view();
+    if (follow && range.kind === 'fixed') {
+      // Back to a live window of the same length.
+      range = { kind: 'live', span: Math.min(RANGES['7d'], range.to - range.from) };
+      feed.subscribe([]);
+    }
+    scheduleDraw();
+  });
   custom.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const from = Date.parse(custom.elements.from.value);
@@ -260,30 +295,46 @@ export function devicePage(data) {
     resume = false;
     if (!toVal) {
       range = { kind: 'live', from };
+      followEl.checked = follow = true;
       feed.subscribe([]);
       return;
     }
     const to = Date.parse(toVal);
     if (!(to > from)) return;
     range = { kind: 'fixed', from, to };
+    followEl.checked = follow = false;
     const gen = ++generation;
     for (const c of charts.values()) startHistory(c, gen);
   });
 
-  // ---- stats (rate, last seen, online) ----
+  // ---- every field live: state, last seen, rate, acked seq, sessions ----
   const lastSeen = $('#lastseen');
-  every(5000, async () => {
+  const sessionsEl = $('#sessions');
+  function sessionRows(list) {
+    if (!list.length) return '<tr><td colspan="7" class="muted">No sessions yet: the device has not connected since it was added.</td></tr>';
+    return list.map((s) => {
+      const started = Date.parse(s.started_at);
+      const ended = s.ended_at ? Date.parse(s.ended_at) : 0;
+      return `<tr><td class="tnum">${timeHTML(started)}</td><td class="tnum">${s.open ? '<span class="badge on">open</span>' : timeHTML(ended)}</td>` +
+        `<td>${esc(s.node)}</td><td>${esc(s.transport)}</td><td>${esc(s.remote_addr)}</td>` +
+        `<td class="num">${s.readings}</td><td>${esc(s.close_text || '')}</td></tr>`;
+    }).join('');
+  }
+  let lastSessions = '';
+  every(2000, async () => {
     const d = await getJSON('/ui/api/devices/' + encodeURIComponent(device));
     $('#rate').textContent = d.live.rate.toFixed(2);
-    const ls = d.live.last_seen || (d.device.last_seen ? Date.parse(d.device.last_seen) : 0);
-    lastSeen.textContent = ago(ls);
-    lastSeen.title = ls ? new Date(ls).toISOString() : '';
-    setOnline(d.live.online);
+    $('#acked').textContent = String(d.device.acked);
+    const ls = d.live.last_seen;
+    lastSeen.innerHTML = ls ? timeHTML(ls, `${shortTime(ls)} (${ago(ls)})`) : '<span class="muted">never</span>';
+    setState(d.state);
+    const html = sessionRows(d.sessions || []);
+    if (html !== lastSessions) { sessionsEl.innerHTML = html; lastSessions = html; }
   });
 
   // ---- resize ----
   const ro = new ResizeObserver(() => {
-    for (const c of charts.values()) c.u.setSize({ width: Math.max(280, c.el.clientWidth - 24), height: 180 });
+    for (const c of charts.values()) c.u.setSize({ width: c.plotWidth(), height: CHART_H });
   });
   ro.observe(chartsEl);
 

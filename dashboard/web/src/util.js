@@ -21,6 +21,21 @@ export function unitOf(metric) {
   return UNITS[metric.slice(i + 1).toLowerCase()] || '';
 }
 
+// Decimals per unit: a temperature to 0.1°, a voltage to 10 mV... A
+// metric without a known unit gets 6 significant digits (fmt).
+const DECIMALS = {
+  '°C': 1, '°F': 1, K: 1, '%': 1, '%RH': 1, V: 2, mV: 0, A: 2, mA: 0, W: 0, kW: 2, Wh: 0, kWh: 2,
+  Hz: 1, rpm: 0, Pa: 0, hPa: 1, kPa: 1, bar: 2, ms: 0, s: 1, m: 2, mm: 0, dB: 1, dBm: 0, lx: 0, ppm: 0,
+};
+
+// fmtMetric formats a metric's value with its unit's decimals (no unit).
+export function fmtMetric(metric, v) {
+  if (v === null || v === undefined || Number.isNaN(v)) return '–';
+  const d = DECIMALS[unitOf(metric)];
+  if (d === undefined) return fmt(v);
+  return v.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d, useGrouping: false });
+}
+
 // fmt formats a value with 6 significant digits, like the server.
 export function fmt(v) {
   if (v === null || v === undefined || Number.isNaN(v)) return '–';
@@ -39,9 +54,76 @@ export function ago(ms, now = Date.now()) {
   return Math.floor(s / 86400) + ' d ago';
 }
 
-export function clock(ms) {
-  const d = new Date(ms);
-  return d.toLocaleTimeString([], { hour12: false });
+// ---- one time format for the whole dashboard ----
+// The browser's local time with its zone shown (or UTC, a choice kept in
+// localStorage); the full date and time on hover.
+
+const TZ_KEY = 'meridian.tz';
+export function useUTC() {
+  try { return localStorage.getItem(TZ_KEY) === 'utc'; } catch { return false; }
+}
+export function setUTC(on) {
+  try { localStorage.setItem(TZ_KEY, on ? 'utc' : 'local'); } catch { /* private mode: not remembered */ }
+}
+
+let fmtr = null;
+function parts(ms) {
+  if (!fmtr) {
+    fmtr = new Intl.DateTimeFormat('en-GB', {
+      timeZone: useUTC() ? 'UTC' : undefined, year: 'numeric', month: '2-digit', day: '2-digit',
+      hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23', timeZoneName: 'short',
+    });
+  }
+  const o = {};
+  for (const p of fmtr.formatToParts(new Date(ms))) o[p.type] = p.value;
+  return o;
+}
+
+// fullTime: "2026-11-30 14:03:12 CET" — the hover text.
+export function fullTime(ms) {
+  if (!ms) return '';
+  const p = parts(ms);
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
+}
+
+// shortTime: "14:03:12 CET" today, "2026-11-29 14:03 CET" before.
+export function shortTime(ms, now = Date.now()) {
+  if (!ms) return 'never';
+  const p = parts(ms);
+  const q = parts(now);
+  if (p.year === q.year && p.month === q.month && p.day === q.day) return `${p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute} ${p.timeZoneName}`;
+}
+
+// clock is the time of a reading in tables: shortTime.
+export function clock(ms) { return shortTime(ms); }
+
+// timeHTML renders a time the way the server's timeTag does.
+export function timeHTML(ms, text) {
+  if (!ms) return '<span class="muted">never</span>';
+  return `<time data-ms="${ms}" title="${esc(fullTime(ms))}">${esc(text ?? shortTime(ms))}</time>`;
+}
+
+// localizeTimes rewrites the server-rendered <time data-ms> elements
+// (UTC) into the chosen format.
+export function localizeTimes(root = document) {
+  for (const el of root.querySelectorAll('time[data-ms]')) {
+    const ms = Number(el.dataset.ms);
+    if (!ms) continue;
+    el.textContent = shortTime(ms);
+    el.title = fullTime(ms);
+  }
+}
+
+// tzButton wires the header's Local/UTC switch: the choice is stored and
+// the page reloads so every time and chart axis follows it.
+export function tzButton() {
+  const b = document.getElementById('tz');
+  if (!b) return;
+  const utc = useUTC();
+  b.textContent = utc ? 'UTC' : 'Local time';
+  b.setAttribute('aria-pressed', String(utc));
+  b.addEventListener('click', () => { setUTC(!useUTC()); location.reload(); });
 }
 
 export async function getJSON(url) {
