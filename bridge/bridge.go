@@ -108,8 +108,14 @@ type Bridge struct {
 	connMu     sync.Mutex
 	connected  bool
 	connCh     chan struct{} // closed while connected; replaced when lost
-	client     paho.Client
+	client     paho.Client  // external broker only
 	brokerURL  string       // the URL the client dials (resolved in Run)
+	// inproc is the embedded broker, published to and subscribed on
+	// in-process (no client connection, no loopback TCP); nil with an
+	// external broker. subs tells whether any of its network clients could
+	// receive telemetry. Both are set before the loops start.
+	inproc     *mqtt.Server
+	subs       *subIndex
 	brokerAddr atomic.Value // string: the embedded broker's listen address
 
 	ran atomic.Bool
@@ -227,6 +233,9 @@ func New(cfg Config, devs Devices, opts Options) (*Bridge, error) {
 		queued:       make(map[string][]queuedCmd),
 		waiters:      make(map[waitKey]chan resultJSON),
 	}
+	if cfg.embedded() {
+		b.subs = newSubIndex(cfg.TopicPrefix)
+	}
 	b.m = newMetrics(opts.Registerer, func() float64 { return float64(b.telem.len()) })
 	return b, nil
 }
@@ -261,9 +270,33 @@ func (b *Bridge) OnRemoteBatch(fn func(telemetry.Batch)) {
 // the queue is full the oldest batch is dropped and counted. Wire it to
 // ingest's Options.Committed.
 func (b *Bridge) Committed(bt telemetry.Batch) {
+	if b.subs != nil && !b.telemetryWanted() {
+		// Embedded broker and nobody who could receive it: the batch is
+		// neither queued nor encoded.
+		b.m.skipped.Inc()
+		return
+	}
 	if b.telem.push(bt) {
 		b.m.dropped.WithLabelValues("queue_full").Inc()
 	}
+}
+
+// telemetryWanted reports whether a committed batch can reach anyone on
+// the embedded broker: a network client's filter could match its topics,
+// or per-reading messages are retained (kept for later subscribers).
+func (b *Bridge) telemetryWanted() bool {
+	layout := b.cfg.Telemetry.Layout
+	if layout != LayoutBatch && b.cfg.Telemetry.Retain {
+		return true
+	}
+	s := b.subs.snap.Load()
+	switch layout {
+	case LayoutBatch:
+		return s.batch
+	case LayoutReading:
+		return s.under
+	}
+	return s.batch || s.under
 }
 
 // Presence records a device session opening or closing on this node and
@@ -329,26 +362,29 @@ func (b *Bridge) Run(ctx context.Context) error {
 	if b.ran.Swap(true) {
 		return errors.New("bridge: Run called twice")
 	}
-	var srv *mqtt.Server
-	b.brokerURL = b.cfg.URL
-	user, pass := b.cfg.Username, b.cfg.Password
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var ctok paho.Token
 	if b.cfg.embedded() {
-		var addr string
-		var err error
-		if srv, addr, err = b.startBroker(); err != nil {
+		srv, addr, err := b.startBroker()
+		if err != nil {
 			return err
 		}
 		defer func() { _ = srv.Close() }()
-		b.brokerURL = "tcp://" + addr
 		b.brokerAddr.Store(addr)
-		user, pass = b.internalUser, b.internalPass
 		b.log.Info("embedded MQTT broker listening", "addr", addr)
+		if err := b.subscribeInProcess(srv); err != nil {
+			return err
+		}
+		b.inproc = srv
+		b.resync.Store(true)
+		b.setConnected(true)
+	} else {
+		b.brokerURL = b.cfg.URL
+		b.client = paho.NewClient(b.clientOptions(b.cfg.Username, b.cfg.Password))
+		ctok = b.client.Connect() // ConnectRetry: keeps trying in the background
 	}
-	b.client = paho.NewClient(b.clientOptions(user, pass))
-	ctok := b.client.Connect() // ConnectRetry: keeps trying in the background
 
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); b.workLoop(runCtx) }()
@@ -360,14 +396,18 @@ func (b *Bridge) Run(ctx context.Context) error {
 	gctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownGrace)
 	defer cancel()
 	b.shutdown(gctx, p)
-	b.client.Disconnect(250)
+	if b.client != nil {
+		b.client.Disconnect(250)
+	}
 	b.setConnected(false)
-	// With the broker unreachable, paho's connect loop ends after its
-	// current attempt; wait for it (within the grace) so that nothing of
-	// ours outlives Run.
-	select {
-	case <-ctok.Done():
-	case <-gctx.Done():
+	if ctok != nil {
+		// With the broker unreachable, paho's connect loop ends after its
+		// current attempt; wait for it (within the grace) so that nothing of
+		// ours outlives Run.
+		select {
+		case <-ctok.Done():
+		case <-gctx.Done():
+		}
 	}
 	return nil
 }
@@ -431,8 +471,14 @@ func (b *Bridge) onConnect(c paho.Client) {
 // and enqueues without blocking: a blocked handler would stall paho's
 // router (and, with OrderMatters, the keep-alive).
 func (b *Bridge) onMessage(_ paho.Client, msg paho.Message) {
-	kind, subject := b.t.classify(msg.Topic())
-	m := inMsg{kind: kind, subject: subject, payload: msg.Payload()}
+	b.receive(msg.Topic(), msg.Payload())
+}
+
+// receive classifies one message from the broker and enqueues it without
+// blocking (full queues drop and count).
+func (b *Bridge) receive(topic string, payload []byte) {
+	kind, subject := b.t.classify(topic)
+	m := inMsg{kind: kind, subject: subject, payload: payload}
 	switch kind {
 	case inUnknown:
 		return

@@ -99,7 +99,7 @@ func disconnect(b *Bridge, f *fakeDevices, device string) {
 
 func randomPrefix() string { return "mtest/" + randomHex(6) }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -126,7 +126,7 @@ func startBridgeStop(t *testing.T, cfg Config, devs Devices, mod func(*Options))
 	return runBridge(t, newBridge(t, cfg, devs, mod))
 }
 
-func newBridge(t *testing.T, cfg Config, devs Devices, mod func(*Options)) *Bridge {
+func newBridge(t testing.TB, cfg Config, devs Devices, mod func(*Options)) *Bridge {
 	t.Helper()
 	opts := Options{
 		Logger:     testLogger(t),
@@ -147,7 +147,7 @@ func newBridge(t *testing.T, cfg Config, devs Devices, mod func(*Options)) *Brid
 
 // runBridge runs b until the test ends (or stop is called) and waits for
 // its broker connection.
-func runBridge(t *testing.T, b *Bridge) (*Bridge, func()) {
+func runBridge(t testing.TB, b *Bridge) (*Bridge, func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
