@@ -105,11 +105,11 @@ type Bridge struct {
 	pubWake  chan struct{}
 	resync   atomic.Bool
 
-	connMu     sync.Mutex
-	connected  bool
-	connCh     chan struct{} // closed while connected; replaced when lost
-	client     paho.Client  // external broker only
-	brokerURL  string       // the URL the client dials (resolved in Run)
+	connMu    sync.Mutex
+	connected bool
+	connCh    chan struct{} // closed while connected; replaced when lost
+	client    paho.Client   // external broker only
+	brokerURL string        // the URL the client dials (resolved in Run)
 	// inproc is the embedded broker, published to and subscribed on
 	// in-process (no client connection, no loopback TCP); nil with an
 	// external broker. subs tells whether any of its network clients could
