@@ -116,6 +116,7 @@ type Bridge struct {
 	// receive telemetry. Both are set before the loops start.
 	inproc     *mqtt.Server
 	subs       *subIndex
+	statuses   *statusTable // the embedded broker's retained device statuses
 	brokerAddr atomic.Value // string: the embedded broker's listen address
 
 	ran atomic.Bool
@@ -235,6 +236,7 @@ func New(cfg Config, devs Devices, opts Options) (*Bridge, error) {
 	}
 	if cfg.embedded() {
 		b.subs = newSubIndex(cfg.TopicPrefix)
+		b.statuses = newStatusTable(b.t)
 	}
 	b.m = newMetrics(opts.Registerer, func() float64 { return float64(b.telem.len()) })
 	return b, nil

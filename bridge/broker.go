@@ -41,6 +41,9 @@ func (b *Bridge) startBroker() (*mqtt.Server, string, error) {
 	if err := srv.AddHook(b.subs, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add subscription hook: %w", err)
 	}
+	if err := srv.AddHook(b.statuses, nil); err != nil {
+		return nil, "", fmt.Errorf("embedded broker: add status hook: %w", err)
+	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "meridian-tcp", Address: b.cfg.Embedded.Listen})
 	if err := srv.AddListener(tcp); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: listen on %s (mqtt.embedded.listen): %w", b.cfg.Embedded.Listen, err)

@@ -157,12 +157,28 @@ func TestInProcessRetainedStatus(t *testing.T) {
 	eventually(t, "online statuses published", func() bool { return counterValue(b.m.published.WithLabelValues("status")) >= 2 })
 	b.Presence(telemetry.Presence{Device: "d2", Online: false, At: 2})
 	eventually(t, "offline status published", func() bool { return counterValue(b.m.published.WithLabelValues("status")) >= 3 })
-	got := collect(t, watch(t, url, "ops", goodKey, prefix+"/+/status"), prefix+"/d1/status", prefix+"/d2/status")
+	statuses := watch(t, url, "ops", goodKey, prefix+"/+/status")
+	got := collect(t, statuses, prefix+"/d1/status", prefix+"/d2/status")
 	if m := got[prefix+"/d1/status"]; m.payload != "online" || !m.retained {
 		t.Fatalf("d1 status %+v, want retained online", m)
 	}
 	if m := got[prefix+"/d2/status"]; m.payload != "offline" || !m.retained {
 		t.Fatalf("d2 status %+v, want retained offline", m)
+	}
+	// A narrower filter gets only its device's status.
+	one := watch(t, url, "ops", goodKey, prefix+"/d2/status")
+	if m := next(t, one, prefix+"/d2/status"); m.payload != "offline" || !m.retained {
+		t.Fatalf("d2 status %+v, want retained offline", m)
+	}
+	select {
+	case m := <-one:
+		t.Fatalf("unexpected %+v on a d2-only subscription", m)
+	case <-time.After(100 * time.Millisecond):
+	}
+	// Changes reach current subscribers live.
+	b.Presence(telemetry.Presence{Device: "d3", Online: true, At: 3})
+	if m := next(t, statuses, prefix+"/d3/status"); m.payload != "online" || m.retained {
+		t.Fatalf("d3 status %+v, want live online", m)
 	}
 	// No ownership records on a single-node broker.
 	sessions := watch(t, url, "ops", goodKey, prefix+"/+/session")

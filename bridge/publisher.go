@@ -116,9 +116,17 @@ func (p *publisher) publishPending(ctx context.Context) bool {
 			data, _ := json.Marshal(it.sp.claim)
 			p.publish(ctx, outMsg{topic: b.t.session(it.dev), payload: data, retain: true, kind: "session"}, 1)
 		}
-		if it.sp.status != "" {
-			p.publish(ctx, outMsg{topic: b.t.status(it.dev), payload: []byte(it.sp.status), retain: true, kind: "status"}, 1)
+		if it.sp.status == "" {
+			continue
 		}
+		retain := true
+		if b.statuses != nil {
+			// The embedded broker's retained statuses live in the status
+			// table (status.go); subscribers get this one live.
+			b.statuses.set(it.dev, it.sp.status == "online")
+			retain = false
+		}
+		p.publish(ctx, outMsg{topic: b.t.status(it.dev), payload: []byte(it.sp.status), retain: retain, kind: "status"}, 1)
 	}
 	return len(batch) > 0
 }
