@@ -119,7 +119,8 @@ type Bridge struct {
 	statuses   *statusTable // the embedded broker's retained device statuses
 	brokerAddr atomic.Value // string: the embedded broker's listen address
 
-	ran atomic.Bool
+	ran     atomic.Bool
+	runDone <-chan struct{} // closed when Run's loops stop; set before connecting
 
 	// mu guards the cluster state below. Never held while calling Devices,
 	// publishing or calling user callbacks.
@@ -366,6 +367,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	b.runDone = runCtx.Done()
 	var ctok paho.Token
 	if b.cfg.embedded() {
 		srv, addr, err := b.startBroker()
@@ -459,7 +461,13 @@ func (b *Bridge) onConnect(c paho.Client) {
 			break
 		}
 		b.log.Error("MQTT subscribe failed; retrying", "err", err, "retry_in", wait)
-		time.Sleep(wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-b.runDone:
+			t.Stop()
+			return // Run is ending: no point subscribing
+		}
 		if !c.IsConnectionOpen() {
 			return // the next connect subscribes again
 		}
