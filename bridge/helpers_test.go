@@ -324,3 +324,40 @@ func collect(t *testing.T, ch chan message, topics ...string) map[string]message
 	}
 	return got
 }
+
+// newEmbedded builds (does not run) a bridge with its own embedded broker
+// on a free port, which lets goodKey in to read.
+func newEmbedded(t testing.TB, mod func(*Config)) *Bridge {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Embedded.Listen = "127.0.0.1:0"
+	cfg.Node = "n1"
+	cfg.ShutdownGrace = 2 * time.Second
+	if mod != nil {
+		mod(&cfg)
+	}
+	return newBridge(t, cfg, newFakeDevices(), func(o *Options) {
+		o.Authenticate = func(_ context.Context, _, password string) Access {
+			if password == goodKey {
+				return AccessRead
+			}
+			return AccessNone
+		}
+	})
+}
+
+// subscribeFunc connects a plain MQTT client to b's embedded broker and
+// calls fn with the payload of every message on filter.
+func subscribeFunc(t testing.TB, b *Bridge, filter string, fn func([]byte)) {
+	t.Helper()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.BrokerAddr()).SetClientID("sub-" + randomHex(6)).
+		SetUsername("ops").SetPassword(goodKey).SetAutoReconnect(false))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscriber connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	tok := c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) { fn(m.Payload()) })
+	if err := subscribeErr(tok, 5*time.Second); err != nil {
+		t.Fatalf("subscribe %s: %v", filter, err)
+	}
+}

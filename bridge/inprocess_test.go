@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -90,21 +89,9 @@ func TestInProcessOnlyCommitted(t *testing.T) {
 // on the bridge's lock), the queue keeps the newest mqtt.queue_size
 // batches, counts the rest, and publishes the kept ones in order.
 func TestInProcessDropOldest(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Embedded.Listen = "127.0.0.1:0"
-	cfg.Node = "n1"
-	cfg.QueueSize = 50
-	cfg.ShutdownGrace = 2 * time.Second
-	b := newBridge(t, cfg, newFakeDevices(), func(o *Options) {
-		o.Authenticate = func(_ context.Context, _, p string) Access {
-			if p == goodKey {
-				return AccessRead
-			}
-			return AccessNone
-		}
-	})
+	b := newEmbedded(t, func(c *Config) { c.QueueSize = 50 })
 	runBridge(t, b)
-	msgs := watch(t, "tcp://"+b.BrokerAddr(), "ops", goodKey, cfg.TopicPrefix+"/+/telemetry")
+	msgs := watch(t, "tcp://"+b.BrokerAddr(), "ops", goodKey, b.cfg.TopicPrefix+"/+/telemetry")
 	b.mu.Lock() // the publisher waits for it before taking the next batch
 	for i := uint64(1); i <= 200; i++ {
 		b.Committed(oneReading("d1", i))
