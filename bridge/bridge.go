@@ -122,19 +122,32 @@ type Bridge struct {
 	ran     atomic.Bool
 	runDone <-chan struct{} // closed when Run's loops stop; set before connecting
 
-	// mu guards the cluster state below. Never held while calling Devices,
-	// publishing or calling user callbacks.
+	// mu guards own and cmdq. Never held while calling Devices, publishing
+	// or calling user callbacks.
 	mu       sync.Mutex
-	held     map[string]*holding  // devices with a live session on this node
-	claims   map[string]claim     // last ownership record seen per device
-	nodes    map[string]bool      // node name → online, from node status topics
-	pending  map[string]statusPub // status/ownership to publish; latest wins
-	deliver  map[string]struct{}  // devices that came online with queued commands
-	queued   map[string][]queuedCmd
-	nQueued  int
-	waiters  map[waitKey]chan resultJSON
-	seq      uint64
+	own      ownership
+	cmdq     commandQueue
 	remoteFn func(telemetry.Batch)
+}
+
+// ownership is this node's view of who holds which device (docs/scaling.md
+// "Cluster protocol"), and the status and ownership records it has yet to
+// publish. Guarded by Bridge.mu.
+type ownership struct {
+	held    map[string]*holding  // devices with a live session on this node
+	claims  map[string]claim     // last ownership record seen per device
+	nodes   map[string]bool      // node name → online, from node status topics
+	pending map[string]statusPub // status/ownership to publish; latest wins
+	seq     uint64               // last claim number of this incarnation
+}
+
+// commandQueue holds commands waiting for offline devices and the HTTP
+// requests waiting for results. Guarded by Bridge.mu.
+type commandQueue struct {
+	deliver map[string]struct{} // devices that came online with queued commands
+	queued  map[string][]queuedCmd
+	nQueued int
+	waiters map[waitKey]chan resultJSON
 }
 
 type holding struct {
@@ -227,13 +240,17 @@ func New(cfg Config, devs Devices, opts Options) (*Bridge, error) {
 		wake:         make(chan struct{}, 1),
 		pubWake:      make(chan struct{}, 1),
 		connCh:       make(chan struct{}),
-		held:         make(map[string]*holding),
-		claims:       make(map[string]claim),
-		nodes:        make(map[string]bool),
-		pending:      make(map[string]statusPub),
-		deliver:      make(map[string]struct{}),
-		queued:       make(map[string][]queuedCmd),
-		waiters:      make(map[waitKey]chan resultJSON),
+		own: ownership{
+			held:    make(map[string]*holding),
+			claims:  make(map[string]claim),
+			nodes:   make(map[string]bool),
+			pending: make(map[string]statusPub),
+		},
+		cmdq: commandQueue{
+			deliver: make(map[string]struct{}),
+			queued:  make(map[string][]queuedCmd),
+			waiters: make(map[waitKey]chan resultJSON),
+		},
 	}
 	if cfg.embedded() {
 		b.subs = newSubIndex(cfg.TopicPrefix)
@@ -311,18 +328,18 @@ func (b *Bridge) Presence(p telemetry.Presence) {
 	}
 	b.mu.Lock()
 	if p.Online {
-		b.seq++
-		sid := b.incarnation + "." + strconv.FormatUint(b.seq, 10)
-		b.held[p.Device] = &holding{claim: sid}
-		b.pending[p.Device] = statusPub{status: "online", claim: &claim{Node: b.node, Session: sid, Online: true, At: p.At}}
-		if len(b.queued[p.Device]) > 0 {
-			b.deliver[p.Device] = struct{}{}
+		b.own.seq++
+		sid := b.incarnation + "." + strconv.FormatUint(b.own.seq, 10)
+		b.own.held[p.Device] = &holding{claim: sid}
+		b.own.pending[p.Device] = statusPub{status: "online", claim: &claim{Node: b.node, Session: sid, Online: true, At: p.At}}
+		if len(b.cmdq.queued[p.Device]) > 0 {
+			b.cmdq.deliver[p.Device] = struct{}{}
 			signal(b.wake)
 		}
 	} else {
-		h := b.held[p.Device]
-		delete(b.held, p.Device)
-		c, known := b.claims[p.Device]
+		h := b.own.held[p.Device]
+		delete(b.own.held, p.Device)
+		c, known := b.own.claims[p.Device]
 		switch {
 		case h == nil:
 			// Already released: another node took the device over and
@@ -330,7 +347,7 @@ func (b *Bridge) Presence(p telemetry.Presence) {
 		case known && c.Node != b.node && c.Online:
 			// A newer claim by another node: its status stands.
 		default:
-			b.pending[p.Device] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: p.At}}
+			b.own.pending[p.Device] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: p.At}}
 		}
 	}
 	b.mu.Unlock()
@@ -607,13 +624,13 @@ func (b *Bridge) shutdown(ctx context.Context, p *publisher) {
 	}
 	now := b.opts.Now().UnixMilli()
 	b.mu.Lock()
-	for dev, h := range b.held {
-		if c, ok := b.claims[dev]; ok && c.Node != b.node && c.Online {
+	for dev, h := range b.own.held {
+		if c, ok := b.own.claims[dev]; ok && c.Node != b.node && c.Online {
 			continue
 		}
-		b.pending[dev] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: now}}
+		b.own.pending[dev] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: now}}
 	}
-	clear(b.held)
+	clear(b.own.held)
 	b.mu.Unlock()
 	for p.publishPending(ctx) {
 	}

@@ -83,9 +83,9 @@ func (p *publisher) resyncState(ctx context.Context) {
 	b := p.b
 	p.publish(ctx, outMsg{topic: b.t.node(b.node), payload: []byte("online"), retain: true, kind: "node"}, 1)
 	b.mu.Lock()
-	for dev := range b.held {
-		if _, ok := b.pending[dev]; !ok {
-			b.pending[dev] = statusPub{status: "online"}
+	for dev := range b.own.held {
+		if _, ok := b.own.pending[dev]; !ok {
+			b.own.pending[dev] = statusPub{status: "online"}
 		}
 	}
 	b.mu.Unlock()
@@ -101,9 +101,9 @@ func (p *publisher) publishPending(ctx context.Context) bool {
 	}
 	batch := make([]item, 0, 16)
 	b.mu.Lock()
-	for dev, sp := range b.pending {
+	for dev, sp := range b.own.pending {
 		batch = append(batch, item{dev, sp})
-		delete(b.pending, dev)
+		delete(b.own.pending, dev)
 		if len(batch) == pendingBatch {
 			break
 		}
