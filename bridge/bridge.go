@@ -119,8 +119,11 @@ type Bridge struct {
 	statuses   *statusTable // the embedded broker's retained device statuses
 	brokerAddr atomic.Value // string: the embedded broker's listen address
 
-	ran     atomic.Bool
-	runDone <-chan struct{} // closed when Run's loops stop; set before connecting
+	ran atomic.Bool
+	// runCtx is Run's context, set before the broker starts or the client
+	// connects: broker callbacks and paho handlers have no context of
+	// their own and stop waiting when it ends.
+	runCtx context.Context
 
 	// mu guards own and cmdq. Never held while calling Devices, publishing
 	// or calling user callbacks.
@@ -384,7 +387,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	b.runDone = runCtx.Done()
+	b.runCtx = runCtx
 	var ctok paho.Token
 	if b.cfg.embedded() {
 		srv, addr, err := b.startBroker()
@@ -414,7 +417,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	p.loop(runCtx)
 	wg.Wait()
 
-	gctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownGrace)
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.ShutdownGrace)
 	defer cancel()
 	b.shutdown(gctx, p)
 	if b.client != nil {
@@ -481,7 +484,7 @@ func (b *Bridge) onConnect(c paho.Client) {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
-		case <-b.runDone:
+		case <-b.runCtx.Done():
 			t.Stop()
 			return // Run is ending: no point subscribing
 		}

@@ -142,7 +142,7 @@ func (h *authHook) authenticate(pk packets.Packet) Access {
 	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 || b.opts.Authenticate == nil {
 		return AccessNone
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
+	ctx, cancel := context.WithTimeout(b.runCtx, authTimeout)
 	defer cancel()
 	switch a := b.opts.Authenticate(ctx, user, string(pk.Connect.Password)); a {
 	case AccessRead, AccessCommand:
