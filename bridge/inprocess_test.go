@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
@@ -224,5 +227,45 @@ func TestSubIndexCouldMatch(t *testing.T) {
 		if s.batch != tc.batch || s.under != tc.under {
 			t.Errorf("%q: batch=%v under=%v, want %v %v", tc.filter, s.batch, s.under, tc.batch, tc.under)
 		}
+	}
+}
+
+// TestSubIndexTracksFilters drives the hook as mochi does: the snapshot
+// says "someone can receive telemetry" exactly while such a filter is held.
+func TestSubIndexTracksFilters(t *testing.T) {
+	sub := func(fs ...string) packets.Packet {
+		pk := packets.Packet{}
+		for _, f := range fs {
+			pk.Filters = append(pk.Filters, packets.Subscription{Filter: f})
+		}
+		return pk
+	}
+	x := newSubIndex("meridian")
+	c1, c2 := &mqtt.Client{ID: "c1"}, &mqtt.Client{ID: "c2"}
+	inline := &mqtt.Client{ID: "inline"}
+	inline.Net.Inline = true
+	steps := []struct {
+		name string
+		do   func()
+		want bool
+	}{
+		{"nobody", func() {}, false},
+		{"the bridge's own subscription", func() { x.OnSubscribed(inline, sub("#"), []byte{0}) }, false},
+		{"refused filter", func() { x.OnSubscribed(c1, sub("meridian/+/telemetry"), []byte{0x80}) }, false},
+		{"status only", func() { x.OnSubscribed(c1, sub("meridian/+/status"), []byte{1}) }, false},
+		{"telemetry", func() { x.OnSubscribed(c1, sub("meridian/+/telemetry"), []byte{1}) }, true},
+		{"same filter twice, other client", func() { x.OnSubscribed(c2, sub("meridian/+/telemetry"), []byte{1}) }, true},
+		{"one unsubscribes", func() { x.OnUnsubscribed(c1, sub("meridian/+/telemetry")) }, true},
+		{"unknown unsubscribe", func() { x.OnUnsubscribed(c1, sub("meridian/+/telemetry")) }, true},
+		{"other session expires", func() { x.OnClientExpired(c2) }, false},
+	}
+	for _, st := range steps {
+		st.do()
+		if got := x.snap.Load().batch; got != st.want {
+			t.Fatalf("%s: telemetry wanted = %v, want %v", st.name, got, st.want)
+		}
+	}
+	if !x.wanted("meridian/d1/status") || x.wanted("meridian/d1/telemetry") {
+		t.Fatal("wanted(): c1 still holds meridian/+/status only")
 	}
 }

@@ -16,9 +16,10 @@ import (
 // (docs/mqtt.md "Embedded broker").
 //
 // Every change of mochi's subscription index goes through OnSubscribed or
-// OnUnsubscribed (UnsubscribeClient calls the latter on disconnect, expiry
-// and takeover by a clean session; a takeover that inherits a session keeps
-// the client id, so the entries stay right). The snapshot is replaced after
+// OnUnsubscribed (UnsubscribeClient calls the latter on a clean disconnect
+// and on takeover by a clean session; a takeover that inherits a session
+// keeps the client id, so the entries stay right); an expired persistent
+// session only reaches OnClientExpired. The snapshot is replaced after
 // mochi has changed its index, so a batch checked in between is treated as
 // committed just before the subscription: it is not delivered, exactly as
 // if it had been published a moment earlier.
@@ -55,7 +56,26 @@ func newSubIndex(prefix string) *subIndex {
 func (x *subIndex) ID() string { return "meridian-subscriptions" }
 
 func (x *subIndex) Provides(b byte) bool {
-	return b == mqtt.OnSubscribed || b == mqtt.OnUnsubscribed
+	return b == mqtt.OnSubscribed || b == mqtt.OnUnsubscribed || b == mqtt.OnClientExpired
+}
+
+// OnClientExpired: mochi drops an expired persistent session without
+// unsubscribing it (its topic index keeps the filters, but publishes skip
+// the missing client), so its filters are forgotten here.
+func (x *subIndex) OnClientExpired(cl *mqtt.Client) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	fs := x.byClient[cl.ID]
+	if len(fs) == 0 {
+		return
+	}
+	for f := range fs {
+		if x.refs[f]--; x.refs[f] <= 0 {
+			delete(x.refs, f)
+		}
+	}
+	delete(x.byClient, cl.ID)
+	x.rebuildLocked()
 }
 
 func (x *subIndex) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
