@@ -105,19 +105,7 @@ type Bridge struct {
 	pubWake  chan struct{}
 	resync   atomic.Bool
 
-	connMu    sync.Mutex
-	connected bool
-	connCh    chan struct{} // closed while connected; replaced when lost
-	client    paho.Client   // external broker only
-	brokerURL string        // the URL the client dials (resolved in Run)
-	// inproc is the embedded broker, published to and subscribed on
-	// in-process (no client connection, no loopback TCP); nil with an
-	// external broker. subs tells whether any of its network clients could
-	// receive telemetry. Both are set before the loops start.
-	inproc     *mqtt.Server
-	subs       *subIndex
-	statuses   *statusTable // the embedded broker's retained device statuses
-	brokerAddr atomic.Value // string: the embedded broker's listen address
+	link link
 
 	ran atomic.Bool
 	// runCtx is Run's context, set before the broker starts or the client
@@ -131,6 +119,25 @@ type Bridge struct {
 	own      ownership
 	cmdq     commandQueue
 	remoteFn func(telemetry.Batch)
+}
+
+// link is the bridge's way to its broker: a paho client to an external
+// broker, or the embedded broker itself, used in-process.
+type link struct {
+	connMu    sync.Mutex
+	connected bool
+	connCh    chan struct{} // closed while connected; replaced when lost
+	client    paho.Client   // external broker only
+	brokerURL string        // the URL the client dials (resolved in Run)
+	// inproc is the embedded broker, published to and subscribed on
+	// in-process (no client connection, no loopback TCP); nil with an
+	// external broker. subs tells whether any of its network clients could
+	// receive telemetry; statuses holds its retained device statuses.
+	// subs and statuses are set in New, inproc before the loops start.
+	inproc     *mqtt.Server
+	subs       *subIndex
+	statuses   *statusTable
+	brokerAddr atomic.Value // string: the embedded broker's listen address
 }
 
 // ownership is this node's view of who holds which device (docs/scaling.md
@@ -242,7 +249,7 @@ func New(cfg Config, devs Devices, opts Options) (*Bridge, error) {
 		remoteIn:     make(chan inMsg, remoteSize),
 		wake:         make(chan struct{}, 1),
 		pubWake:      make(chan struct{}, 1),
-		connCh:       make(chan struct{}),
+		link:         link{connCh: make(chan struct{})},
 		own: ownership{
 			held:    make(map[string]*holding),
 			claims:  make(map[string]claim),
@@ -256,8 +263,8 @@ func New(cfg Config, devs Devices, opts Options) (*Bridge, error) {
 		},
 	}
 	if cfg.embedded() {
-		b.subs = newSubIndex(cfg.TopicPrefix)
-		b.statuses = newStatusTable(b.t)
+		b.link.subs = newSubIndex(cfg.TopicPrefix)
+		b.link.statuses = newStatusTable(b.t)
 	}
 	b.m = newMetrics(opts.Registerer, func() float64 { return float64(b.telem.len()) })
 	return b, nil
@@ -272,7 +279,7 @@ func randomHex(n int) string {
 // BrokerAddr is the embedded broker's address once Run has started it
 // (useful with mqtt.embedded.listen port 0), else "".
 func (b *Bridge) BrokerAddr() string {
-	s, _ := b.brokerAddr.Load().(string)
+	s, _ := b.link.brokerAddr.Load().(string)
 	return s
 }
 
@@ -293,7 +300,7 @@ func (b *Bridge) OnRemoteBatch(fn func(telemetry.Batch)) {
 // the queue is full the oldest batch is dropped and counted. Wire it to
 // ingest's Options.Committed.
 func (b *Bridge) Committed(bt telemetry.Batch) {
-	if b.subs != nil && !b.telemetryWanted() {
+	if b.link.subs != nil && !b.telemetryWanted() {
 		// Embedded broker and nobody who could receive it: the batch is
 		// neither queued nor encoded.
 		b.m.skipped.Inc()
@@ -312,7 +319,7 @@ func (b *Bridge) telemetryWanted() bool {
 	if layout != LayoutBatch && b.cfg.Telemetry.Retain {
 		return true
 	}
-	s := b.subs.snap.Load()
+	s := b.link.subs.snap.Load()
 	switch layout {
 	case LayoutBatch:
 		return s.batch
@@ -395,18 +402,18 @@ func (b *Bridge) Run(ctx context.Context) error {
 			return err
 		}
 		defer func() { _ = srv.Close() }()
-		b.brokerAddr.Store(addr)
+		b.link.brokerAddr.Store(addr)
 		b.log.Info("embedded MQTT broker listening", "addr", addr)
 		if err := b.subscribeInProcess(srv); err != nil {
 			return err
 		}
-		b.inproc = srv
+		b.link.inproc = srv
 		b.resync.Store(true)
 		b.setConnected(true)
 	} else {
-		b.brokerURL = b.cfg.URL
-		b.client = paho.NewClient(b.clientOptions(b.cfg.Username, b.cfg.Password))
-		ctok = b.client.Connect() // ConnectRetry: keeps trying in the background
+		b.link.brokerURL = b.cfg.URL
+		b.link.client = paho.NewClient(b.clientOptions(b.cfg.Username, b.cfg.Password))
+		ctok = b.link.client.Connect() // ConnectRetry: keeps trying in the background
 	}
 
 	var wg sync.WaitGroup
@@ -420,8 +427,8 @@ func (b *Bridge) Run(ctx context.Context) error {
 	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.ShutdownGrace)
 	defer cancel()
 	b.shutdown(gctx, p)
-	if b.client != nil {
-		b.client.Disconnect(250)
+	if b.link.client != nil {
+		b.link.client.Disconnect(250)
 	}
 	b.setConnected(false)
 	if ctok != nil {
@@ -439,7 +446,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 // clientOptions are the paho settings; docs/mqtt.md explains each choice.
 func (b *Bridge) clientOptions(user, pass string) *paho.ClientOptions {
 	o := paho.NewClientOptions().
-		AddBroker(b.brokerURL).
+		AddBroker(b.link.brokerURL).
 		SetClientID(b.clientID).
 		SetUsername(user).
 		SetPassword(pass).
@@ -461,13 +468,13 @@ func (b *Bridge) clientOptions(user, pass string) *paho.ClientOptions {
 		SetOnConnectHandler(b.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			b.setConnected(false)
-			b.log.Warn("MQTT connection lost; reconnecting", "broker", redactURL(b.brokerURL), "err", err)
+			b.log.Warn("MQTT connection lost; reconnecting", "broker", redactURL(b.link.brokerURL), "err", err)
 		})
 	return o
 }
 
 func (b *Bridge) onConnect(c paho.Client) {
-	b.log.Info("MQTT connected", "broker", redactURL(b.brokerURL), "client_id", b.clientID)
+	b.log.Info("MQTT connected", "broker", redactURL(b.link.brokerURL), "client_id", b.clientID)
 	b.mu.Lock()
 	remote := b.remoteFn != nil && b.cfg.Telemetry.Layout != LayoutReading
 	b.mu.Unlock()
@@ -547,17 +554,17 @@ func subscribeErr(tok paho.Token, timeout time.Duration) error {
 }
 
 func (b *Bridge) setConnected(up bool) {
-	b.connMu.Lock()
-	defer b.connMu.Unlock()
-	if up == b.connected {
+	b.link.connMu.Lock()
+	defer b.link.connMu.Unlock()
+	if up == b.link.connected {
 		return
 	}
-	b.connected = up
+	b.link.connected = up
 	if up {
-		close(b.connCh)
+		close(b.link.connCh)
 		b.m.connected.Set(1)
 	} else {
-		b.connCh = make(chan struct{})
+		b.link.connCh = make(chan struct{})
 		b.m.connected.Set(0)
 	}
 }
@@ -565,9 +572,9 @@ func (b *Bridge) setConnected(up bool) {
 // connState returns whether the client is connected and a channel closed
 // once it is.
 func (b *Bridge) connState() (bool, chan struct{}) {
-	b.connMu.Lock()
-	defer b.connMu.Unlock()
-	return b.connected, b.connCh
+	b.link.connMu.Lock()
+	defer b.link.connMu.Unlock()
+	return b.link.connected, b.link.connCh
 }
 
 // Connected reports whether the bridge currently has a broker connection

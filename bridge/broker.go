@@ -38,10 +38,10 @@ func (b *Bridge) startBroker() (*mqtt.Server, string, error) {
 	if err := srv.AddHook(&authHook{b: b, access: make(map[*mqtt.Client]Access)}, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add auth hook: %w", err)
 	}
-	if err := srv.AddHook(b.subs, nil); err != nil {
+	if err := srv.AddHook(b.link.subs, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add subscription hook: %w", err)
 	}
-	if err := srv.AddHook(b.statuses, nil); err != nil {
+	if err := srv.AddHook(b.link.statuses, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add status hook: %w", err)
 	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "meridian-tcp", Address: b.cfg.Embedded.Listen})

@@ -20,7 +20,7 @@
 // inline subscription, only classifies a message and enqueues it without
 // blocking (full queues drop and count); one worker goroutine acts on
 // commands, ownership and status records, and calls Devices (which must
-// not block either). Lock order: Bridge.mu before Bridge.connMu; neither is
+// not block either). Lock order: Bridge.mu before Bridge.link.connMu; neither is
 // held while calling Devices, paho or callbacks. subIndex.mu and
 // statusTable.mu are leaves, taken inside the broker's hooks.
 //

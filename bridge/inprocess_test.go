@@ -49,7 +49,7 @@ func seqsOf(t *testing.T, ch chan message, n int) map[string][]uint64 {
 
 func TestInProcessOrderPerDevice(t *testing.T) {
 	b, url, prefix := startEmbedded(t)
-	if b.client != nil || b.inproc == nil {
+	if b.link.client != nil || b.link.inproc == nil {
 		t.Fatal("embedded broker: want the in-process path, not a client connection")
 	}
 	msgs := watch(t, url, "ops", goodKey, prefix+"/+/telemetry")

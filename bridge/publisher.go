@@ -112,7 +112,7 @@ func (p *publisher) publishPending(ctx context.Context) bool {
 	for _, it := range batch {
 		// Ownership first: other nodes act on it (takeover), and the status
 		// topic is what people watch.
-		if it.sp.claim != nil && b.inproc == nil { // ownership matters only between nodes
+		if it.sp.claim != nil && b.link.inproc == nil { // ownership matters only between nodes
 			data, _ := json.Marshal(it.sp.claim)
 			p.publish(ctx, outMsg{topic: b.t.session(it.dev), payload: data, retain: true, kind: "session"}, 1)
 		}
@@ -120,10 +120,10 @@ func (p *publisher) publishPending(ctx context.Context) bool {
 			continue
 		}
 		retain := true
-		if b.statuses != nil {
+		if b.link.statuses != nil {
 			// The embedded broker's retained statuses live in the status
 			// table (status.go); subscribers get this one live.
-			b.statuses.set(it.dev, it.sp.status == "online")
+			b.link.statuses.set(it.dev, it.sp.status == "online")
 			retain = false
 		}
 		p.publish(ctx, outMsg{topic: b.t.status(it.dev), payload: []byte(it.sp.status), retain: retain, kind: "status"}, 1)
@@ -154,7 +154,7 @@ func (p *publisher) publishBatch(ctx context.Context, bt telemetry.Batch) {
 	msgpack := b.cfg.Format == "msgpack"
 	if b.cfg.Telemetry.Layout != LayoutReading {
 		topic := b.t.telemetry(bt.Device)
-		if b.subs == nil || b.subs.wanted(topic) {
+		if b.link.subs == nil || b.link.subs.wanted(topic) {
 			if msgpack {
 				p.buf = appendBatchMsgpack(p.buf[:0], b.node, bt)
 			} else {
@@ -172,7 +172,7 @@ func (p *publisher) publishBatch(ctx context.Context, bt telemetry.Batch) {
 	var out []byte
 	for _, r := range bt.Readings {
 		topic := b.t.reading(bt.Device, r.Metric)
-		if !retain && b.subs != nil && !b.subs.wanted(topic) {
+		if !retain && b.link.subs != nil && !b.link.subs.wanted(topic) {
 			continue
 		}
 		if out == nil {
@@ -194,7 +194,7 @@ func (p *publisher) publishBatch(ctx context.Context, bt telemetry.Batch) {
 // publish sends one message, waiting only for connection and for the
 // in-flight window. It reports false when ctx ended first.
 func (p *publisher) publish(ctx context.Context, m outMsg, qos byte) bool {
-	if srv := p.b.inproc; srv != nil {
+	if srv := p.b.link.inproc; srv != nil {
 		// Synchronous: the broker hands the packet to each subscriber's
 		// outbound queue (which drops when full, as for any client).
 		if err := srv.Publish(m.topic, m.payload, m.retain, qos); err != nil {
@@ -209,7 +209,7 @@ func (p *publisher) publish(ctx context.Context, m outMsg, qos byte) bool {
 		p.b.m.dropped.WithLabelValues("shutdown").Inc()
 		return false
 	}
-	tok := p.b.client.Publish(m.topic, qos, m.retain, m.payload)
+	tok := p.b.link.client.Publish(m.topic, qos, m.retain, m.payload)
 	p.b.m.published.WithLabelValues(m.kind).Inc()
 	p.inflight = append(p.inflight, tok)
 	p.prune()
