@@ -20,9 +20,15 @@
 // inline subscription, only classifies a message and enqueues it without
 // blocking (full queues drop and count); one worker goroutine acts on
 // commands, ownership and status records, and calls Devices (which must
-// not block either). Lock order: Bridge.mu before Bridge.link.connMu; neither is
-// held while calling Devices, paho or callbacks. subIndex.mu and
+// not block either). Lock order: Bridge.mu before Bridge.link.connMu;
+// neither is held while calling Devices, paho or callbacks. subIndex.mu and
 // statusTable.mu are leaves, taken inside the broker's hooks.
+//
+// Parts: link (bridge.go) is the way to the broker, paho or in-process;
+// the ring (queue.go) and the publisher (publisher.go) carry telemetry,
+// status and events out; ownership (worker.go, docs/scaling.md "Cluster
+// protocol") is the node's view of who holds which device; commandQueue
+// and the worker route commands and results.
 //
 // bridge imports no ingest, devices, storage or dashboard code: it declares
 // Devices and takes the authenticator and error classifiers as functions;
