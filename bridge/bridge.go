@@ -105,28 +105,59 @@ type Bridge struct {
 	pubWake  chan struct{}
 	resync   atomic.Bool
 
-	connMu     sync.Mutex
-	connected  bool
-	connCh     chan struct{} // closed while connected; replaced when lost
-	client     paho.Client
-	brokerURL  string       // the URL the client dials (resolved in Run)
-	brokerAddr atomic.Value // string: the embedded broker's listen address
+	link link
 
 	ran atomic.Bool
+	// runCtx is Run's context, set before the broker starts or the client
+	// connects: broker callbacks and paho handlers have no context of
+	// their own and stop waiting when it ends.
+	runCtx context.Context
 
-	// mu guards the cluster state below. Never held while calling Devices,
-	// publishing or calling user callbacks.
+	// mu guards own and cmdq. Never held while calling Devices, publishing
+	// or calling user callbacks.
 	mu       sync.Mutex
-	held     map[string]*holding  // devices with a live session on this node
-	claims   map[string]claim     // last ownership record seen per device
-	nodes    map[string]bool      // node name → online, from node status topics
-	pending  map[string]statusPub // status/ownership to publish; latest wins
-	deliver  map[string]struct{}  // devices that came online with queued commands
-	queued   map[string][]queuedCmd
-	nQueued  int
-	waiters  map[waitKey]chan resultJSON
-	seq      uint64
+	own      ownership
+	cmdq     commandQueue
 	remoteFn func(telemetry.Batch)
+}
+
+// link is the bridge's way to its broker: a paho client to an external
+// broker, or the embedded broker itself, used in-process.
+type link struct {
+	connMu    sync.Mutex
+	connected bool
+	connCh    chan struct{} // closed while connected; replaced when lost
+	client    paho.Client   // external broker only
+	brokerURL string        // the URL the client dials (resolved in Run)
+	// inproc is the embedded broker, published to and subscribed on
+	// in-process (no client connection, no loopback TCP); nil with an
+	// external broker. subs tells whether any of its network clients could
+	// receive telemetry; statuses holds its retained device statuses.
+	// subs and statuses are set in New, inproc before the loops start.
+	inproc     *mqtt.Server
+	subs       *subIndex
+	statuses   *statusTable
+	brokerAddr atomic.Value // string: the embedded broker's listen address
+}
+
+// ownership is this node's view of who holds which device (docs/scaling.md
+// "Cluster protocol"), and the status and ownership records it has yet to
+// publish. Guarded by Bridge.mu.
+type ownership struct {
+	held    map[string]*holding  // devices with a live session on this node
+	claims  map[string]claim     // last ownership record seen per device
+	nodes   map[string]bool      // node name → online, from node status topics
+	pending map[string]statusPub // status/ownership to publish; latest wins
+	seq     uint64               // last claim number of this incarnation
+}
+
+// commandQueue holds commands waiting for offline devices and the HTTP
+// requests waiting for results. Guarded by Bridge.mu.
+type commandQueue struct {
+	deliver map[string]struct{} // devices that came online with queued commands
+	queued  map[string][]queuedCmd
+	nQueued int
+	waiters map[waitKey]chan resultJSON
 }
 
 type holding struct {
@@ -218,14 +249,22 @@ func New(cfg Config, devs Devices, opts Options) (*Bridge, error) {
 		remoteIn:     make(chan inMsg, remoteSize),
 		wake:         make(chan struct{}, 1),
 		pubWake:      make(chan struct{}, 1),
-		connCh:       make(chan struct{}),
-		held:         make(map[string]*holding),
-		claims:       make(map[string]claim),
-		nodes:        make(map[string]bool),
-		pending:      make(map[string]statusPub),
-		deliver:      make(map[string]struct{}),
-		queued:       make(map[string][]queuedCmd),
-		waiters:      make(map[waitKey]chan resultJSON),
+		link:         link{connCh: make(chan struct{})},
+		own: ownership{
+			held:    make(map[string]*holding),
+			claims:  make(map[string]claim),
+			nodes:   make(map[string]bool),
+			pending: make(map[string]statusPub),
+		},
+		cmdq: commandQueue{
+			deliver: make(map[string]struct{}),
+			queued:  make(map[string][]queuedCmd),
+			waiters: make(map[waitKey]chan resultJSON),
+		},
+	}
+	if cfg.embedded() {
+		b.link.subs = newSubIndex(cfg.TopicPrefix)
+		b.link.statuses = newStatusTable(b.t)
 	}
 	b.m = newMetrics(opts.Registerer, func() float64 { return float64(b.telem.len()) })
 	return b, nil
@@ -240,7 +279,7 @@ func randomHex(n int) string {
 // BrokerAddr is the embedded broker's address once Run has started it
 // (useful with mqtt.embedded.listen port 0), else "".
 func (b *Bridge) BrokerAddr() string {
-	s, _ := b.brokerAddr.Load().(string)
+	s, _ := b.link.brokerAddr.Load().(string)
 	return s
 }
 
@@ -261,9 +300,33 @@ func (b *Bridge) OnRemoteBatch(fn func(telemetry.Batch)) {
 // the queue is full the oldest batch is dropped and counted. Wire it to
 // ingest's Options.Committed.
 func (b *Bridge) Committed(bt telemetry.Batch) {
+	if b.link.subs != nil && !b.telemetryWanted() {
+		// Embedded broker and nobody who could receive it: the batch is
+		// neither queued nor encoded.
+		b.m.skipped.Inc()
+		return
+	}
 	if b.telem.push(bt) {
 		b.m.dropped.WithLabelValues("queue_full").Inc()
 	}
+}
+
+// telemetryWanted reports whether a committed batch can reach anyone on
+// the embedded broker: a network client's filter could match its topics,
+// or per-reading messages are retained (kept for later subscribers).
+func (b *Bridge) telemetryWanted() bool {
+	layout := b.cfg.Telemetry.Layout
+	if layout != LayoutBatch && b.cfg.Telemetry.Retain {
+		return true
+	}
+	s := b.link.subs.snap.Load()
+	switch layout {
+	case LayoutBatch:
+		return s.batch
+	case LayoutReading:
+		return s.under
+	}
+	return s.batch || s.under
 }
 
 // Presence records a device session opening or closing on this node and
@@ -275,18 +338,18 @@ func (b *Bridge) Presence(p telemetry.Presence) {
 	}
 	b.mu.Lock()
 	if p.Online {
-		b.seq++
-		sid := b.incarnation + "." + strconv.FormatUint(b.seq, 10)
-		b.held[p.Device] = &holding{claim: sid}
-		b.pending[p.Device] = statusPub{status: "online", claim: &claim{Node: b.node, Session: sid, Online: true, At: p.At}}
-		if len(b.queued[p.Device]) > 0 {
-			b.deliver[p.Device] = struct{}{}
+		b.own.seq++
+		sid := b.incarnation + "." + strconv.FormatUint(b.own.seq, 10)
+		b.own.held[p.Device] = &holding{claim: sid}
+		b.own.pending[p.Device] = statusPub{status: "online", claim: &claim{Node: b.node, Session: sid, Online: true, At: p.At}}
+		if len(b.cmdq.queued[p.Device]) > 0 {
+			b.cmdq.deliver[p.Device] = struct{}{}
 			signal(b.wake)
 		}
 	} else {
-		h := b.held[p.Device]
-		delete(b.held, p.Device)
-		c, known := b.claims[p.Device]
+		h := b.own.held[p.Device]
+		delete(b.own.held, p.Device)
+		c, known := b.own.claims[p.Device]
 		switch {
 		case h == nil:
 			// Already released: another node took the device over and
@@ -294,7 +357,7 @@ func (b *Bridge) Presence(p telemetry.Presence) {
 		case known && c.Node != b.node && c.Online:
 			// A newer claim by another node: its status stands.
 		default:
-			b.pending[p.Device] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: p.At}}
+			b.own.pending[p.Device] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: p.At}}
 		}
 	}
 	b.mu.Unlock()
@@ -329,26 +392,30 @@ func (b *Bridge) Run(ctx context.Context) error {
 	if b.ran.Swap(true) {
 		return errors.New("bridge: Run called twice")
 	}
-	var srv *mqtt.Server
-	b.brokerURL = b.cfg.URL
-	user, pass := b.cfg.Username, b.cfg.Password
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	b.runCtx = runCtx
+	var ctok paho.Token
 	if b.cfg.embedded() {
-		var addr string
-		var err error
-		if srv, addr, err = b.startBroker(); err != nil {
+		srv, addr, err := b.startBroker()
+		if err != nil {
 			return err
 		}
 		defer func() { _ = srv.Close() }()
-		b.brokerURL = "tcp://" + addr
-		b.brokerAddr.Store(addr)
-		user, pass = b.internalUser, b.internalPass
+		b.link.brokerAddr.Store(addr)
 		b.log.Info("embedded MQTT broker listening", "addr", addr)
+		if err := b.subscribeInProcess(srv); err != nil {
+			return err
+		}
+		b.link.inproc = srv
+		b.resync.Store(true)
+		b.setConnected(true)
+	} else {
+		b.link.brokerURL = b.cfg.URL
+		b.link.client = paho.NewClient(b.clientOptions(b.cfg.Username, b.cfg.Password))
+		ctok = b.link.client.Connect() // ConnectRetry: keeps trying in the background
 	}
-	b.client = paho.NewClient(b.clientOptions(user, pass))
-	ctok := b.client.Connect() // ConnectRetry: keeps trying in the background
 
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); b.workLoop(runCtx) }()
@@ -357,17 +424,21 @@ func (b *Bridge) Run(ctx context.Context) error {
 	p.loop(runCtx)
 	wg.Wait()
 
-	gctx, cancel := context.WithTimeout(context.Background(), b.cfg.ShutdownGrace)
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.ShutdownGrace)
 	defer cancel()
 	b.shutdown(gctx, p)
-	b.client.Disconnect(250)
+	if b.link.client != nil {
+		b.link.client.Disconnect(250)
+	}
 	b.setConnected(false)
-	// With the broker unreachable, paho's connect loop ends after its
-	// current attempt; wait for it (within the grace) so that nothing of
-	// ours outlives Run.
-	select {
-	case <-ctok.Done():
-	case <-gctx.Done():
+	if ctok != nil {
+		// With the broker unreachable, paho's connect loop ends after its
+		// current attempt; wait for it (within the grace) so that nothing of
+		// ours outlives Run.
+		select {
+		case <-ctok.Done():
+		case <-gctx.Done():
+		}
 	}
 	return nil
 }
@@ -375,7 +446,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 // clientOptions are the paho settings; docs/mqtt.md explains each choice.
 func (b *Bridge) clientOptions(user, pass string) *paho.ClientOptions {
 	o := paho.NewClientOptions().
-		AddBroker(b.brokerURL).
+		AddBroker(b.link.brokerURL).
 		SetClientID(b.clientID).
 		SetUsername(user).
 		SetPassword(pass).
@@ -397,13 +468,13 @@ func (b *Bridge) clientOptions(user, pass string) *paho.ClientOptions {
 		SetOnConnectHandler(b.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			b.setConnected(false)
-			b.log.Warn("MQTT connection lost; reconnecting", "broker", redactURL(b.brokerURL), "err", err)
+			b.log.Warn("MQTT connection lost; reconnecting", "broker", redactURL(b.link.brokerURL), "err", err)
 		})
 	return o
 }
 
 func (b *Bridge) onConnect(c paho.Client) {
-	b.log.Info("MQTT connected", "broker", redactURL(b.brokerURL), "client_id", b.clientID)
+	b.log.Info("MQTT connected", "broker", redactURL(b.link.brokerURL), "client_id", b.clientID)
 	b.mu.Lock()
 	remote := b.remoteFn != nil && b.cfg.Telemetry.Layout != LayoutReading
 	b.mu.Unlock()
@@ -417,7 +488,13 @@ func (b *Bridge) onConnect(c paho.Client) {
 			break
 		}
 		b.log.Error("MQTT subscribe failed; retrying", "err", err, "retry_in", wait)
-		time.Sleep(wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-b.runCtx.Done():
+			t.Stop()
+			return // Run is ending: no point subscribing
+		}
 		if !c.IsConnectionOpen() {
 			return // the next connect subscribes again
 		}
@@ -431,8 +508,14 @@ func (b *Bridge) onConnect(c paho.Client) {
 // and enqueues without blocking: a blocked handler would stall paho's
 // router (and, with OrderMatters, the keep-alive).
 func (b *Bridge) onMessage(_ paho.Client, msg paho.Message) {
-	kind, subject := b.t.classify(msg.Topic())
-	m := inMsg{kind: kind, subject: subject, payload: msg.Payload()}
+	b.receive(msg.Topic(), msg.Payload())
+}
+
+// receive classifies one message from the broker and enqueues it without
+// blocking (full queues drop and count).
+func (b *Bridge) receive(topic string, payload []byte) {
+	kind, subject := b.t.classify(topic)
+	m := inMsg{kind: kind, subject: subject, payload: payload}
 	switch kind {
 	case inUnknown:
 		return
@@ -471,17 +554,17 @@ func subscribeErr(tok paho.Token, timeout time.Duration) error {
 }
 
 func (b *Bridge) setConnected(up bool) {
-	b.connMu.Lock()
-	defer b.connMu.Unlock()
-	if up == b.connected {
+	b.link.connMu.Lock()
+	defer b.link.connMu.Unlock()
+	if up == b.link.connected {
 		return
 	}
-	b.connected = up
+	b.link.connected = up
 	if up {
-		close(b.connCh)
+		close(b.link.connCh)
 		b.m.connected.Set(1)
 	} else {
-		b.connCh = make(chan struct{})
+		b.link.connCh = make(chan struct{})
 		b.m.connected.Set(0)
 	}
 }
@@ -489,9 +572,9 @@ func (b *Bridge) setConnected(up bool) {
 // connState returns whether the client is connected and a channel closed
 // once it is.
 func (b *Bridge) connState() (bool, chan struct{}) {
-	b.connMu.Lock()
-	defer b.connMu.Unlock()
-	return b.connected, b.connCh
+	b.link.connMu.Lock()
+	defer b.link.connMu.Unlock()
+	return b.link.connected, b.link.connCh
 }
 
 // Connected reports whether the bridge currently has a broker connection
@@ -551,13 +634,13 @@ func (b *Bridge) shutdown(ctx context.Context, p *publisher) {
 	}
 	now := b.opts.Now().UnixMilli()
 	b.mu.Lock()
-	for dev, h := range b.held {
-		if c, ok := b.claims[dev]; ok && c.Node != b.node && c.Online {
+	for dev, h := range b.own.held {
+		if c, ok := b.own.claims[dev]; ok && c.Node != b.node && c.Online {
 			continue
 		}
-		b.pending[dev] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: now}}
+		b.own.pending[dev] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: h.claim, Online: false, At: now}}
 	}
-	clear(b.held)
+	clear(b.own.held)
 	b.mu.Unlock()
 	for p.publishPending(ctx) {
 	}

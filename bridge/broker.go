@@ -30,9 +30,19 @@ func (b *Bridge) startBroker() (*mqtt.Server, string, error) {
 	srv := mqtt.New(&mqtt.Options{
 		Logger:       slog.New(redactPackets{b.log.Handler()}).With("component", "mqtt-broker"),
 		Capabilities: caps,
+		// The bridge publishes and subscribes in-process through the inline
+		// client: no connection of its own, no loopback TCP, no encoding
+		// and parsing of MQTT packets on its side.
+		InlineClient: true,
 	})
 	if err := srv.AddHook(&authHook{b: b, access: make(map[*mqtt.Client]Access)}, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add auth hook: %w", err)
+	}
+	if err := srv.AddHook(b.link.subs, nil); err != nil {
+		return nil, "", fmt.Errorf("embedded broker: add subscription hook: %w", err)
+	}
+	if err := srv.AddHook(b.link.statuses, nil); err != nil {
+		return nil, "", fmt.Errorf("embedded broker: add status hook: %w", err)
 	}
 	tcp := listeners.NewTCP(listeners.Config{ID: "meridian-tcp", Address: b.cfg.Embedded.Listen})
 	if err := srv.AddListener(tcp); err != nil {
@@ -43,6 +53,22 @@ func (b *Bridge) startBroker() (*mqtt.Server, string, error) {
 		return nil, "", fmt.Errorf("embedded broker: serve: %w", err)
 	}
 	return srv, dialAddr(tcp.Address()), nil
+}
+
+// subscribeInProcess subscribes the bridge to commands on the embedded
+// broker. Only commands: this broker serves this node alone (scaling.md),
+// so there are no other nodes' ownership records, statuses, results,
+// kicks or telemetry to follow, and no session records are published.
+// The handler runs on the publishing client's goroutine and only enqueues.
+func (b *Bridge) subscribeInProcess(srv *mqtt.Server) error {
+	filter := b.t.prefix + "/+/commands"
+	err := srv.Subscribe(filter, 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		b.receive(pk.TopicName, pk.Payload)
+	})
+	if err != nil {
+		return fmt.Errorf("embedded broker: subscribe %s: %w", filter, err)
+	}
+	return nil
 }
 
 // dialAddr turns a listen address into one to connect to: a wildcard host
@@ -116,7 +142,7 @@ func (h *authHook) authenticate(pk packets.Packet) Access {
 	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 || b.opts.Authenticate == nil {
 		return AccessNone
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
+	ctx, cancel := context.WithTimeout(b.runCtx, authTimeout)
 	defer cancel()
 	switch a := b.opts.Authenticate(ctx, user, string(pk.Connect.Password)); a {
 	case AccessRead, AccessCommand:

@@ -33,20 +33,20 @@ func startNode(t *testing.T, url, prefix, name string) *node {
 func (n *node) knows(peer string) bool {
 	n.b.mu.Lock()
 	defer n.b.mu.Unlock()
-	return n.b.nodes[peer]
+	return n.b.own.nodes[peer]
 }
 
 func (n *node) echoed(device string) bool {
 	n.b.mu.Lock()
 	defer n.b.mu.Unlock()
-	h := n.b.held[device]
+	h := n.b.own.held[device]
 	return h != nil && h.echoed
 }
 
 func (n *node) owner(device string) string {
 	n.b.mu.Lock()
 	defer n.b.mu.Unlock()
-	return n.b.claims[device].Node
+	return n.b.own.claims[device].Node
 }
 
 func noCommand(t *testing.T, n *node, wait time.Duration) {
@@ -214,13 +214,13 @@ func TestTwoNodes(t *testing.T) {
 		eventually(t, "q1 released", func() bool {
 			b.b.mu.Lock()
 			defer b.b.mu.Unlock()
-			return !b.b.claims["q1"].Online
+			return !b.b.own.claims["q1"].Online
 		})
 		publish(t, url, prefix+"/q1/commands", `{"id":"qq","name":"x","payload":{"k":1},"queue":true}`)
 		eventually(t, "A to queue it", func() bool {
 			a.b.mu.Lock()
 			defer a.b.mu.Unlock()
-			return len(a.b.queued["q1"]) == 1
+			return len(a.b.cmdq.queued["q1"]) == 1
 		})
 		noCommand(t, b, 100*time.Millisecond)
 		connect(b.b, b.devs, "q1")

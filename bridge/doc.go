@@ -12,13 +12,23 @@
 // Concurrency contract: Committed, Presence and Result are called from
 // ingest's goroutines and never block: Committed pushes into a bounded
 // drop-oldest ring, Presence and Result update state under one mutex and
-// queue publishes. Exactly one publisher goroutine talks to paho for
-// publishing, keeping at most 64 publishes in flight and publishing only
-// while connected. paho's message handler only classifies a message and
-// enqueues it without blocking (full queues drop and count); one worker
-// goroutine acts on commands, ownership and status records, and calls
-// Devices (which must not block either). Lock order: Bridge.mu before
-// Bridge.connMu; neither is held while calling Devices, paho or callbacks.
+// queue publishes. Exactly one publisher goroutine publishes: with an
+// external broker through paho, keeping at most 64 publishes in flight and
+// publishing only while connected; with the embedded broker in-process
+// (mochi's inline client), synchronously, and only what some client can
+// receive (subIndex). paho's message handler, or the embedded broker's
+// inline subscription, only classifies a message and enqueues it without
+// blocking (full queues drop and count); one worker goroutine acts on
+// commands, ownership and status records, and calls Devices (which must
+// not block either). Lock order: Bridge.mu before Bridge.link.connMu;
+// neither is held while calling Devices, paho or callbacks. subIndex.mu and
+// statusTable.mu are leaves, taken inside the broker's hooks.
+//
+// Parts: link (bridge.go) is the way to the broker, paho or in-process;
+// the ring (queue.go) and the publisher (publisher.go) carry telemetry,
+// status and events out; ownership (worker.go, docs/scaling.md "Cluster
+// protocol") is the node's view of who holds which device; commandQueue
+// and the worker route commands and results.
 //
 // bridge imports no ingest, devices, storage or dashboard code: it declares
 // Devices and takes the authenticator and error classifiers as functions;

@@ -99,7 +99,7 @@ func disconnect(b *Bridge, f *fakeDevices, device string) {
 
 func randomPrefix() string { return "mtest/" + randomHex(6) }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -126,7 +126,7 @@ func startBridgeStop(t *testing.T, cfg Config, devs Devices, mod func(*Options))
 	return runBridge(t, newBridge(t, cfg, devs, mod))
 }
 
-func newBridge(t *testing.T, cfg Config, devs Devices, mod func(*Options)) *Bridge {
+func newBridge(t testing.TB, cfg Config, devs Devices, mod func(*Options)) *Bridge {
 	t.Helper()
 	opts := Options{
 		Logger:     testLogger(t),
@@ -147,7 +147,7 @@ func newBridge(t *testing.T, cfg Config, devs Devices, mod func(*Options)) *Brid
 
 // runBridge runs b until the test ends (or stop is called) and waits for
 // its broker connection.
-func runBridge(t *testing.T, b *Bridge) (*Bridge, func()) {
+func runBridge(t testing.TB, b *Bridge) (*Bridge, func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -323,4 +323,41 @@ func collect(t *testing.T, ch chan message, topics ...string) map[string]message
 		}
 	}
 	return got
+}
+
+// newEmbedded builds (does not run) a bridge with its own embedded broker
+// on a free port, which lets goodKey in to read.
+func newEmbedded(t testing.TB, mod func(*Config)) *Bridge {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Embedded.Listen = "127.0.0.1:0"
+	cfg.Node = "n1"
+	cfg.ShutdownGrace = 2 * time.Second
+	if mod != nil {
+		mod(&cfg)
+	}
+	return newBridge(t, cfg, newFakeDevices(), func(o *Options) {
+		o.Authenticate = func(_ context.Context, _, password string) Access {
+			if password == goodKey {
+				return AccessRead
+			}
+			return AccessNone
+		}
+	})
+}
+
+// subscribeFunc connects a plain MQTT client to b's embedded broker and
+// calls fn with the payload of every message on filter.
+func subscribeFunc(t testing.TB, b *Bridge, filter string, fn func([]byte)) {
+	t.Helper()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.BrokerAddr()).SetClientID("sub-" + randomHex(6)).
+		SetUsername("ops").SetPassword(goodKey).SetAutoReconnect(false))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscriber connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	tok := c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) { fn(m.Payload()) })
+	if err := subscribeErr(tok, 5*time.Second); err != nil {
+		t.Fatalf("subscribe %s: %v", filter, err)
+	}
 }

@@ -163,17 +163,17 @@ func (b *Bridge) await(ctx context.Context, device string, cmd command, wait tim
 	k := waitKey{device, cmd.ID}
 	ch := make(chan resultJSON, 1)
 	b.mu.Lock()
-	if _, dup := b.waiters[k]; dup {
+	if _, dup := b.cmdq.waiters[k]; dup {
 		b.mu.Unlock()
 		return res, false, ErrDuplicateID
 	}
-	b.waiters[k] = ch
-	_, here := b.held[device]
+	b.cmdq.waiters[k] = ch
+	_, here := b.own.held[device]
 	b.mu.Unlock()
 	defer func() {
 		b.mu.Lock()
-		if b.waiters[k] == ch {
-			delete(b.waiters, k)
+		if b.cmdq.waiters[k] == ch {
+			delete(b.cmdq.waiters, k)
 		}
 		b.mu.Unlock()
 	}()

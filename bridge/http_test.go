@@ -99,7 +99,7 @@ func TestCommandHTTP(t *testing.T) {
 	eventually(t, "the queued HTTP command to reach d2", func() bool {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		return len(b.queued["d2"]) == 0
+		return len(b.cmdq.queued["d2"]) == 0
 	})
 }
 

@@ -11,6 +11,7 @@ type metrics struct {
 	commands   *prometheus.CounterVec // outcome
 	queueLen   prometheus.GaugeFunc
 	remote     prometheus.Counter
+	skipped    prometheus.Counter
 	takeovers  prometheus.Counter
 	authFailed prometheus.Counter
 }
@@ -23,11 +24,12 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) *metrics {
 		commands:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meridian_mqtt_commands_total", Help: "Commands handled by this node, by outcome."}, []string{"outcome"}),
 		queueLen:   prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meridian_mqtt_queue_batches", Help: "Committed batches waiting to be published."}, queueLen),
 		remote:     prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_mqtt_remote_batches_total", Help: "Batches committed by other nodes received over MQTT."}),
+		skipped:    prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_mqtt_skipped_batches_total", Help: "Committed batches not encoded or published because no subscriber of the embedded broker could receive them."}),
 		takeovers:  prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_mqtt_takeovers_total", Help: "Local device sessions closed because another node claimed the device."}),
 		authFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_mqtt_broker_auth_failures_total", Help: "Connections refused by the embedded broker's authentication."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.published, m.dropped, m.commands, m.queueLen, m.remote, m.takeovers, m.authFailed)
+		reg.MustRegister(m.connected, m.published, m.dropped, m.commands, m.queueLen, m.remote, m.skipped, m.takeovers, m.authFailed)
 	}
 	return m
 }

@@ -83,9 +83,9 @@ func (p *publisher) resyncState(ctx context.Context) {
 	b := p.b
 	p.publish(ctx, outMsg{topic: b.t.node(b.node), payload: []byte("online"), retain: true, kind: "node"}, 1)
 	b.mu.Lock()
-	for dev := range b.held {
-		if _, ok := b.pending[dev]; !ok {
-			b.pending[dev] = statusPub{status: "online"}
+	for dev := range b.own.held {
+		if _, ok := b.own.pending[dev]; !ok {
+			b.own.pending[dev] = statusPub{status: "online"}
 		}
 	}
 	b.mu.Unlock()
@@ -101,9 +101,9 @@ func (p *publisher) publishPending(ctx context.Context) bool {
 	}
 	batch := make([]item, 0, 16)
 	b.mu.Lock()
-	for dev, sp := range b.pending {
+	for dev, sp := range b.own.pending {
 		batch = append(batch, item{dev, sp})
-		delete(b.pending, dev)
+		delete(b.own.pending, dev)
 		if len(batch) == pendingBatch {
 			break
 		}
@@ -112,13 +112,21 @@ func (p *publisher) publishPending(ctx context.Context) bool {
 	for _, it := range batch {
 		// Ownership first: other nodes act on it (takeover), and the status
 		// topic is what people watch.
-		if it.sp.claim != nil {
+		if it.sp.claim != nil && b.link.inproc == nil { // ownership matters only between nodes
 			data, _ := json.Marshal(it.sp.claim)
 			p.publish(ctx, outMsg{topic: b.t.session(it.dev), payload: data, retain: true, kind: "session"}, 1)
 		}
-		if it.sp.status != "" {
-			p.publish(ctx, outMsg{topic: b.t.status(it.dev), payload: []byte(it.sp.status), retain: true, kind: "status"}, 1)
+		if it.sp.status == "" {
+			continue
 		}
+		retain := true
+		if b.link.statuses != nil {
+			// The embedded broker's retained statuses live in the status
+			// table (status.go); subscribers get this one live.
+			b.link.statuses.set(it.dev, it.sp.status == "online")
+			retain = false
+		}
+		p.publish(ctx, outMsg{topic: b.t.status(it.dev), payload: []byte(it.sp.status), retain: retain, kind: "status"}, 1)
 	}
 	return len(batch) > 0
 }
@@ -134,40 +142,74 @@ func (p *publisher) drainEvents(ctx context.Context) {
 	}
 }
 
-// publishBatch publishes one committed batch in the configured layout.
+// publishBatch publishes one committed batch in the configured layout. A
+// batch is encoded once: the batch message is one allocation, and the
+// per-reading messages are slices of one buffer per batch (the broker or
+// paho keeps the bytes until they are written, so they are never reused).
+// On the embedded broker, a message no network client can receive is not
+// built at all (unless it is retained).
 func (p *publisher) publishBatch(ctx context.Context, bt telemetry.Batch) {
 	b := p.b
 	qos := byte(b.cfg.QoS)
 	msgpack := b.cfg.Format == "msgpack"
 	if b.cfg.Telemetry.Layout != LayoutReading {
-		if msgpack {
-			p.buf = appendBatchMsgpack(p.buf[:0], b.node, bt)
-		} else {
-			p.buf = appendBatchJSON(p.buf[:0], b.node, bt)
-		}
-		// paho keeps the slice until the packet is written: copy.
-		p.publish(ctx, outMsg{topic: b.t.telemetry(bt.Device), payload: append([]byte(nil), p.buf...), kind: "telemetry"}, qos)
-	}
-	if b.cfg.Telemetry.Layout != LayoutBatch {
-		for _, r := range bt.Readings {
+		topic := b.t.telemetry(bt.Device)
+		if b.link.subs == nil || b.link.subs.wanted(topic) {
 			if msgpack {
-				p.buf = appendReadingMsgpack(p.buf[:0], r)
+				p.buf = appendBatchMsgpack(p.buf[:0], b.node, bt)
 			} else {
-				p.buf = appendReadingJSON(p.buf[:0], r)
+				p.buf = appendBatchJSON(p.buf[:0], b.node, bt)
 			}
-			p.publish(ctx, outMsg{topic: b.t.reading(bt.Device, r.Metric), payload: append([]byte(nil), p.buf...), retain: b.cfg.Telemetry.Retain, kind: "reading"}, qos)
+			p.publish(ctx, outMsg{topic: topic, payload: append([]byte(nil), p.buf...), kind: "telemetry"}, qos)
+		} else {
+			b.m.skipped.Inc()
 		}
+	}
+	if b.cfg.Telemetry.Layout == LayoutBatch || len(bt.Readings) == 0 {
+		return
+	}
+	retain := b.cfg.Telemetry.Retain
+	var out []byte
+	for _, r := range bt.Readings {
+		topic := b.t.reading(bt.Device, r.Metric)
+		if !retain && b.link.subs != nil && !b.link.subs.wanted(topic) {
+			continue
+		}
+		if out == nil {
+			// One buffer for the batch's reading messages: ~40 bytes each in
+			// JSON. If append has to grow it, earlier messages keep the old
+			// array; later ones are written past them, never over them.
+			out = make([]byte, 0, 48*len(bt.Readings))
+		}
+		start := len(out)
+		if msgpack {
+			out = appendReadingMsgpack(out, r)
+		} else {
+			out = appendReadingJSON(out, r)
+		}
+		p.publish(ctx, outMsg{topic: topic, payload: out[start:len(out):len(out)], retain: retain, kind: "reading"}, qos)
 	}
 }
 
 // publish sends one message, waiting only for connection and for the
 // in-flight window. It reports false when ctx ended first.
 func (p *publisher) publish(ctx context.Context, m outMsg, qos byte) bool {
+	if srv := p.b.link.inproc; srv != nil {
+		// Synchronous: the broker hands the packet to each subscriber's
+		// outbound queue (which drops when full, as for any client).
+		if err := srv.Publish(m.topic, m.payload, m.retain, qos); err != nil {
+			p.b.m.dropped.WithLabelValues("publish_error").Inc()
+			p.b.log.Debug("in-process publish failed", "topic", m.topic, "err", err)
+			return true
+		}
+		p.b.m.published.WithLabelValues(m.kind).Inc()
+		return true
+	}
 	if !p.waitConnected(ctx) {
 		p.b.m.dropped.WithLabelValues("shutdown").Inc()
 		return false
 	}
-	tok := p.b.client.Publish(m.topic, qos, m.retain, m.payload)
+	tok := p.b.link.client.Publish(m.topic, qos, m.retain, m.payload)
 	p.b.m.published.WithLabelValues(m.kind).Inc()
 	p.inflight = append(p.inflight, tok)
 	p.prune()

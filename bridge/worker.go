@@ -79,7 +79,7 @@ func (b *Bridge) handleCommand(device string, payload []byte) {
 // that is. It reports whether the command went to a local session.
 func (b *Bridge) dispatch(device string, cmd command) bool {
 	b.mu.Lock()
-	_, here := b.held[device]
+	_, here := b.own.held[device]
 	b.mu.Unlock()
 	if here {
 		err := b.devs.SendCommand(device, telemetry.Command{ID: cmd.ID, Name: cmd.Name, Payload: cmd.Payload})
@@ -141,14 +141,14 @@ func (b *Bridge) isBusy(err error) bool {
 func (b *Bridge) responsible(device string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, ok := b.held[device]; ok {
+	if _, ok := b.own.held[device]; ok {
 		return true
 	}
-	if c, ok := b.claims[device]; ok && c.Node != "" {
+	if c, ok := b.own.claims[device]; ok && c.Node != "" {
 		if c.Node == b.node {
 			return true
 		}
-		if b.nodes[c.Node] {
+		if b.own.nodes[c.Node] {
 			return false
 		}
 	}
@@ -157,7 +157,7 @@ func (b *Bridge) responsible(device string) bool {
 
 // firstNodeLocked: is this node the online node whose name sorts first?
 func (b *Bridge) firstNodeLocked() bool {
-	for n, up := range b.nodes {
+	for n, up := range b.own.nodes {
 		if up && n < b.node {
 			return false
 		}
@@ -172,7 +172,7 @@ func (b *Bridge) handleSession(device string, payload []byte) {
 	}
 	if len(payload) == 0 { // record cleared by an operator
 		b.mu.Lock()
-		delete(b.claims, device)
+		delete(b.own.claims, device)
 		b.mu.Unlock()
 		return
 	}
@@ -184,8 +184,8 @@ func (b *Bridge) handleSession(device string, payload []byte) {
 	var kick bool
 	var forward []queuedCmd
 	b.mu.Lock()
-	b.claims[device] = c
-	h := b.held[device]
+	b.own.claims[device] = c
+	h := b.own.held[device]
 	switch {
 	case c.Node == b.node:
 		switch {
@@ -194,25 +194,25 @@ func (b *Bridge) handleSession(device string, payload []byte) {
 		case h == nil && c.Online:
 			// Says we hold it but we do not: left over from a crash of this
 			// node, or a lost "offline". Correct it.
-			b.pending[device] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: c.Session, Online: false, At: b.opts.Now().UnixMilli()}}
+			b.own.pending[device] = statusPub{status: "offline", claim: &claim{Node: b.node, Session: c.Session, Online: false, At: b.opts.Now().UnixMilli()}}
 			signal(b.pubWake)
 		}
 	case c.Online:
 		if h != nil && h.echoed {
 			// Another node claimed the device after our claim reached the
 			// broker: the device reconnected there. Close our session.
-			delete(b.held, device)
+			delete(b.own.held, device)
 			kick = true
 		}
 		// A claim by another node that arrives before our own claim's echo
 		// was ordered before ours by the broker: it is stale, keep ours.
-		if q := b.queued[device]; len(q) > 0 {
+		if q := b.cmdq.queued[device]; len(q) > 0 {
 			forward = q
-			b.nQueued -= len(q)
-			delete(b.queued, device)
+			b.cmdq.nQueued -= len(q)
+			delete(b.cmdq.queued, device)
 		}
-		if up, known := b.nodes[c.Node]; known && !up && b.firstNodeLocked() {
-			b.pending[device] = deadNodeRelease(c, b.opts.Now())
+		if up, known := b.own.nodes[c.Node]; known && !up && b.firstNodeLocked() {
+			b.own.pending[device] = deadNodeRelease(c, b.opts.Now())
 			signal(b.pubWake)
 		}
 	}
@@ -249,9 +249,9 @@ func (b *Bridge) handleStatus(device string, payload []byte) {
 		return
 	}
 	b.mu.Lock()
-	if _, ok := b.held[device]; ok {
-		if _, queued := b.pending[device]; !queued {
-			b.pending[device] = statusPub{status: "online"}
+	if _, ok := b.own.held[device]; ok {
+		if _, queued := b.own.pending[device]; !queued {
+			b.own.pending[device] = statusPub{status: "online"}
 			signal(b.pubWake)
 		}
 	}
@@ -277,18 +277,18 @@ func (b *Bridge) handleNode(node string, payload []byte) {
 		return
 	}
 	if len(payload) == 0 {
-		delete(b.nodes, node)
+		delete(b.own.nodes, node)
 		return
 	}
-	b.nodes[node] = up
+	b.own.nodes[node] = up
 	if up || !b.firstNodeLocked() {
 		return
 	}
 	now := b.opts.Now()
 	n := 0
-	for dev, c := range b.claims {
+	for dev, c := range b.own.claims {
 		if c.Node == node && c.Online {
-			b.pending[dev] = deadNodeRelease(c, now)
+			b.own.pending[dev] = deadNodeRelease(c, now)
 			n++
 		}
 	}
@@ -303,14 +303,14 @@ func (b *Bridge) handleNode(node string, payload []byte) {
 func (b *Bridge) enqueue(device string, cmd command) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	q := b.queued[device]
-	if len(q) >= b.cfg.CommandQueue.MaxPerDevice || b.nQueued >= b.cfg.CommandQueue.MaxTotal {
+	q := b.cmdq.queued[device]
+	if len(q) >= b.cfg.CommandQueue.MaxPerDevice || b.cmdq.nQueued >= b.cfg.CommandQueue.MaxTotal {
 		return false
 	}
-	b.queued[device] = append(q, queuedCmd{cmd: cmd, at: b.opts.Now()})
-	b.nQueued++
-	if _, ok := b.held[device]; ok { // came online meanwhile
-		b.deliver[device] = struct{}{}
+	b.cmdq.queued[device] = append(q, queuedCmd{cmd: cmd, at: b.opts.Now()})
+	b.cmdq.nQueued++
+	if _, ok := b.own.held[device]; ok { // came online meanwhile
+		b.cmdq.deliver[device] = struct{}{}
 		signal(b.wake)
 	}
 	return true
@@ -319,22 +319,22 @@ func (b *Bridge) enqueue(device string, cmd command) bool {
 // deliverQueued sends the queued commands of devices that came online.
 func (b *Bridge) deliverQueued() {
 	b.mu.Lock()
-	devs := make([]string, 0, len(b.deliver))
-	for d := range b.deliver {
+	devs := make([]string, 0, len(b.cmdq.deliver))
+	for d := range b.cmdq.deliver {
 		devs = append(devs, d)
 	}
-	clear(b.deliver)
+	clear(b.cmdq.deliver)
 	b.mu.Unlock()
 	for _, dev := range devs {
 		b.mu.Lock()
-		_, here := b.held[dev]
-		q := b.queued[dev]
+		_, here := b.own.held[dev]
+		q := b.cmdq.queued[dev]
 		if !here || len(q) == 0 {
 			b.mu.Unlock()
 			continue
 		}
-		delete(b.queued, dev)
-		b.nQueued -= len(q)
+		delete(b.cmdq.queued, dev)
+		b.cmdq.nQueued -= len(q)
 		b.mu.Unlock()
 		for i, qc := range q {
 			err := b.devs.SendCommand(dev, telemetry.Command{ID: qc.cmd.ID, Name: qc.cmd.Name, Payload: qc.cmd.Payload})
@@ -344,8 +344,8 @@ func (b *Bridge) deliverQueued() {
 			case b.isOffline(err):
 				// Gone again: put the rest back, oldest first.
 				b.mu.Lock()
-				b.queued[dev] = append(q[i:], b.queued[dev]...)
-				b.nQueued += len(q) - i
+				b.cmdq.queued[dev] = append(q[i:], b.cmdq.queued[dev]...)
+				b.cmdq.nQueued += len(q) - i
 				b.mu.Unlock()
 				return
 			case b.isBusy(err):
@@ -368,7 +368,7 @@ func (b *Bridge) expireQueued() {
 	}
 	var expired []exp
 	b.mu.Lock()
-	for dev, q := range b.queued {
+	for dev, q := range b.cmdq.queued {
 		keep := q[:0]
 		for _, qc := range q {
 			if qc.at.Before(cutoff) {
@@ -377,11 +377,11 @@ func (b *Bridge) expireQueued() {
 			}
 			keep = append(keep, qc)
 		}
-		b.nQueued -= len(q) - len(keep)
+		b.cmdq.nQueued -= len(q) - len(keep)
 		if len(keep) == 0 {
-			delete(b.queued, dev)
+			delete(b.cmdq.queued, dev)
 		} else {
-			b.queued[dev] = keep
+			b.cmdq.queued[dev] = keep
 		}
 	}
 	b.mu.Unlock()
@@ -411,8 +411,8 @@ func (b *Bridge) emitResult(device string, r resultJSON) {
 func (b *Bridge) completeWaiter(device string, r resultJSON) {
 	k := waitKey{device, r.ID}
 	b.mu.Lock()
-	ch := b.waiters[k]
-	delete(b.waiters, k)
+	ch := b.cmdq.waiters[k]
+	delete(b.cmdq.waiters, k)
 	b.mu.Unlock()
 	if ch != nil {
 		ch <- r // 1-buffered, one sender: the waiter was just removed
