@@ -178,7 +178,11 @@ func TestBadFrames(t *testing.T) {
 		kind   string
 	}{
 		{"unmasked", []ws.Frame{ws.NewBinaryFrame([]byte("x"))}, CloseProtocol, KindUnmasked},
-		{"reserved bit", []ws.Frame{func() ws.Frame { f := masked(ws.OpBinary, true, []byte("x")); f.Header.Rsv = ws.Rsv(true, false, false); return f }()}, CloseProtocol, KindBadFrame},
+		{"reserved bit", []ws.Frame{func() ws.Frame {
+			f := masked(ws.OpBinary, true, []byte("x"))
+			f.Header.Rsv = ws.Rsv(true, false, false)
+			return f
+		}()}, CloseProtocol, KindBadFrame},
 		{"continuation first", []ws.Frame{masked(ws.OpContinuation, true, []byte("x"))}, CloseProtocol, KindBadFrame},
 		{"new message mid-fragment", []ws.Frame{masked(ws.OpBinary, false, []byte("x")), masked(ws.OpBinary, true, []byte("y"))}, CloseProtocol, KindBadFrame},
 		{"fragmented ping", []ws.Frame{masked(ws.OpPing, false, nil)}, CloseProtocol, KindBadFrame},
