@@ -70,7 +70,18 @@ type Config struct {
 	// ~2-5 ms a handshake still admits thousands of devices per second.
 	MaxHandshakes int
 	// ShutdownGrace bounds graceful shutdown: flush, ack, close 1001.
+	// Shutdown returns at most shutdownMargin later whatever clients do.
 	ShutdownGrace time.Duration
+	// RatePauseMax bounds how long a device over its readings rate is
+	// paced (its socket left unread until its bucket allows the batch)
+	// before it is closed with 1013. A batch at most waits for the bucket
+	// to refill (2 s with the default rate and burst), so 30 s only closes
+	// a device whose limit is far below what it must send.
+	RatePauseMax time.Duration
+	// BlockingReaders turns off the readiness poller: every device session
+	// then keeps a reader goroutine (the mode TLS sessions and non-Linux
+	// builds always use). For comparison and as an escape hatch.
+	BlockingReaders bool
 	// Node names this server in session records and logs.
 	Node string
 }
@@ -93,6 +104,7 @@ func DefaultConfig() Config {
 		MaxConnections:   50_000,
 		MaxHandshakes:    32,
 		ShutdownGrace:    10 * time.Second,
+		RatePauseMax:     30 * time.Second,
 	}
 }
 
@@ -120,6 +132,7 @@ func (c Config) Validate() error {
 		{c.MaxConnections >= 1, "ingest.max_connections", c.MaxConnections, "must be >= 1"},
 		{c.MaxHandshakes >= 1, "ingest.max_handshakes", c.MaxHandshakes, "must be >= 1"},
 		{c.ShutdownGrace > 0, "ingest.shutdown_grace", c.ShutdownGrace, "must be > 0"},
+		{c.RatePauseMax > 0, "ingest.rate_pause_max", c.RatePauseMax, "must be > 0"},
 	} {
 		if !ch.ok {
 			return fmt.Errorf("%s: %s, got %v", ch.key, ch.why, ch.val)
