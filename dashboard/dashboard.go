@@ -75,6 +75,7 @@ type Dashboard struct {
 	m        *metrics
 	pages    *pages
 	devCache deviceCache
+	live     liveEngine // /v1/live's connection engine (live.go)
 }
 
 // New checks cfg and deps and builds the dashboard.
