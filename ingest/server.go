@@ -93,7 +93,7 @@ type Server struct {
 	// The connection core's engine (timer wheel, poller) starts with the
 	// first WebSocket session and stops at the end of Shutdown.
 	engOnce sync.Once
-	eng     *wsconn.Engine
+	eng     atomic.Pointer[wsconn.Engine] // read by Shutdown, set once by engine()
 	wsCfg   wsconn.Config
 
 	// life ends when Shutdown's deadline and margin have passed; it bounds
@@ -175,10 +175,10 @@ func (s *Server) engine() *wsconn.Engine {
 			s.log.Warn("connection poller unavailable, using a reader goroutine per session", "err", err)
 			e, _ = wsconn.NewEngine(wsconn.EngineConfig{Tick: tick, Blocking: true})
 		}
-		s.eng = e
+		s.eng.Store(e)
 		s.log.Debug("device connection engine", "mode", e.Mode())
 	})
-	return s.eng
+	return s.eng.Load()
 }
 
 // Handler serves /v1/device (WebSocket), /v1/device/batches and
@@ -317,8 +317,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			margin := time.AfterFunc(shutdownMargin/2, s.lifeStop)
 			defer margin.Stop()
 		}
-		if waitFor(done, shutdownMargin) && s.eng != nil {
-			s.eng.Close() // every attached connection has finished
+		if waitFor(done, shutdownMargin) && s.eng.Load() != nil {
+			s.eng.Load().Close() // every attached connection has finished
 		} else if !waitFor(done, 0) {
 			s.log.Error("device sessions still running after shutdown_grace and margin")
 		}
