@@ -100,6 +100,11 @@ type Server struct {
 	// the session-close writes to the store.
 	life     context.Context
 	lifeStop context.CancelFunc
+	// closingAll ends when Shutdown starts closing sessions; it bounds the
+	// hello of sessions still starting (one shared parent: deriving from a
+	// per-session context would cost each idle session its children map).
+	closingAll context.Context
+	closeAll   context.CancelFunc
 
 	httpMu   sync.Mutex
 	httpBody map[*http.ResponseController]struct{} // fallback bodies being read
@@ -146,6 +151,7 @@ func New(cfg Config, store Store, auth Authenticator, opts Options) (*Server, er
 		},
 	}
 	s.life, s.lifeStop = context.WithCancel(context.Background())
+	s.closingAll, s.closeAll = context.WithCancel(context.Background())
 	s.pipe = newPipeline(cfg, store, s.log, s.m, opts.Committed)
 	return s, nil
 }
@@ -301,6 +307,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-httpDone:
 		case <-ctx.Done():
 		}
+		s.closeAll()
 		for _, sess := range s.liveSessions() {
 			sess.close(wsconn.Error{Code: wire.CloseGoingAway, Kind: "shutdown", Reason: "server shutting down"})
 		}
@@ -326,6 +333,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.log.Error("HTTP fallback requests still running after shutdown_grace and margin")
 		}
 		s.lifeStop()
+		s.closeAll()
 		close(s.stopped)
 	})
 	return s.shutErr

@@ -194,7 +194,7 @@ func (s *Server) startSession(sess *session, old *session) {
 	// until the device has nothing in the pipeline, then read the
 	// watermark. hello is queued before reading starts, so it is the first
 	// data frame even if a command arrives meanwhile.
-	hctx, cancel := context.WithTimeout(sess.ctx, s.cfg.HandshakeTimeout)
+	hctx, cancel := context.WithTimeout(s.closingAll, s.cfg.HandshakeTimeout)
 	hello, err := s.helloAfterIdle(hctx, old, device, sessID)
 	cancel()
 	<-s.handshakes // this handshake is over

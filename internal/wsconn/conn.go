@@ -128,7 +128,6 @@ type Conn struct {
 	closing    *Error
 	closed     bool // transport closed
 	finished   bool
-	ended      Error
 	readDone   chan struct{}
 }
 
