@@ -279,7 +279,10 @@ func (sess *session) Farewell(e wsconn.Error) []byte {
 // is closed and the reader gone.
 func (sess *session) Closed(e wsconn.Error) {
 	s := sess.srv
-	sess.close(e) // counts a close nobody initiated (peer gone)
+	sess.closeOnce.Do(func() { // normally Ending got there first
+		s.m.closes.WithLabelValues(strconv.Itoa(e.Code)).Inc()
+		sess.cancel()
+	})
 	if !sess.registered {
 		return
 	}
