@@ -51,15 +51,16 @@ type Config struct {
 	// SessionQueue bounds the batches one connection may have in flight
 	// (read, not yet acked). When reached the session stops reading until an
 	// ack is written, so the ack queue it sizes never overflows. 32 covers a
-	// device pipelining a batch every few ms across a 100 ms flush and keeps
-	// the per-connection ack queue at about 1 KiB (it matters at 20k
-	// connections). A device that stops reading its socket is closed by
-	// WriteTimeout, not buffered for.
+	// device pipelining a batch every few ms across a 100 ms flush. It costs
+	// an idle session nothing per slot (a chan struct{} holds no slots, and
+	// acks sit in the connection core's queue only while unwritten). A device that stops
+	// reading its socket is closed by WriteTimeout, not buffered for.
 	SessionQueue int
 	// MaxConnections caps device WebSocket sessions on this node; beyond it
 	// the handshake is refused with 503 and Retry-After, so a reconnect storm
-	// cannot exhaust memory or file descriptors. An idle session costs
-	// ~20 KiB (docs/benchmarks.md): 50,000 sessions ≈ 1 GiB.
+	// cannot exhaust memory or file descriptors. An idle plain-TCP session
+	// costs ~4.5 KiB of RSS (TLS sessions more: docs/benchmarks.md,
+	// "Connections: the connection core"): 50,000 sessions ≈ 250 MiB.
 	MaxConnections int
 	// MaxHandshakes caps handshakes in progress (token lookup, watermark
 	// reads, upgrade). Each one waits on the database pool (10 connections
