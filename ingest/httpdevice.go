@@ -150,9 +150,6 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 		err error
 	}
 	done := make(chan result, 1)
-	// A device that stops reading the answer must not hold the handler
-	// (and Shutdown) past the write timeout.
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout + s.cfg.WriteTimeout))
 	if err := s.pipe.submit(r.Context(), batch, func(o telemetry.Outcome, err error) { done <- result{o, err} }); err != nil {
 		writeErr(w, http.StatusServiceUnavailable, "unavailable", "not accepted, retry later")
 		return
@@ -161,6 +158,9 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	// commits; the device learns it from hello.acked or a duplicate ack.
 	select {
 	case res := <-done:
+		// A device that stops reading the answer must not hold the handler
+		// (and Shutdown) past the write timeout.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		if res.err != nil {
 			writeErr(w, http.StatusServiceUnavailable, "unavailable", "not committed, retry later")
 			return
