@@ -100,6 +100,8 @@ func closeCode(reason string) (int, string) {
 		return wsconn.CloseTryAgainLater, "slow consumer: queue full"
 	case reasonShutdown:
 		return wsconn.CloseGoingAway, "server shutting down"
+	case reasonIdle:
+		return wsconn.CloseGoingAway, "no frame or pong within the idle timeout"
 	case reasonSession:
 		return wsconn.ClosePolicy, "session ended"
 	case reasonProtocol:
