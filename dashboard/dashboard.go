@@ -89,6 +89,7 @@ type Dashboard struct {
 	started  time.Time
 
 	storageCache storageCache
+	live         liveEngine // /v1/live's connection engine (live.go)
 }
 
 // New checks cfg and deps and builds the dashboard.

@@ -124,7 +124,7 @@ type device struct {
 
 func dialDevice(t *testing.T, base, token string) *device {
 	t.Helper()
-	d := ws.Dialer{Protocols: []string{ingest.Subprotocol}, Timeout: 5 * time.Second,
+	d := ws.Dialer{Protocols: []string{wire.Subprotocol}, Timeout: 5 * time.Second,
 		Header: ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}})}
 	conn, br, _, err := d.Dial(context.Background(), "ws"+strings.TrimPrefix(base, "http")+"/v1/device")
 	if err != nil {

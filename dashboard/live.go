@@ -1,22 +1,20 @@
 package dashboard
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/meridian-iot/meridian/ingest/wsconn"
 )
 
 // Live transport defaults (docs/dashboard.md "Live protocol").
@@ -95,40 +93,111 @@ func (d *Dashboard) authLive(w http.ResponseWriter, r *http.Request) (tok string
 	return tok, true
 }
 
-// statusTryAgainLater is RFC 6455's registered 1013 (IANA), which gobwas/ws
-// does not name: the server is overloaded for this client, reconnect later.
-const statusTryAgainLater ws.StatusCode = 1013
-
 // closeCode maps a disconnect reason to the WebSocket close frame.
-func closeCode(reason string) (ws.StatusCode, string) {
+func closeCode(reason string) (int, string) {
 	switch reason {
 	case reasonSlow:
-		return statusTryAgainLater, "slow consumer: queue full"
+		return wsconn.CloseTryAgainLater, "slow consumer: queue full"
 	case reasonShutdown:
-		return ws.StatusGoingAway, "server shutting down"
+		return wsconn.CloseGoingAway, "server shutting down"
+	case reasonIdle:
+		return wsconn.CloseGoingAway, "no frame or pong within the idle timeout"
 	case reasonSession:
-		return ws.StatusPolicyViolation, "session ended"
+		return wsconn.ClosePolicy, "session ended"
 	case reasonProtocol:
-		return ws.StatusProtocolError, "protocol error"
-	case "too_big":
-		return ws.StatusMessageTooBig, "message too big"
-	case "unsupported":
-		return ws.StatusUnsupportedData, "text messages only"
+		return wsconn.CloseProtocol, "protocol error"
+	case reasonTooBig:
+		return wsconn.CloseTooBig, "message too big"
+	case reasonUnsupported:
+		return wsconn.CloseUnsupported, "text messages only"
+	case reasonClient, reasonWrite:
+		return wsconn.CloseAbnormal, "" // nobody left to tell
 	default:
-		return ws.StatusNormalClosure, ""
+		return wsconn.CloseNormal, ""
 	}
 }
 
-// liveConn is one /v1/live WebSocket: the read loop runs on the handler's
-// goroutine, the write loop on its own; the write loop is the only writer
-// and closes the socket.
+// Disconnect reasons of the transport itself (the hub's are in hub.go).
+const (
+	reasonTooBig      = "too_big"
+	reasonUnsupported = "unsupported"
+	reasonIdle        = "idle"
+)
+
+// reasonOf maps the connection core's ending to a live disconnect reason.
+func reasonOf(e wsconn.Error) string {
+	switch e.Kind {
+	case wsconn.KindPeerClosed, wsconn.KindLost:
+		return reasonClient
+	case wsconn.KindTimeout:
+		return reasonIdle
+	case wsconn.KindTooBig:
+		return reasonTooBig
+	case wsconn.KindWriteFailed:
+		return reasonWrite
+	case reasonUnsupported:
+		return reasonUnsupported
+	default:
+		return reasonProtocol
+	}
+}
+
+// liveEngine is the connection core's engine for /v1/live, started with
+// the first live connection and stopped after the last one finished, so a
+// dashboard without live clients runs no goroutine for them.
+type liveEngine struct {
+	mu  sync.Mutex
+	eng *wsconn.Engine
+	n   int
+}
+
+func (le *liveEngine) acquire() (*wsconn.Engine, error) {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	if le.eng == nil {
+		e, err := wsconn.NewEngine(wsconn.EngineConfig{Tick: time.Second})
+		if err != nil {
+			return nil, fmt.Errorf("live connection engine: %w", err)
+		}
+		le.eng = e
+	}
+	le.n++
+	return le.eng, nil
+}
+
+// release is called from Closed, possibly on the engine's own wheel
+// goroutine, so the engine is closed from a goroutine of its own.
+func (le *liveEngine) release() {
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	le.n--
+	if le.n == 0 && le.eng != nil {
+		go le.eng.Close()
+		le.eng = nil
+	}
+}
+
+// liveConfig: the live protocol on the connection core.
+var liveConfig = wsconn.Config{
+	MaxMessage:   maxClientMessage,
+	Idle:         readIdle,
+	Ping:         pingEvery,
+	WriteTimeout: writeTimeout,
+	OpText:       true,
+}
+
+// liveConn is the live protocol on one wsconn.Conn. The core reads the
+// browser's frames (readiness-driven), answers pings, enforces the idle
+// deadline and owns the close path; pump moves the hub's messages for this
+// client onto the core's writer, at most one burst in flight, so a slow
+// browser fills the hub's queue and the hub decides (slow_consumer).
 type liveConn struct {
-	d    *Dashboard
-	c    *client
-	conn net.Conn
-	br   *bufio.Reader
-	tok  string
-	pong chan []byte // ping payloads to answer, from the read loop
+	d       *Dashboard
+	c       *client
+	conn    *wsconn.Conn
+	tok     string
+	written chan struct{} // a burst was written
+	pumped  chan struct{} // closed when pump returned
 }
 
 func (d *Dashboard) serveLive(w http.ResponseWriter, r *http.Request) {
@@ -147,39 +216,36 @@ func (d *Dashboard) serveLive(w http.ResponseWriter, r *http.Request) {
 		d.log.Debug("live: upgrade failed", "err", err)
 		return
 	}
-	var src io.Reader = conn
+	var pre []byte
 	if rw != nil && rw.Reader.Buffered() > 0 {
-		pre, _ := rw.Reader.Peek(rw.Reader.Buffered())
-		src = io.MultiReader(bytes.NewReader(bytes.Clone(pre)), conn)
+		pre, _ = rw.Reader.Peek(rw.Reader.Buffered())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	c, err := d.hub.attach(ctx)
 	cancel()
+	var eng *wsconn.Engine
+	if err == nil {
+		eng, err = d.live.acquire()
+		if err != nil {
+			d.hub.detach(c, reasonShutdown)
+		}
+	}
 	if err != nil {
 		code, msg := closeCode(reasonShutdown)
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(code, msg)))
+		_ = ws.WriteFrame(conn, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusCode(code), msg)))
 		_ = conn.Close()
 		return
 	}
-	lc := &liveConn{d: d, c: c, conn: conn, br: bufio.NewReaderSize(src, 1024), tok: tok, pong: make(chan []byte, 1)}
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		lc.writeLoop()
-	}()
-	c.enqueueDirect(appendHello(nil, d.cfg.MaxUpdatesPerSecond))
-	reason := lc.readLoop()
-	if c.close(reason) && reason != reasonClient {
-		d.m.disconnects.WithLabelValues(reason).Inc()
-	}
-	d.hub.detach(c, reason)
-	<-writerDone
+	lc := &liveConn{d: d, c: c, tok: tok, written: make(chan struct{}, 1), pumped: make(chan struct{})}
+	lc.conn = eng.Attach(conn, pre, &liveConfig, lc)
+	lc.conn.SendData(appendHello(nil, d.cfg.MaxUpdatesPerSecond), nil)
+	go lc.pump()
+	lc.conn.Start()
 }
 
-// enqueueDirect queues a message from outside the hub goroutine (hello,
-// errors); dropped when the queue is full, as the client is then far
-// behind anyway.
+// enqueueDirect queues a message from outside the hub goroutine (errors);
+// dropped when the queue is full, as the client is then far behind anyway.
 func (c *client) enqueueDirect(msg []byte) {
 	select {
 	case c.out <- msg:
@@ -193,65 +259,87 @@ func appendHello(b []byte, rate int) []byte {
 	return append(b, '}')
 }
 
-// readLoop reads the browser's frames until it closes, errs or the client
-// ends; it returns the disconnect reason.
-func (lc *liveConn) readLoop() string {
+// pump hands the hub's messages to the core, waiting for each burst to be
+// written before taking more; when the client ends it closes the socket
+// with the close code of its reason.
+func (lc *liveConn) pump() {
+	defer close(lc.pumped)
 	for {
 		select {
-		case <-lc.c.done:
-			return lc.c.closeReason()
-		default:
-		}
-		_ = lc.conn.SetReadDeadline(time.Now().Add(readIdle))
-		h, err := ws.ReadHeader(lc.br)
-		if err != nil {
-			return lc.readErr(err)
-		}
-		if h.Length > maxClientMessage {
-			return "too_big"
-		}
-		if !h.Masked {
-			return reasonProtocol // RFC 6455 5.1: client frames are masked
-		}
-		payload := make([]byte, h.Length)
-		if _, err := io.ReadFull(lc.br, payload); err != nil {
-			return lc.readErr(err)
-		}
-		ws.Cipher(payload, h.Mask, 0)
-		switch h.OpCode {
-		case ws.OpPing:
-			select {
-			case lc.pong <- payload:
-			default: // a pong is already pending; one answers both
+		case msg := <-lc.c.out:
+			n := 0
+			for {
+				n++
+				last := n == maxBurst
+				var next []byte
+				if !last {
+					select {
+					case next = <-lc.c.out:
+					default:
+						last = true
+					}
+				}
+				var done func()
+				if last {
+					done = func() { lc.written <- struct{}{} }
+				}
+				if !lc.conn.SendData(msg, done) {
+					return // closing: Closed detaches
+				}
+				if last {
+					break
+				}
+				msg = next
 			}
-			continue
-		case ws.OpPong:
-			continue
-		case ws.OpClose:
-			return reasonClient
-		case ws.OpText:
-		case ws.OpBinary:
-			return "unsupported"
-		default: // continuation: browsers do not fragment small messages
-			return reasonProtocol
+			select {
+			case <-lc.written:
+			case <-lc.c.done:
+			}
+		case <-lc.c.done:
+			code, msg := closeCode(lc.c.closeReason())
+			lc.conn.Close(wsconn.Error{Code: code, Kind: lc.c.closeReason(), Reason: msg})
+			return
 		}
-		if !h.Fin {
-			return reasonProtocol
-		}
-		lc.handle(payload)
 	}
 }
 
-func (lc *liveConn) readErr(err error) string {
-	select {
-	case <-lc.c.done:
-		return lc.c.closeReason()
-	default:
+// Message implements wsconn.Handler: one browser message.
+func (lc *liveConn) Message(op ws.OpCode, payload []byte) *wsconn.Error {
+	if op != ws.OpText {
+		return &wsconn.Error{Code: wsconn.CloseUnsupported, Kind: reasonUnsupported, Reason: "text messages only"}
 	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return "idle"
+	lc.handle(payload)
+	return nil
+}
+
+// Ending implements wsconn.Handler: the browser or the core ended the
+// connection; the hub learns the reason and pump closes the socket.
+func (lc *liveConn) Ending(e wsconn.Error) {
+	reason := reasonOf(e)
+	if lc.c.close(reason) && reason != reasonClient {
+		lc.d.m.disconnects.WithLabelValues(reason).Inc()
 	}
-	return reasonClient
+	code, msg := closeCode(lc.c.closeReason())
+	lc.conn.Close(wsconn.Error{Code: code, Kind: reason, Reason: msg})
+}
+
+// Farewell implements wsconn.Handler: live sends no error frame first.
+func (lc *liveConn) Farewell(wsconn.Error) []byte { return nil }
+
+// Closed implements wsconn.Handler.
+func (lc *liveConn) Closed(e wsconn.Error) {
+	lc.c.close(reasonOf(e))
+	<-lc.pumped
+	lc.d.hub.detach(lc.c, lc.c.closeReason())
+	lc.d.live.release()
+}
+
+// Tick implements wsconn.Ticker: at every ping, a cookie session that
+// ended (logout, expiry) ends its live connection.
+func (lc *liveConn) Tick() {
+	if lc.tok != "" && !lc.d.sessions.exists(lc.tok) {
+		lc.d.hub.dropAsync(lc.c, reasonSession)
+	}
 }
 
 // parseClientMsg decodes and checks a browser's message; the error text is
@@ -292,68 +380,6 @@ func (lc *liveConn) handle(payload []byte) {
 	case "unsubscribe":
 		_ = lc.d.hub.unsubscribe(ctx, lc.c, m.Device)
 	}
-}
-
-func (lc *liveConn) writeLoop() {
-	defer lc.conn.Close()
-	ping := time.NewTicker(pingEvery)
-	defer ping.Stop()
-	bw := bufio.NewWriterSize(lc.conn, 16<<10)
-	write := func(op ws.OpCode, p []byte) error {
-		return ws.WriteFrame(bw, ws.NewFrame(op, true, p))
-	}
-	for {
-		select {
-		case msg := <-lc.c.out:
-			_ = lc.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			err := write(ws.OpText, msg)
-			// Whatever else is queued goes out in the same write.
-			for i := 0; err == nil && i < maxBurst; i++ {
-				select {
-				case msg = <-lc.c.out:
-					err = write(ws.OpText, msg)
-					continue
-				default:
-				}
-				break
-			}
-			if err == nil {
-				err = bw.Flush()
-			}
-			if err != nil {
-				lc.fail()
-				return
-			}
-		case p := <-lc.pong:
-			_ = lc.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if write(ws.OpPong, p) != nil || bw.Flush() != nil {
-				lc.fail()
-				return
-			}
-		case <-ping.C:
-			if lc.tok != "" && !lc.d.sessions.exists(lc.tok) {
-				lc.d.hub.dropAsync(lc.c, reasonSession)
-				continue
-			}
-			_ = lc.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if write(ws.OpPing, nil) != nil || bw.Flush() != nil {
-				lc.fail()
-				return
-			}
-		case <-lc.c.done:
-			code, msg := closeCode(lc.c.closeReason())
-			_ = lc.conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_ = ws.WriteFrame(bw, ws.NewCloseFrame(ws.NewCloseFrameBody(code, msg)))
-			_ = bw.Flush()
-			return
-		}
-	}
-}
-
-// fail ends the connection after a write error or timeout.
-func (lc *liveConn) fail() {
-	lc.d.hub.dropAsync(lc.c, reasonWrite)
-	_ = lc.conn.SetReadDeadline(time.Now()) // unblock the read loop
 }
 
 // dropAsync ends c from a transport goroutine, counting the reason; the

@@ -3,10 +3,16 @@ package sim_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -41,7 +47,9 @@ import (
 //
 // Env: MERIDIAN_BENCH_CONNS_N (default "10000,19000"), MERIDIAN_BENCH_CONNS_RUNS
 // (default 3), MERIDIAN_BENCH_BIN (a prebuilt meridian binary; otherwise one
-// is built), MERIDIAN_BENCH_GOGC (GOGC for the server, default unset).
+// is built), MERIDIAN_BENCH_GOGC (GOGC for the server, default unset),
+// MERIDIAN_BENCH_CONNS_TLS=1 (the server terminates TLS itself, with a
+// throwaway self-signed certificate this process trusts via SSL_CERT_FILE).
 func BenchmarkIdleConnections(b *testing.B) {
 	if os.Getenv("MERIDIAN_BENCH_CONNS") != "1" {
 		b.Skip("set MERIDIAN_BENCH_CONNS=1 to run (opens up to 19,000 sockets per side; minutes)")
@@ -73,6 +81,10 @@ func BenchmarkIdleConnections(b *testing.B) {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	env := connBenchEnv{bin: bin, dataDir: b.TempDir(), adminKey: "mak_" + hex.EncodeToString(key)}
+	if os.Getenv("MERIDIAN_BENCH_CONNS_TLS") == "1" {
+		env.certFile, env.keyFile = selfSignedLoopback(b, b.TempDir())
+		b.Setenv("SSL_CERT_FILE", env.certFile) // read once, at the first TLS use
+	}
 
 	// Provision once; every run reuses the data dir with a fresh process.
 	srv := env.start(b)
@@ -117,6 +129,38 @@ func BenchmarkIdleConnections(b *testing.B) {
 
 type connBenchEnv struct {
 	bin, dataDir, adminKey string
+	certFile, keyFile      string // set: serve TLS
+}
+
+// selfSignedLoopback writes a certificate for 127.0.0.1 and its key.
+func selfSignedLoopback(tb testing.TB, dir string) (certFile, keyFile string) {
+	tb.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "meridian bench"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 type connBenchServer struct {
@@ -159,12 +203,17 @@ func (e connBenchEnv) start(tb testing.TB) *connBenchServer {
 	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
 		cmd.Env = append(cmd.Env, "GOGC="+g)
 	}
+	scheme := "http://"
+	if e.certFile != "" {
+		cmd.Env = append(cmd.Env, "MERIDIAN_SERVER_TLS_CERT_FILE="+e.certFile, "MERIDIAN_SERVER_TLS_KEY_FILE="+e.keyFile)
+		scheme = "https://"
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The child inherits this process's raised open-file limit.
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	s := &connBenchServer{cmd: cmd, base: "http://" + addr, key: e.adminKey, done: make(chan error, 1)}
+	s := &connBenchServer{cmd: cmd, base: scheme + addr, key: e.adminKey, done: make(chan error, 1)}
 	go func() { s.done <- cmd.Wait(); logf.Close() }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

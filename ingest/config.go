@@ -57,15 +57,17 @@ type Config struct {
 	// (read, not yet acked). When reached the session stops reading until an
 	// ack is written, so the ack queue it sizes never overflows. 32 covers a
 	// device pipelining a batch every few ms across a flush of up to ~100 ms
-	// (a full 10,000-reading commit, or ingest.linger = 100ms) and keeps
-	// the per-connection ack queue at about 1 KiB (it matters at 20k
-	// connections). A device that stops reading its socket is closed by
-	// WriteTimeout, not buffered for.
+	// (a full 10,000-reading commit, or ingest.linger = 100ms). It costs an
+	// idle session nothing per slot (a chan struct{} holds no slots, and
+	// acks sit in the connection core's queue only while unwritten). A
+	// device that stops reading its socket is closed by WriteTimeout, not
+	// buffered for.
 	SessionQueue int
 	// MaxConnections caps device WebSocket sessions on this node; beyond it
 	// the handshake is refused with 503 and Retry-After, so a reconnect storm
-	// cannot exhaust memory or file descriptors. An idle session costs
-	// ~20 KiB (docs/benchmarks.md): 50,000 sessions ≈ 1 GiB.
+	// cannot exhaust memory or file descriptors. An idle plain-TCP session
+	// costs ~4.5 KiB of RSS (TLS sessions more: docs/benchmarks.md,
+	// "Connections: the connection core"): 50,000 sessions ≈ 250 MiB.
 	MaxConnections int
 	// MaxHandshakes caps handshakes in progress (token lookup, watermark
 	// reads, upgrade). Each one waits on the database pool (10 connections
@@ -76,7 +78,18 @@ type Config struct {
 	// ~2-5 ms a handshake still admits thousands of devices per second.
 	MaxHandshakes int
 	// ShutdownGrace bounds graceful shutdown: flush, ack, close 1001.
+	// Shutdown returns at most shutdownMargin later whatever clients do.
 	ShutdownGrace time.Duration
+	// RatePauseMax bounds how long a device over its readings rate is
+	// paced (its socket left unread until its bucket allows the batch)
+	// before it is closed with 1013. A batch at most waits for the bucket
+	// to refill (2 s with the default rate and burst), so 30 s only closes
+	// a device whose limit is far below what it must send.
+	RatePauseMax time.Duration
+	// BlockingReaders turns off the readiness poller: every device session
+	// then keeps a reader goroutine (the mode TLS sessions and non-Linux
+	// builds always use). For comparison and as an escape hatch.
+	BlockingReaders bool
 	// Node names this server in session records and logs.
 	Node string
 }
@@ -99,6 +112,7 @@ func DefaultConfig() Config {
 		MaxConnections:   50_000,
 		MaxHandshakes:    32,
 		ShutdownGrace:    10 * time.Second,
+		RatePauseMax:     30 * time.Second,
 	}
 }
 
@@ -126,6 +140,7 @@ func (c Config) Validate() error {
 		{c.MaxConnections >= 1, "ingest.max_connections", c.MaxConnections, "must be >= 1"},
 		{c.MaxHandshakes >= 1, "ingest.max_handshakes", c.MaxHandshakes, "must be >= 1"},
 		{c.ShutdownGrace > 0, "ingest.shutdown_grace", c.ShutdownGrace, "must be > 0"},
+		{c.RatePauseMax > 0, "ingest.rate_pause_max", c.RatePauseMax, "must be > 0"},
 	} {
 		if !ch.ok {
 			return fmt.Errorf("%s: %s, got %v", ch.key, ch.why, ch.val)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"time"
 
 	"github.com/tinylib/msgp/msgp"
 
@@ -109,7 +110,7 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusUnsupportedMediaType, "bad_content_type", "Content-Type must be "+msgpackType)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
+	body, err := s.readBody(w, r)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -157,6 +158,9 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	// commits; the device learns it from hello.acked or a duplicate ack.
 	select {
 	case res := <-done:
+		// A device that stops reading the answer must not hold the handler
+		// (and Shutdown) past the write timeout.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		if pe := (*wire.ProtocolError)(nil); errors.As(res.err, &pe) {
 			writeErr(w, statusFor(pe.Close), pe.Code, pe.Message) // refused by the store
 			return
@@ -171,5 +175,39 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 		s.m.acks.Inc()
 		writeMsg(w, http.StatusOK, &ack)
 	case <-r.Context().Done():
+	}
+}
+
+// readBody reads the batch body under a read deadline: a stalled (e.g.
+// chunked, never finished) body may hold the handler for at most
+// HandshakeTimeout, and Shutdown cuts it at once ("stop reading devices").
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	s.httpMu.Lock()
+	s.httpBody[rc] = struct{}{}
+	s.httpMu.Unlock()
+	if s.draining.Load() {
+		_ = rc.SetReadDeadline(time.Now())
+	}
+	defer func() {
+		s.httpMu.Lock()
+		delete(s.httpBody, rc)
+		s.httpMu.Unlock()
+	}()
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
+	if err != nil {
+		return nil, fmt.Errorf("read batch body: %w", err)
+	}
+	return body, nil
+}
+
+// stopHTTPReads expires the read deadline of every fallback body being
+// read: the first step of Shutdown.
+func (s *Server) stopHTTPReads() {
+	s.httpMu.Lock()
+	defer s.httpMu.Unlock()
+	for rc := range s.httpBody {
+		_ = rc.SetReadDeadline(time.Now())
 	}
 }

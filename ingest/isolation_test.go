@@ -183,7 +183,7 @@ type device struct {
 func dialDevice(t testing.TB, url, id string) (*device, wire.Hello) {
 	t.Helper()
 	d := ws.Dialer{
-		Protocols: []string{ingest.Subprotocol},
+		Protocols: []string{wire.Subprotocol},
 		Timeout:   10 * time.Second,
 		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer tok-" + id}}),
 	}

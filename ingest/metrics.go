@@ -26,6 +26,8 @@ type metrics struct {
 	backpressureSeconds prometheus.Counter
 	acks                prometheus.Counter
 	duplicates          prometheus.Counter
+	ratePaused          prometheus.Counter
+	ratePausedSeconds   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,11 +53,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		backpressureSeconds: prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_backpressure_seconds_total", Help: "Time device read loops spent paused on a full queue."}),
 		acks:                prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_acks_total", Help: "Batches acknowledged to devices."}),
 		duplicates:          prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_duplicate_batches_total", Help: "Batches recognised as resends and not stored again."}),
+		ratePaused:          prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_device_rate_paused_total", Help: "Batches whose session stopped reading because the device was over its readings rate."}),
+		ratePausedSeconds:   prometheus.NewCounter(prometheus.CounterOpts{Name: "meridian_device_rate_paused_seconds_total", Help: "Time device sessions spent paused over their readings rate."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.handshakes, m.frames, m.closes, m.readingsAccepted, m.readingsRejected,
 			m.readingsStored, m.batchReadings, m.flushSeconds, m.flushFailures, m.flushFailing, m.batchesRefused, m.queueReadings, m.backpressure,
-			m.backpressureSeconds, m.acks, m.duplicates)
+			m.backpressureSeconds, m.acks, m.duplicates, m.ratePaused, m.ratePausedSeconds)
 	}
 	return m
 }

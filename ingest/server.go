@@ -17,6 +17,7 @@ import (
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/ingest/wire"
+	"github.com/meridian-iot/meridian/ingest/wsconn"
 )
 
 // Limiter applies per-device rate limits. Optional; nil means unlimited.
@@ -89,6 +90,25 @@ type Server struct {
 	conns      atomic.Int64  // live WebSocket sessions (MaxConnections)
 	handshakes chan struct{} // semaphore of handshakes in progress (MaxHandshakes)
 
+	// The connection core's engine (timer wheel, poller) starts with the
+	// first WebSocket session and stops at the end of Shutdown.
+	engOnce sync.Once
+	eng     atomic.Pointer[wsconn.Engine] // read by Shutdown, set once by engine()
+	wsCfg   wsconn.Config
+
+	// life ends when Shutdown's deadline and margin have passed; it bounds
+	// the session-close writes to the store.
+	life     context.Context
+	lifeStop context.CancelFunc
+	// closingAll ends when Shutdown starts closing sessions; it bounds the
+	// hello of sessions still starting (one shared parent: deriving from a
+	// per-session context would cost each idle session its children map).
+	closingAll context.Context
+	closeAll   context.CancelFunc
+
+	httpMu   sync.Mutex
+	httpBody map[*http.ResponseController]struct{} // fallback bodies being read
+
 	runOnce  sync.Once
 	stopped  chan struct{} // closed when Shutdown finished
 	sessWG   sync.WaitGroup
@@ -122,7 +142,16 @@ func New(cfg Config, store Store, auth Authenticator, opts Options) (*Server, er
 		sessions:   make(map[string]*session),
 		stopped:    make(chan struct{}),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		httpBody:   make(map[*http.ResponseController]struct{}),
+		wsCfg: wsconn.Config{
+			MaxMessage:   int64(cfg.MaxFrame),
+			Idle:         2 * cfg.Heartbeat, // "no frame or pong for two heartbeat intervals"
+			Ping:         cfg.Heartbeat,
+			WriteTimeout: cfg.WriteTimeout,
+		},
 	}
+	s.life, s.lifeStop = context.WithCancel(context.Background())
+	s.closingAll, s.closeAll = context.WithCancel(context.Background())
 	s.pipe = newPipeline(cfg, store, s.log, s.m, opts.Committed)
 	return s, nil
 }
@@ -139,6 +168,23 @@ func (s *Server) Run(ctx context.Context) error {
 		defer cancel()
 		return s.Shutdown(sctx)
 	}
+}
+
+// engine returns the connection engine, starting it on first use. Its
+// wheel ticks at a quarter heartbeat (at most 1 s), so pings and idle
+// closes are at most that late.
+func (s *Server) engine() *wsconn.Engine {
+	s.engOnce.Do(func() {
+		tick := min(max(s.cfg.Heartbeat/4, 10*time.Millisecond), time.Second)
+		e, err := wsconn.NewEngine(wsconn.EngineConfig{Tick: tick, Blocking: s.cfg.BlockingReaders})
+		if err != nil {
+			s.log.Warn("connection poller unavailable, using a reader goroutine per session", "err", err)
+			e, _ = wsconn.NewEngine(wsconn.EngineConfig{Tick: tick, Blocking: true})
+		}
+		s.eng.Store(e)
+		s.log.Debug("device connection engine", "mode", e.Mode())
+	})
+	return s.eng.Load()
 }
 
 // Handler serves /v1/device (WebSocket), /v1/device/batches and
@@ -169,7 +215,7 @@ func (s *Server) Kick(device, reason string) {
 	sess := s.sessions[device]
 	s.mu.Unlock()
 	if sess != nil {
-		sess.close(wire.ClosePolicy, "policy", reason)
+		sess.close(wsconn.Error{Code: wire.ClosePolicy, Kind: "policy", Reason: reason})
 	}
 }
 
@@ -217,7 +263,7 @@ func (s *Server) TakeOver(device string) {
 	sess := s.sessions[device]
 	s.mu.Unlock()
 	if sess != nil {
-		sess.close(wire.ClosePolicy, "session_taken_over", "session taken over")
+		sess.close(takenOver)
 	}
 }
 
@@ -228,37 +274,99 @@ func (s *Server) Online(device string) bool {
 	return s.sessions[device] != nil
 }
 
-// Shutdown drains gracefully: stop reading from devices, commit and ack what
-// was read, close every device with 1001, stop the writers. If ctx ends
-// first, uncommitted batches are abandoned unacked (devices resend them).
+// takenOver ends a session whose device connected again (here or on
+// another node): 1008 with error code session_taken_over.
+var takenOver = wsconn.Error{Code: wire.ClosePolicy, Kind: "session_taken_over", Reason: "session taken over"}
+
+// shutdownMargin is how long Shutdown waits past ctx for sessions to finish
+// once their sockets were closed without ceremony: enough for the
+// session-close write to the store (bounded by the same deadline) and
+// cleanup, short enough that serve's stop order holds whatever clients do.
+const shutdownMargin = time.Second
+
+// Shutdown drains gracefully, in the order of docs/architecture.md: stop
+// accepting and stop reading devices (WebSocket reads and HTTP fallback
+// bodies), commit and ack what was read, close every device with 1001 after
+// its acks, then stop the writers and the connection engine. If ctx ends
+// first, uncommitted batches are abandoned unacked (devices resend them)
+// and sockets that still have not closed are aborted. Shutdown returns only
+// when every session has finished, at most shutdownMargin after ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.runOnce.Do(s.pipe.start) // a never-run server still drains cleanly
 		s.draining.Store(true)
-		s.mu.Lock()
-		all := make([]*session, 0, len(s.sessions))
-		for _, sess := range s.sessions {
-			all = append(all, sess)
-		}
-		s.mu.Unlock()
+		all := s.liveSessions()
 		for _, sess := range all {
-			sess.stopReading()
+			sess.conn.StopReading()
 		}
+		s.stopHTTPReads()
 		s.shutErr = s.pipe.drain(ctx)
-		s.httpWG.Wait()
-		for _, sess := range all {
-			sess.close(wire.CloseGoingAway, "shutdown", "server shutting down")
+		httpDone := make(chan struct{})
+		go func() { s.httpWG.Wait(); close(httpDone) }()
+		select {
+		case <-httpDone:
+		case <-ctx.Done():
+		}
+		s.closeAll()
+		for _, sess := range s.liveSessions() {
+			sess.close(wsconn.Error{Code: wire.CloseGoingAway, Kind: "shutdown", Reason: "server shutting down"})
 		}
 		done := make(chan struct{})
 		go func() { s.sessWG.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-ctx.Done():
-			// Writers have their own write deadlines; do not hang on them.
+			// Peers that do not take our writes: close their sockets now,
+			// and bound the store writes of their cleanup.
+			for _, sess := range s.liveSessions() {
+				sess.conn.Abort()
+			}
+			margin := time.AfterFunc(shutdownMargin/2, s.lifeStop)
+			defer margin.Stop()
 		}
+		if waitFor(done, shutdownMargin) && s.eng.Load() != nil {
+			s.eng.Load().Close() // every attached connection has finished
+		} else if !waitFor(done, 0) {
+			s.log.Error("device sessions still running after shutdown_grace and margin")
+		}
+		if !waitFor(httpDone, shutdownMargin) {
+			s.log.Error("HTTP fallback requests still running after shutdown_grace and margin")
+		}
+		s.lifeStop()
+		s.closeAll()
 		close(s.stopped)
 	})
 	return s.shutErr
+}
+
+// waitFor reports whether ch closed within d.
+func waitFor(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+	}
+	if d <= 0 {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (s *Server) liveSessions() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	all := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		all = append(all, sess)
+	}
+	return all
 }
 
 // register makes sess the device's live session, closing an older one with
@@ -271,10 +379,11 @@ func (s *Server) register(sess *session) (*session, bool) {
 	}
 	old := s.sessions[sess.device]
 	s.sessions[sess.device] = sess
+	sess.registered = true
 	s.sessWG.Add(1)
 	s.mu.Unlock()
 	if old != nil {
-		old.close(wire.ClosePolicy, "session_taken_over", "session taken over")
+		old.close(takenOver)
 	}
 	return old, true
 }

@@ -50,6 +50,7 @@ func startServer(t *testing.T, mut func(*Config), opts ...func(*Options)) *testS
 	cfg.Linger = 0
 	cfg.MaxFrame = 4096
 	cfg.MaxBatch = 50
+	cfg.RatePauseMax = 300 * time.Millisecond // the "greedy" device never passes
 	if mut != nil {
 		mut(&cfg)
 	}
@@ -208,7 +209,7 @@ func now() int64 { return time.Now().UnixMilli() }
 
 func TestHelloAckDuplicate(t *testing.T) {
 	ts := startServer(t, nil)
-	c, h := ts.dial("tok-dev1", Subprotocol)
+	c, h := ts.dial("tok-dev1", wire.Subprotocol)
 	if h.Device != "dev1" || h.Acked != 0 || h.MaxBatch != 50 || h.MaxFrame != 4096 || h.Heartbeat != 20 || h.Session == "" {
 		t.Fatalf("hello: %+v", h)
 	}

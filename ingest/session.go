@@ -1,15 +1,12 @@
 package ingest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,52 +16,44 @@ import (
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/ingest/wire"
+	"github.com/meridian-iot/meridian/ingest/wsconn"
 )
 
-// Subprotocol is the WebSocket subprotocol of device protocol v1.
-const Subprotocol = "meridian.v1"
 
-// session is one device WebSocket connection.
+// session is device protocol v1 on top of one wsconn.Conn, which owns the
+// socket: framing, pings, the idle deadline, the single writer and the close
+// path. An idle session has no goroutine: the core runs Message on a reader
+// goroutine only while bytes arrive, and writes acks and commands on a
+// writer goroutine only while something is queued.
 //
-// Concurrency: the read loop (serveWS's goroutine) is the only reader of
-// conn and owns lastSeq; the write loop is the only writer. Everything else
-// talks to the write loop through out (acks, commands: bounded), ctrl (pongs)
-// and close(). Every exit goes through close(), which runs once.
+// Concurrency: Message is called by one reader at a time and owns lastSeq.
+// Acks come from pipeline writers and commands from the bridge; both only
+// queue frames on the Conn. Every server-initiated end goes through close,
+// which stops reading, lets acks of batches already in the pipeline be
+// queued, and only then closes the Conn (docs/protocol.md, "Closing").
 type session struct {
 	srv    *Server
 	id     string
 	device string
-	conn   net.Conn
-	br     *bufio.Reader
 	remote string
+	conn   *wsconn.Conn
 
-	// out carries hello and acks to the write loop. Acks never block: a
-	// batch takes a slot in inflight before it is submitted and gives it back
-	// when its ack has been written, and out has room for every slot.
-	out      chan outFrame
+	// inflight bounds batches read and not yet acked (SessionQueue): a slot
+	// is taken before submit and given back once the ack is written. A full
+	// channel blocks Message, so reading pauses and TCP pushes back.
 	inflight chan struct{}
-	cmds     chan []byte // command frames, bounded; a full queue refuses
-	ctrl     chan []byte // pong payloads; at most one pending
+	cmds     atomic.Int32 // commands queued and not yet written
 
-	ctx    context.Context // ends when the session closes (unblocks submit)
+	ctx    context.Context // ends when the session starts closing (unblocks submit)
 	cancel context.CancelFunc
 
-	closeOnce sync.Once
-	closing   chan struct{}
-	readDone  chan struct{} // closed when the read loop has returned
-	closeCode int
-	errCode   string
-	closeMsg  string
+	closeOnce  sync.Once
+	pending    atomic.Pointer[wsconn.Error] // close requested; waits for acks
+	registered bool
 
-	readStop atomic.Bool // graceful drain: read loop exits without closing
 	lastSeq  uint64
 	readings atomic.Int64
 	started  time.Time
-}
-
-type outFrame struct {
-	data  []byte
-	isAck bool
 }
 
 // commandSlots bounds commands queued to one device.
@@ -111,7 +100,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	rateLimited := s.opts.Limits != nil && !s.opts.Limits.AllowConnect(device)
 	if rateLimited {
 		s.m.handshakes.WithLabelValues("rate_limited").Inc()
-		conn, _, _, err := (&ws.HTTPUpgrader{Timeout: s.cfg.HandshakeTimeout, Protocol: func(p string) bool { return p == Subprotocol }}).Upgrade(r, w)
+		conn, _, _, err := (&ws.HTTPUpgrader{Timeout: s.cfg.HandshakeTimeout, Protocol: func(p string) bool { return p == wire.Subprotocol }}).Upgrade(r, w)
 		if err != nil && conn != nil {
 			_ = conn.Close() // the rejection is already written; see below
 		}
@@ -135,7 +124,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	up := ws.HTTPUpgrader{
 		Timeout:  s.cfg.HandshakeTimeout,
-		Protocol: func(p string) bool { return p == Subprotocol },
+		Protocol: func(p string) bool { return p == wire.Subprotocol },
 	}
 	conn, rw, _, err := up.Upgrade(r, w)
 	if err != nil {
@@ -153,63 +142,43 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.m.handshakes.WithLabelValues("ok").Inc()
 
 	// Bytes the HTTP server buffered past the handshake belong to the first
-	// frames; keep them, then read the socket through a small buffer (frame
-	// headers are tiny; payloads are read with io.ReadFull straight through).
-	var src io.Reader = conn
+	// frames; the core reads them first. The bufio.ReadWriter itself (two
+	// 4 KiB buffers) is dropped with this handler.
+	var pre []byte
 	if rw != nil && rw.Reader.Buffered() > 0 {
-		pre, _ := rw.Reader.Peek(rw.Reader.Buffered())
-		src = io.MultiReader(bytes.NewReader(bytes.Clone(pre)), conn)
+		pre, _ = rw.Reader.Peek(rw.Reader.Buffered())
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	slots := s.cfg.SessionQueue
 	sess := &session{
 		srv:      s,
 		id:       sessID,
 		device:   device,
-		conn:     conn,
-		br:       bufio.NewReaderSize(src, 512),
 		remote:   r.RemoteAddr,
-		out:      make(chan outFrame, slots+1), // +1: hello
-		cmds:     make(chan []byte, commandSlots),
-		inflight: make(chan struct{}, slots),
-		ctrl:     make(chan []byte, 1),
+		inflight: make(chan struct{}, s.cfg.SessionQueue),
 		ctx:      ctx,
 		cancel:   stop,
-		closing:  make(chan struct{}),
-		readDone: make(chan struct{}),
 		started:  s.now(),
 	}
+	sess.conn = s.engine().Attach(conn, pre, &s.wsCfg, sess)
 	old, ok := s.register(sess)
 	if !ok {
-		rejectUpgraded(conn, s.cfg.WriteTimeout, wire.CloseGoingAway, "", "server shutting down")
-		stop()
+		sess.close(wsconn.Error{Code: wire.CloseGoingAway, Kind: "shutdown", Reason: "server shutting down"})
 		return
 	}
 	s.conns.Add(1)
 	s.m.connections.Inc()
-	// The session runs on a goroutine of its own and this handler returns:
-	// net/http then drops its per-connection state (request, response
-	// writer, its 4 KiB read and write buffers) and the handler goroutine's
-	// stack, which grew during the handshake. That halves the memory of an
-	// idle connection (docs/benchmarks.md, "Connections"). The handshake
-	// slot passes to the session, which frees it once hello is queued.
+	// hello needs the old session's reads finished and a watermark read, so
+	// it is prepared on a goroutine that ends once the session is running;
+	// this handler returns now and net/http drops its per-connection state.
+	// The handshake slot passes to that goroutine.
 	handshaking = false
-	go s.runSession(sess, old)
+	go s.startSession(sess, old)
 }
 
-// runSession is a device session's life after the upgrade: hello, the read
-// loop on this goroutine and the write loop on another, then cleanup.
-func (s *Server) runSession(sess *session, old *session) {
+// startSession sends hello and starts the core's reader; it returns as
+// soon as the session runs, so an idle session holds no goroutine.
+func (s *Server) startSession(sess *session, old *session) {
 	device, sessID := sess.device, sess.id
-	defer func() {
-		sess.cancel()
-		s.conns.Add(-1)
-		s.m.connections.Dec()
-		s.recordClose(sess)
-		if s.unregister(sess) && s.opts.Presence != nil {
-			s.opts.Presence(telemetry.Presence{Device: sess.device, Online: false, At: s.now().UnixMilli()})
-		}
-	}()
 	s.recordOpen(sess)
 	if s.opts.Presence != nil {
 		s.opts.Presence(telemetry.Presence{Device: device, Online: true, At: s.now().UnixMilli()})
@@ -219,31 +188,22 @@ func (s *Server) runSession(sess *session, old *session) {
 	// hello.acked must cover every batch an earlier session of this device
 	// (or an HTTP post) already put into the pipeline: otherwise a device
 	// that lost its counter and restarts at acked+1 would have new readings
-	// judged duplicates. So: let a taken-over session's read loop finish,
-	// wait until the device has nothing in the pipeline, then read the
-	// watermark. hello is queued before the write loop starts, so it is the
-	// first data frame even if a command arrives meanwhile.
-	hctx, cancel := context.WithTimeout(sess.ctx, s.cfg.HandshakeTimeout)
+	// judged duplicates. So: let a taken-over session's reader finish, wait
+	// until the device has nothing in the pipeline, then read the
+	// watermark. hello is queued before reading starts, so it is the first
+	// data frame even if a command arrives meanwhile.
+	hctx, cancel := context.WithTimeout(s.closingAll, s.cfg.HandshakeTimeout)
 	hello, err := s.helloAfterIdle(hctx, old, device, sessID)
 	cancel()
-	if err == nil {
-		hb, _ := hello.MarshalMsg(nil)
-		sess.out <- outFrame{data: hb}
-	}
 	<-s.handshakes // this handshake is over
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		sess.writeLoop()
-	}()
 	if err != nil {
 		s.log.Warn("device hello", "device", device, "session", sessID, "err", err)
-		sess.close(wire.CloseTryAgainLater, "unavailable", "storage unavailable, retry later")
-		close(sess.readDone)
-	} else {
-		sess.readLoop()
+		sess.close(wsconn.Error{Code: wire.CloseTryAgainLater, Kind: "unavailable", Reason: "storage unavailable, retry later"})
+		return
 	}
-	<-writerDone
+	hb, _ := hello.MarshalMsg(nil)
+	sess.conn.SendData(hb, nil)
+	sess.conn.Start()
 }
 
 // rejectUpgraded sends an optional error frame and a close frame on a
@@ -258,32 +218,86 @@ func rejectUpgraded(conn net.Conn, timeout time.Duration, code int, errCode, msg
 	_ = conn.Close()
 }
 
-// close asks the write loop to send an error frame (for protocol and policy
-// reasons), the close frame, and close the socket. First call wins.
-func (sess *session) close(code int, errCode, msg string) {
+// close ends the session with e; the first call wins. Reading stops at
+// once; the Conn closes when every batch already in the pipeline has had
+// its ack queued (or at WriteTimeout), so a device closed for any reason
+// still learns which batches were committed. 1006 (socket gone) closes now.
+func (sess *session) close(e wsconn.Error) {
 	sess.closeOnce.Do(func() {
-		sess.closeCode, sess.errCode, sess.closeMsg = code, errCode, msg
-		sess.srv.m.closes.WithLabelValues(strconv.Itoa(code)).Inc()
-		close(sess.closing)
-		sess.cancel()
-		// Unblock a read in progress; the write loop finishes the close.
-		_ = sess.conn.SetReadDeadline(time.Now())
+		sess.srv.m.closes.WithLabelValues(strconv.Itoa(e.Code)).Inc()
+		sess.pending.Store(&e)
+		sess.cancel() // unblock a submit waiting for queue budget
+		sess.conn.StopReading()
+		if e.Code == wsconn.CloseAbnormal || len(sess.inflight) == 0 {
+			sess.conn.Close(e)
+			return
+		}
+		time.AfterFunc(sess.srv.cfg.WriteTimeout, func() { sess.conn.Close(e) })
 	})
 }
 
-// stopReading makes the read loop exit without closing, so in-flight
-// batches can still be acked during a graceful drain.
-func (sess *session) stopReading() {
-	sess.readStop.Store(true)
-	_ = sess.conn.SetReadDeadline(time.Now())
+// release gives back an in-flight slot once its ack is written (or can
+// no longer be); the last one lets a pending close proceed.
+func (sess *session) release() {
+	<-sess.inflight
+	if e := sess.pending.Load(); e != nil && len(sess.inflight) == 0 {
+		sess.conn.Close(*e)
+	}
 }
 
-// helloAfterIdle waits for old's read loop (if a takeover happened) and for
+// Message implements wsconn.Handler: one data message from the device.
+func (sess *session) Message(op ws.OpCode, payload []byte) *wsconn.Error {
+	if op == ws.OpText {
+		return &wsconn.Error{Code: wire.CloseUnsupported, Kind: "text_frame", Reason: "text frames are not supported: send binary MessagePack"}
+	}
+	if err := sess.safeHandle(payload); err != nil {
+		var pe *wire.ProtocolError
+		if errors.As(err, &pe) {
+			return &wsconn.Error{Code: pe.Close, Kind: pe.Code, Reason: pe.Message}
+		}
+		// The session is closing (a takeover, a kick): nothing to add.
+	}
+	return nil
+}
+
+// Ending implements wsconn.Handler.
+func (sess *session) Ending(e wsconn.Error) { sess.close(e) }
+
+// Farewell implements wsconn.Handler: the error frame of docs/protocol.md
+// ahead of the close frame.
+func (sess *session) Farewell(e wsconn.Error) []byte {
+	if e.Kind == "" || e.Code == wsconn.CloseNormal {
+		return nil
+	}
+	data, _ := (&wire.Error{Type: wire.TypeError, Code: e.Kind, Message: e.Reason}).MarshalMsg(nil)
+	return data
+}
+
+// Closed implements wsconn.Handler: the session's cleanup, once the socket
+// is closed and the reader gone.
+func (sess *session) Closed(e wsconn.Error) {
+	s := sess.srv
+	sess.closeOnce.Do(func() { // normally Ending got there first
+		s.m.closes.WithLabelValues(strconv.Itoa(e.Code)).Inc()
+		sess.cancel()
+	})
+	if !sess.registered {
+		return
+	}
+	s.conns.Add(-1)
+	s.m.connections.Dec()
+	s.recordClose(sess, e)
+	if s.unregister(sess) && s.opts.Presence != nil {
+		s.opts.Presence(telemetry.Presence{Device: sess.device, Online: false, At: s.now().UnixMilli()})
+	}
+}
+
+// helloAfterIdle waits for old's reader (if a takeover happened) and for
 // the device's pipeline items to finish, then builds hello.
 func (s *Server) helloAfterIdle(ctx context.Context, old *session, device, sessID string) (wire.Hello, error) {
 	if old != nil {
 		select {
-		case <-old.readDone:
+		case <-old.conn.ReadStopped():
 		case <-ctx.Done():
 			return wire.Hello{}, fmt.Errorf("wait for the previous session: %w", ctx.Err())
 		}
@@ -292,132 +306,6 @@ func (s *Server) helloAfterIdle(ctx context.Context, old *session, device, sessI
 		return wire.Hello{}, fmt.Errorf("wait for in-flight batches: %w", err)
 	}
 	return s.hello(ctx, device, sessID)
-}
-
-func (sess *session) readLoop() {
-	defer close(sess.readDone)
-	s := sess.srv
-	idle := 2 * s.cfg.Heartbeat
-	for {
-		if sess.readStop.Load() {
-			return
-		}
-		payload, err := sess.readMessage(idle)
-		if err != nil {
-			sess.readFailed(err)
-			return
-		}
-		if payload == nil {
-			continue // control frame handled
-		}
-		if err := sess.safeHandle(payload); err != nil {
-			var pe *wire.ProtocolError
-			if errors.As(err, &pe) {
-				sess.close(pe.Close, pe.Code, pe.Message)
-			}
-			return
-		}
-	}
-}
-
-// errClientClosed: the device sent a close frame.
-var errClientClosed = errors.New("client closed")
-
-func (sess *session) readFailed(err error) {
-	var pe *wire.ProtocolError
-	switch {
-	case sess.readStop.Load():
-		// graceful drain: Shutdown closes with 1001 after the acks.
-	case errors.As(err, &pe):
-		sess.close(pe.Close, pe.Code, pe.Message)
-	case errors.Is(err, errClientClosed):
-		sess.close(1000, "", "")
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		select {
-		case <-sess.closing: // close() set the deadline
-		default:
-			sess.close(wire.CloseGoingAway, "timeout", "no frame or pong for two heartbeat intervals")
-		}
-	default:
-		sess.close(1006, "", "connection lost") // not sent: the socket is gone
-	}
-}
-
-// readMessage reads one complete data message (reassembling fragments) of at
-// most MaxFrame bytes. Control frames are answered and yield (nil, nil).
-func (sess *session) readMessage(idle time.Duration) ([]byte, error) {
-	max := int64(sess.srv.cfg.MaxFrame)
-	var msg []byte
-	for {
-		// Every frame, control frames and fragments included, restarts the
-		// idle clock: "no frame or pong for two heartbeat intervals".
-		if sess.readStop.Load() {
-			return nil, os.ErrDeadlineExceeded
-		}
-		_ = sess.conn.SetReadDeadline(time.Now().Add(idle))
-		h, err := ws.ReadHeader(sess.br)
-		if err != nil {
-			if errors.Is(err, ws.ErrHeaderLengthUnexpected) || errors.Is(err, ws.ErrHeaderLengthMSB) {
-				return nil, wire.Protocol("bad_frame", "invalid WebSocket frame header")
-			}
-			return nil, err
-		}
-		if !h.Masked {
-			return nil, wire.Protocol("unmasked_frame", "client frames must be masked (RFC 6455 5.1)")
-		}
-		if h.Rsv != 0 {
-			return nil, wire.Protocol("bad_frame", "reserved bits set without a negotiated extension")
-		}
-		if h.OpCode.IsControl() {
-			if h.Length > 125 || !h.Fin {
-				return nil, wire.Protocol("bad_frame", "invalid control frame")
-			}
-			p := make([]byte, h.Length)
-			if _, err := io.ReadFull(sess.br, p); err != nil {
-				return nil, err
-			}
-			ws.Cipher(p, h.Mask, 0)
-			switch h.OpCode {
-			case ws.OpPing:
-				select {
-				case sess.ctrl <- p:
-				default: // a pong is already pending; one answers both
-				}
-			case ws.OpClose:
-				return nil, errClientClosed
-			}
-			if msg == nil {
-				return nil, nil
-			}
-			continue
-		}
-		switch {
-		case h.OpCode == ws.OpContinuation && msg == nil:
-			return nil, wire.Protocol("bad_frame", "continuation frame without a message to continue")
-		case h.OpCode != ws.OpContinuation && msg != nil:
-			return nil, wire.Protocol("bad_frame", "new message before the previous one's final fragment")
-		case h.OpCode == ws.OpText:
-			return nil, &wire.ProtocolError{Close: wire.CloseUnsupported, Code: "text_frame", Message: "text frames are not supported: send binary MessagePack"}
-		case h.OpCode != ws.OpBinary && h.OpCode != ws.OpContinuation:
-			return nil, wire.Protocol("bad_frame", "unknown opcode %d", h.OpCode)
-		}
-		if int64(len(msg))+h.Length > max {
-			return nil, &wire.ProtocolError{Close: wire.CloseTooBig, Code: "frame_too_big",
-				Message: fmt.Sprintf("message exceeds max_frame (%d bytes)", max)}
-		}
-		start := len(msg)
-		if msg == nil {
-			msg = make([]byte, 0, h.Length)
-		}
-		msg = append(msg, make([]byte, h.Length)...)
-		if _, err := io.ReadFull(sess.br, msg[start:]); err != nil {
-			return nil, err
-		}
-		ws.Cipher(msg[start:], h.Mask, 0)
-		if h.Fin {
-			return msg, nil
-		}
-	}
 }
 
 // safeHandle turns a panic while handling one frame into a 1011 close of
@@ -460,8 +348,8 @@ func (sess *session) handle(payload []byte) error {
 			return wire.Protocol("seq_not_increasing", "seq %d is not greater than the previous seq %d on this connection", msg.Seq, sess.lastSeq)
 		}
 		sess.lastSeq = msg.Seq
-		if s.opts.Limits != nil && !s.opts.Limits.AllowReadings(sess.device, len(msg.Readings)) {
-			return &wire.ProtocolError{Close: wire.CloseTryAgainLater, Code: "rate_limited", Message: "readings per second over this device's limit"}
+		if err := sess.pace(len(msg.Readings)); err != nil {
+			return err
 		}
 		batch, ack := s.accept(sess.device, msg)
 		sess.readings.Add(int64(len(batch.Readings)))
@@ -473,9 +361,9 @@ func (sess *session) handle(payload []byte) error {
 		}
 		err := s.pipe.submit(sess.ctx, batch, func(o telemetry.Outcome, err error) {
 			if err != nil {
-				<-sess.inflight // never acked: the device resends after reconnect
+				sess.release() // never acked: the device resends after reconnect
 				if pe := (*wire.ProtocolError)(nil); errors.As(err, &pe) {
-					sess.close(pe.Close, pe.Code, pe.Message) // refused by the store
+					sess.close(wsconn.Error{Code: pe.Close, Kind: pe.Code, Reason: pe.Message}) // refused by the store
 				}
 				return
 			}
@@ -485,11 +373,12 @@ func (sess *session) handle(payload []byte) error {
 			}
 			data, _ := a.MarshalMsg(nil)
 			s.m.acks.Inc()
-			// Never blocks: out has a slot for every inflight token.
-			sess.out <- outFrame{data: data, isAck: true}
+			if !sess.conn.SendData(data, sess.release) {
+				sess.release()
+			}
 		})
 		if err != nil {
-			<-sess.inflight
+			sess.release()
 			if errors.Is(err, errShuttingDown) {
 				return nil // not acked; the drain closes the session with 1001
 			}
@@ -500,127 +389,65 @@ func (sess *session) handle(payload []byte) error {
 	return nil
 }
 
-func (sess *session) writeLoop() {
+// Pacing bounds (docs/protocol.md, "Rate limits"): a batch over the
+// device's readings rate waits, with this session's socket unread, until
+// the bucket allows it. The retry interval starts small so a device just
+// over the rate loses little time, and is capped so a long wait costs a
+// few wakeups per second.
+const (
+	paceFirst = 20 * time.Millisecond
+	paceMax   = 250 * time.Millisecond
+)
+
+// pace waits until the limiter lets n readings through: over the limit the
+// device is slowed (its acks come later, TCP pushes back), not kicked. Only
+// a device still over the limit after ingest.rate_pause_max is closed 1013.
+func (sess *session) pace(n int) error {
 	s := sess.srv
-	ping := time.NewTicker(s.cfg.Heartbeat)
-	defer ping.Stop()
-	defer sess.conn.Close()
-	// Header and payload go out in one write (ws.WriteFrame would make two
-	// syscalls per ack: they were the largest cost in the ingest profile).
-	// The buffer lives as long as the write loop and is sized by the largest
-	// frame written, which is small (acks, commands up to max_frame).
-	var buf bytes.Buffer
-	write := func(f ws.Frame) error {
-		buf.Reset()
-		if err := ws.WriteHeader(&buf, f.Header); err != nil {
-			return err
-		}
-		buf.Write(f.Payload)
-		_ = sess.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		_, err := sess.conn.Write(buf.Bytes())
-		if buf.Cap() > 4<<10 {
-			buf = bytes.Buffer{} // a rare large command must not pin memory per session
-		}
-		return err
+	lim := s.opts.Limits
+	if lim == nil || lim.AllowReadings(sess.device, n) {
+		return nil
 	}
+	s.m.ratePaused.Inc()
+	start := time.Now()
+	wait := paceFirst
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	for {
 		select {
-		case f := <-sess.out:
-			err := write(ws.NewBinaryFrame(f.data))
-			if f.isAck {
-				<-sess.inflight
-			}
-			if err != nil {
-				sess.close(1006, "", "write failed")
-				sess.drainOut()
-				return
-			}
-		case c := <-sess.cmds:
-			if err := write(ws.NewBinaryFrame(c)); err != nil {
-				sess.close(1006, "", "write failed")
-				sess.drainOut()
-				return
-			}
-		case p := <-sess.ctrl:
-			if err := write(ws.NewPongFrame(p)); err != nil {
-				sess.close(1006, "", "write failed")
-				sess.drainOut()
-				return
-			}
-		case <-ping.C:
-			if err := write(ws.NewPingFrame(nil)); err != nil {
-				sess.close(1006, "", "write failed")
-				sess.drainOut()
-				return
-			}
-		case <-sess.closing:
-			sess.finishClose(write)
-			return
+		case <-t.C:
+		case <-sess.ctx.Done():
+			return sess.ctx.Err()
 		}
+		if lim.AllowReadings(sess.device, n) {
+			s.m.ratePausedSeconds.Add(time.Since(start).Seconds())
+			return nil
+		}
+		if time.Since(start) >= s.cfg.RatePauseMax {
+			s.m.ratePausedSeconds.Add(time.Since(start).Seconds())
+			return &wire.ProtocolError{Close: wire.CloseTryAgainLater, Code: "rate_limited",
+				Message: fmt.Sprintf("readings per second over this device's limit for longer than %s", s.cfg.RatePauseMax)}
+		}
+		wait = min(2*wait, paceMax)
+		t.Reset(wait)
 	}
 }
 
-// finishClose writes what is still queued (acks of committed batches), then
-// the error frame and the close frame. 1006 means the socket is already gone.
-func (sess *session) finishClose(write func(ws.Frame) error) {
-	if sess.closeCode == 1006 {
-		sess.drainOut()
-		return
-	}
-	for {
-		select {
-		case f := <-sess.out:
-			_ = write(ws.NewBinaryFrame(f.data))
-			if f.isAck {
-				<-sess.inflight
-			}
-			continue
-		default:
-		}
-		break
-	}
-	if sess.errCode != "" && sess.closeCode != 1000 {
-		e := wire.Error{Type: wire.TypeError, Code: sess.errCode, Message: sess.closeMsg}
-		data, _ := e.MarshalMsg(nil)
-		_ = write(ws.NewBinaryFrame(data))
-	}
-	reason := sess.closeMsg
-	if len(reason) > 120 { // a close reason must fit a 125-byte control frame
-		reason = reason[:120]
-	}
-	_ = write(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusCode(sess.closeCode), reason)))
-}
-
-// drainOut releases in-flight slots of acks that can no longer be written.
-// Acks arriving later find room in out (it has a slot per token) and are
-// simply never read; the session's memory goes with it.
-func (sess *session) drainOut() {
-	for {
-		select {
-		case f := <-sess.out:
-			if f.isAck {
-				<-sess.inflight
-			}
-		default:
-			return
-		}
-	}
-}
-
-// sendCommand queues a command frame; false if the session's queue is full
-// or it is closing.
+// sendCommand queues a command frame; false if the session's command queue
+// is full or it is closing.
 func (sess *session) sendCommand(data []byte) bool {
-	select {
-	case <-sess.closing:
-		return false
-	default:
-	}
-	select {
-	case sess.cmds <- data:
-		return true
-	default:
+	if sess.pending.Load() != nil {
 		return false
 	}
+	if sess.cmds.Add(1) > commandSlots {
+		sess.cmds.Add(-1)
+		return false
+	}
+	if !sess.conn.SendData(data, func() { sess.cmds.Add(-1) }) {
+		sess.cmds.Add(-1)
+		return false
+	}
+	return true
 }
 
 func (s *Server) recordOpen(sess *session) {
@@ -634,14 +461,16 @@ func (s *Server) recordOpen(sess *session) {
 	}
 }
 
-func (s *Server) recordClose(sess *session) {
+// recordClose writes the session history row. It is bounded by the
+// server's life context too, so Shutdown's deadline bounds it.
+func (s *Server) recordClose(sess *session, e wsconn.Error) {
 	if s.opts.Sessions == nil {
 		return
 	}
 	info := sess.info()
 	info.Ended = s.now()
-	info.CloseReason = fmt.Sprintf("%d %s", sess.closeCode, sess.closeMsg)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	info.CloseReason = fmt.Sprintf("%d %s", e.Code, e.Reason)
+	ctx, cancel := context.WithTimeout(s.life, 5*time.Second)
 	defer cancel()
 	if err := s.opts.Sessions.SessionClosed(ctx, info); err != nil {
 		s.log.Warn("record session close", "device", sess.device, "session", sess.id, "err", err)

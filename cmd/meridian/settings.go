@@ -91,6 +91,10 @@ func settingsTable() []setting {
 			doc: "Device handshakes in progress at once (each costs a token lookup and a watermark read); beyond it 503 with Retry-After."},
 		{key: "ingest.shutdown_grace", field: func(c *Config) any { return &c.Ingest.ShutdownGrace },
 			doc: "Longest a graceful shutdown may take to flush, ack and close devices."},
+		{key: "ingest.rate_pause_max", field: func(c *Config) any { return &c.Ingest.RatePauseMax },
+			doc: "Longest a device over devices.readings_per_second is paced (its socket left unread) before it is closed with 1013."},
+		{key: "ingest.blocking_readers", field: func(c *Config) any { return &c.Ingest.BlockingReaders },
+			doc: "Give every device session a reader goroutine instead of the epoll poller (TLS sessions and non-Linux builds always have one)."},
 		{key: "ingest.node", field: func(c *Config) any { return &c.Ingest.Node },
 			doc: "Name of this server in session records and logs. Empty uses the host name."},
 
