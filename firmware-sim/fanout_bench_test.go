@@ -83,7 +83,7 @@ func BenchmarkIngestFanout(b *testing.B) {
 					time.Sleep(time.Millisecond)
 				}
 				if mode == "subscriber" {
-					c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://"+br.BrokerAddr()).SetClientID("bench-sub").
+					c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + br.BrokerAddr()).SetClientID("bench-sub").
 						SetUsername("ops").SetPassword(key).SetAutoReconnect(false))
 					if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 						b.Fatalf("subscriber connect: %v", tok.Error())

@@ -19,7 +19,6 @@ import (
 	"github.com/meridian-iot/meridian/ingest/wsconn"
 )
 
-
 // session is device protocol v1 on top of one wsconn.Conn, which owns the
 // socket: framing, pings, the idle deadline, the single writer and the close
 // path. An idle session has no goroutine: the core runs Message on a reader
