@@ -25,10 +25,9 @@ import (
 // they are called from the bridge's single command worker.
 type Devices interface {
 	// SendCommand queues c for the device's live session on this node. It
-	// returns an error for which Options.IsOffline is true (or one wrapping
-	// ErrOffline) when the device has no session here, and one for which
-	// Options.IsBusy is true (or wrapping ErrBusy) when the session's queue
-	// is full.
+	// returns an error wrapping telemetry.ErrOffline when the device has no
+	// session here, and one wrapping telemetry.ErrCommandQueueFull when the
+	// session's queue is full.
 	SendCommand(device string, c telemetry.Command) error
 	// TakeOver closes the device's live session on this node because another
 	// node took the device over (the device sees 1008 session_taken_over).
@@ -37,13 +36,6 @@ type Devices interface {
 	// reason: another node disabled or deleted it or revoked its tokens.
 	Kick(device, reason string)
 }
-
-// ErrOffline and ErrBusy are what the bridge understands from
-// Devices.SendCommand when Options.IsOffline / IsBusy are not set.
-var (
-	ErrOffline = errors.New("device offline")
-	ErrBusy    = errors.New("device command queue full")
-)
 
 // Access is what an embedded-broker client may do.
 type Access int
@@ -68,11 +60,6 @@ type Options struct {
 	// It returns what the key may do (viewer keys: AccessRead, admin keys:
 	// AccessCommand). Nil refuses everyone but the bridge itself.
 	Authenticate func(ctx context.Context, username, password string) Access
-	// IsOffline and IsBusy classify Devices.SendCommand errors (e.g.
-	// errors.Is(err, ingest.ErrOffline)). Nil: errors.Is with ErrOffline /
-	// ErrBusy.
-	IsOffline func(error) bool
-	IsBusy    func(error) bool
 	// DeviceExists lets the HTTP command endpoint answer 404 for an unknown
 	// device. Nil: every well-formed id is accepted.
 	DeviceExists func(ctx context.Context, device string) (bool, error)

@@ -2,7 +2,7 @@ package bridge
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
@@ -68,10 +68,10 @@ func (f *fakeDevices) SendCommand(device string, c telemetry.Command) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.online[device] {
-		return errors.New("wrapped: " + ErrOffline.Error()) // classified by Options.IsOffline in tests
+		return fmt.Errorf("send to %s: %w", device, telemetry.ErrOffline) // wrapped, as a real target may
 	}
 	if f.busy {
-		return ErrBusy
+		return telemetry.ErrCommandQueueFull
 	}
 	f.cmds <- sentCommand{device, c}
 	return nil
@@ -131,9 +131,6 @@ func newBridge(t testing.TB, cfg Config, devs Devices, mod func(*Options)) *Brid
 	opts := Options{
 		Logger:     testLogger(t),
 		Registerer: prometheus.NewRegistry(),
-		IsOffline: func(err error) bool {
-			return err != nil && err.Error() == "wrapped: "+ErrOffline.Error()
-		},
 	}
 	if mod != nil {
 		mod(&opts)

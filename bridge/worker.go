@@ -118,19 +118,9 @@ func (b *Bridge) dispatch(device string, cmd command) bool {
 	return false
 }
 
-func (b *Bridge) isOffline(err error) bool {
-	if b.opts.IsOffline != nil && b.opts.IsOffline(err) {
-		return true
-	}
-	return errors.Is(err, ErrOffline)
-}
+func (b *Bridge) isOffline(err error) bool { return errors.Is(err, telemetry.ErrOffline) }
 
-func (b *Bridge) isBusy(err error) bool {
-	if b.opts.IsBusy != nil && b.opts.IsBusy(err) {
-		return true
-	}
-	return errors.Is(err, ErrBusy)
-}
+func (b *Bridge) isBusy(err error) bool { return errors.Is(err, telemetry.ErrCommandQueueFull) }
 
 // responsible reports whether this node answers for a device it may not
 // hold: the node holding it; else the last owner named by the device's

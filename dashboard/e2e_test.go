@@ -97,7 +97,7 @@ func (c *ingestCommands) Send(ctx context.Context, device string, cmd telemetry.
 	c.mu.Unlock()
 	defer func() { c.mu.Lock(); delete(c.waiters, k); c.mu.Unlock() }()
 	if err := c.srv.SendCommand(device, cmd); err != nil {
-		if errors.Is(err, ingest.ErrOffline) {
+		if errors.Is(err, telemetry.ErrOffline) {
 			return telemetry.CommandResult{Device: device, ID: cmd.ID, Error: "offline"}, nil
 		}
 		return telemetry.CommandResult{}, err

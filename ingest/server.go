@@ -219,14 +219,8 @@ func (s *Server) Kick(device, reason string) {
 	}
 }
 
-// ErrOffline: the device has no live session on this node.
-var ErrOffline = errors.New("device offline")
-
 // ErrCommandTooLarge: the command would not fit the device's max_frame.
 var ErrCommandTooLarge = errors.New("command too large")
-
-// ErrCommandQueueFull: the device's command queue is full (it is not reading).
-var ErrCommandQueueFull = errors.New("device command queue full")
 
 // SendCommand queues a command frame to the device's live session.
 func (s *Server) SendCommand(device string, c telemetry.Command) error {
@@ -234,7 +228,7 @@ func (s *Server) SendCommand(device string, c telemetry.Command) error {
 	sess := s.sessions[device]
 	s.mu.Unlock()
 	if sess == nil {
-		return ErrOffline
+		return telemetry.ErrOffline
 	}
 	payload := c.Payload
 	if len(payload) == 0 {
@@ -250,7 +244,7 @@ func (s *Server) SendCommand(device string, c telemetry.Command) error {
 		return fmt.Errorf("encode command: %w", err)
 	}
 	if !sess.sendCommand(data) {
-		return ErrCommandQueueFull
+		return telemetry.ErrCommandQueueFull
 	}
 	return nil
 }

@@ -534,7 +534,7 @@ func TestCommands(t *testing.T) {
 		o.Results = func(r telemetry.CommandResult) { results <- r }
 		o.Presence = func(p telemetry.Presence) { presence <- p }
 	})
-	if err := ts.srv.SendCommand("cmd1", telemetry.Command{ID: "c1", Name: "reboot"}); !errors.Is(err, ErrOffline) {
+	if err := ts.srv.SendCommand("cmd1", telemetry.Command{ID: "c1", Name: "reboot"}); !errors.Is(err, telemetry.ErrOffline) {
 		t.Fatalf("offline device: %v", err)
 	}
 	c, _ := ts.dial("tok-cmd1")

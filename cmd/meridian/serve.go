@@ -161,8 +161,6 @@ func (s *server) buildBridge() error {
 		Logger:       s.log,
 		Registerer:   s.reg,
 		Authenticate: s.mqttAccess,
-		IsOffline:    func(err error) bool { return errors.Is(err, ingest.ErrOffline) },
-		IsBusy:       func(err error) bool { return errors.Is(err, ingest.ErrCommandQueueFull) },
 		DeviceExists: func(ctx context.Context, id string) (bool, error) {
 			_, err := s.st.GetDevice(ctx, id)
 			if errors.Is(err, storage.ErrNotFound) {

@@ -45,6 +45,15 @@ type Outcome struct {
 // know.
 var ErrUnknownDevice = errors.New("unknown device")
 
+// ErrOffline: a command's device has no live session on this node. Ingest
+// returns it from SendCommand; the bridge answers the command "offline" (or
+// queues it) when it sees it.
+var ErrOffline = errors.New("device offline")
+
+// ErrCommandQueueFull: the device's command queue is full (it is not
+// reading). Ingest returns it from SendCommand; the bridge answers "busy".
+var ErrCommandQueueFull = errors.New("device command queue full")
+
 // ErrInvalidData is wrapped by a store's Commit when the data itself was
 // refused (a value out of range, a violated constraint), as opposed to the
 // store being unavailable: committing the same batches again fails again, so
