@@ -293,11 +293,11 @@ type claim struct {
 
 func appendBatchJSON(b []byte, node string, bt telemetry.Batch) []byte {
 	b = append(b, `{"device":`...)
-	b = appendJSONString(b, bt.Device)
+	b = telemetry.AppendJSONString(b, bt.Device)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, bt.Seq, 10)
 	b = append(b, `,"node":`...)
-	b = appendJSONString(b, node)
+	b = telemetry.AppendJSONString(b, node)
 	b = append(b, `,"readings":[`...)
 	for i, r := range bt.Readings {
 		if i > 0 {
@@ -306,9 +306,9 @@ func appendBatchJSON(b []byte, node string, bt telemetry.Batch) []byte {
 		b = append(b, `{"t":`...)
 		b = strconv.AppendInt(b, r.Time, 10)
 		b = append(b, `,"metric":`...)
-		b = appendJSONString(b, r.Metric)
+		b = telemetry.AppendJSONString(b, r.Metric)
 		b = append(b, `,"value":`...)
-		b = appendJSONFloat(b, r.Value)
+		b = telemetry.AppendJSONFloat(b, r.Value)
 		b = append(b, '}')
 	}
 	return append(b, "]}"...)
@@ -318,7 +318,7 @@ func appendReadingJSON(b []byte, r telemetry.Reading) []byte {
 	b = append(b, `{"t":`...)
 	b = strconv.AppendInt(b, r.Time, 10)
 	b = append(b, `,"value":`...)
-	b = appendJSONFloat(b, r.Value)
+	b = telemetry.AppendJSONFloat(b, r.Value)
 	return append(b, '}')
 }
 
@@ -350,44 +350,6 @@ func appendReadingMsgpack(b []byte, r telemetry.Reading) []byte {
 	b = msgp.AppendInt64(b, r.Time)
 	b = msgp.AppendString(b, "value")
 	return msgp.AppendFloat64(b, r.Value)
-}
-
-// appendJSONFloat writes v as a JSON number; NaN and ±Inf (which ingest
-// rejects, so this is belt and braces) become null.
-func appendJSONFloat(b []byte, v float64) []byte {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return append(b, "null"...)
-	}
-	return strconv.AppendFloat(b, v, 'g', -1, 64)
-}
-
-const hexDigits = "0123456789abcdef"
-
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x80 {
-			r, size := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				b = append(b, `\ufffd`...)
-			} else {
-				b = append(b, s[i:i+size]...)
-			}
-			i += size
-			continue
-		}
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		default:
-			b = append(b, c)
-		}
-		i++
-	}
-	return append(b, '"')
 }
 
 // remoteBatch is a batch published by some node, as decoded from its

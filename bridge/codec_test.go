@@ -154,7 +154,7 @@ func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
 		enc.SetEscapeHTML(false)
 		_ = enc.Encode(s)
 		var a, b string
-		if err := json.Unmarshal(appendJSONString(nil, s), &a); err != nil {
+		if err := json.Unmarshal(telemetry.AppendJSONString(nil, s), &a); err != nil {
 			t.Fatalf("%q: %v", s, err)
 		}
 		_ = json.Unmarshal(want.Bytes(), &b)

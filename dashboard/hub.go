@@ -527,19 +527,19 @@ func (h *Hub) markDownsampled(c *client) {
 
 func appendUpdate(b []byte, u *Update) []byte {
 	b = append(b, `{"device":`...)
-	b = appendJSONString(b, u.Device)
+	b = telemetry.AppendJSONString(b, u.Device)
 	b = append(b, `,"metric":`...)
-	b = appendJSONString(b, u.Metric)
+	b = telemetry.AppendJSONString(b, u.Metric)
 	b = append(b, `,"t":`...)
 	b = strconv.AppendInt(b, u.T, 10)
 	b = append(b, `,"t0":`...)
 	b = strconv.AppendInt(b, u.T0, 10)
 	b = append(b, `,"min":`...)
-	b = appendJSONFloat(b, u.Min)
+	b = telemetry.AppendJSONFloat(b, u.Min)
 	b = append(b, `,"max":`...)
-	b = appendJSONFloat(b, u.Max)
+	b = telemetry.AppendJSONFloat(b, u.Max)
 	b = append(b, `,"last":`...)
-	b = appendJSONFloat(b, u.Last)
+	b = telemetry.AppendJSONFloat(b, u.Last)
 	b = append(b, `,"count":`...)
 	b = strconv.AppendInt(b, u.Count, 10)
 	return append(b, '}')
@@ -547,13 +547,13 @@ func appendUpdate(b []byte, u *Update) []byte {
 
 func appendSubscribed(b []byte, device string, metrics []string, seam int64, latest map[string]Latest) []byte {
 	b = append(b, `{"type":"subscribed","device":`...)
-	b = appendJSONString(b, device)
+	b = telemetry.AppendJSONString(b, device)
 	b = append(b, `,"metrics":[`...)
 	for i, m := range metrics {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, m)
+		b = telemetry.AppendJSONString(b, m)
 	}
 	b = append(b, `],"seam":`...)
 	b = strconv.AppendInt(b, seam, 10)
@@ -564,11 +564,11 @@ func appendSubscribed(b []byte, device string, metrics []string, seam int64, lat
 			b = append(b, ',')
 		}
 		i++
-		b = appendJSONString(b, m)
+		b = telemetry.AppendJSONString(b, m)
 		b = append(b, `:{"t":`...)
 		b = strconv.AppendInt(b, l.T, 10)
 		b = append(b, `,"v":`...)
-		b = appendJSONFloat(b, l.V)
+		b = telemetry.AppendJSONFloat(b, l.V)
 		b = append(b, '}')
 	}
 	return append(b, "}}"...)
@@ -576,7 +576,7 @@ func appendSubscribed(b []byte, device string, metrics []string, seam int64, lat
 
 func appendPresence(b []byte, p telemetry.Presence) []byte {
 	b = append(b, `{"type":"presence","device":`...)
-	b = appendJSONString(b, p.Device)
+	b = telemetry.AppendJSONString(b, p.Device)
 	b = append(b, `,"online":`...)
 	b = strconv.AppendBool(b, p.Online)
 	b = append(b, `,"at":`...)
@@ -586,35 +586,8 @@ func appendPresence(b []byte, p telemetry.Presence) []byte {
 
 func appendError(b []byte, msg string) []byte {
 	b = append(b, `{"type":"error","error":`...)
-	b = appendJSONString(b, msg)
+	b = telemetry.AppendJSONString(b, msg)
 	return append(b, '}')
-}
-
-// appendJSONFloat writes v; JSON has no NaN or infinities, so they become
-// null (ingest rejects them, but a bridge peer might not).
-func appendJSONFloat(b []byte, v float64) []byte {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return append(b, "null"...)
-	}
-	return strconv.AppendFloat(b, v, 'g', -1, 64)
-}
-
-const hexDigits = "0123456789abcdef"
-
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case ch == '"' || ch == '\\':
-			b = append(b, '\\', ch)
-		case ch < 0x20 || ch == '<' || ch == '>' || ch == '&':
-			b = append(b, '\\', 'u', '0', '0', hexDigits[ch>>4], hexDigits[ch&0xf])
-		default:
-			b = append(b, ch)
-		}
-	}
-	return append(b, '"')
 }
 
 // clientCount is the number of attached live clients.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/ingest/wsconn"
 )
 
@@ -477,7 +478,7 @@ func (d *Dashboard) sseLoop(w http.ResponseWriter, r *http.Request, c *client, t
 			}
 		case <-c.done:
 			reason := c.closeReason()
-			send([]byte(`event: close`+"\n"+`data: {"type":"close","reason":`), appendJSONString(nil, reason), []byte("}\n\n"))
+			send([]byte(`event: close`+"\n"+`data: {"type":"close","reason":`), telemetry.AppendJSONString(nil, reason), []byte("}\n\n"))
 			return reason
 		case <-r.Context().Done():
 			return reasonClient
