@@ -22,10 +22,18 @@ type Reader interface {
 
 // Options bound the API. Zero values take the defaults below.
 type Options struct {
-	// Timeout is the statement timeout of /v1/query (default 10s).
+	// Timeout bounds a whole /v1/query request — the statement and writing
+	// the answer to the client — (default 10s).
 	Timeout time.Duration
 	// MaxRows caps /v1/query results (default 10,000).
 	MaxRows int
+	// MaxBytes caps a /v1/query result as it streams from the database
+	// (default storage.DefaultQueryMaxBytes, 16 MiB); the answer says when
+	// it cut the result short.
+	MaxBytes int64
+	// MaxConcurrent bounds /v1/query requests running at once; more are
+	// answered 429 at once (default 4).
+	MaxConcurrent int
 	// MaxPoints caps /v1/series?points= (default 10,000).
 	MaxPoints int
 	Logger    *slog.Logger
@@ -42,10 +50,19 @@ func Handler(r Reader, o Options) http.Handler {
 	if o.MaxPoints <= 0 {
 		o.MaxPoints = 10_000
 	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = storage.DefaultQueryMaxBytes
+	}
+	if o.MaxConcurrent <= 0 {
+		// Four: the SQLite query pool (2 connections) stays busy with two
+		// more waiting, and a PostgreSQL query pool of the same size is
+		// never exceeded by much; more would only queue inside the server.
+		o.MaxConcurrent = 4
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{r: r, o: o}
+	h := &handler{r: r, o: o, slots: make(chan struct{}, o.MaxConcurrent)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/query", h.query)
 	mux.HandleFunc("GET /v1/series", h.series)
@@ -55,6 +72,8 @@ func Handler(r Reader, o Options) http.Handler {
 type handler struct {
 	r Reader
 	o Options
+	// slots holds one token per /v1/query running (MaxConcurrent).
+	slots chan struct{}
 }
 
 func httpError(w http.ResponseWriter, status int, format string, args ...any) {
@@ -88,13 +107,29 @@ func (h *handler) query(w http.ResponseWriter, r *http.Request) {
 		}
 		maxRows = min(n, h.o.MaxRows)
 	}
-	res, err := h.r.Query(r.Context(), sql, storage.QueryOptions{Timeout: h.o.Timeout, MaxRows: maxRows})
+	select {
+	case h.slots <- struct{}{}:
+		defer func() { <-h.slots }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusTooManyRequests, "too many concurrent queries (at most %d); retry later", h.o.MaxConcurrent)
+		return
+	}
+	// One deadline for the whole request: the statement gets what is left
+	// of it, and writing the answer to a slow client ends at it too.
+	deadline := time.Now().Add(h.o.Timeout)
+	ctx, cancel := context.WithDeadline(r.Context(), deadline)
+	defer cancel()
+	// Not every ResponseWriter supports deadlines (test recorders); the
+	// context still bounds the statement then.
+	_ = http.NewResponseController(w).SetWriteDeadline(deadline)
+	res, err := h.r.Query(ctx, sql, storage.QueryOptions{Timeout: h.o.Timeout, MaxRows: maxRows, MaxBytes: h.o.MaxBytes})
 	if err != nil {
 		status := http.StatusBadRequest
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
 			status = http.StatusGatewayTimeout
-		case errors.Is(err, storage.ErrReadOnly):
+		case errors.Is(err, storage.ErrReadOnly), errors.Is(err, storage.ErrNotAllowed):
 			status = http.StatusForbidden
 		}
 		httpError(w, status, "%v", err)
@@ -110,6 +145,9 @@ func (h *handler) query(w http.ResponseWriter, r *http.Request) {
 	}
 	if res.Truncated {
 		w.Header().Set("X-Meridian-Truncated", "true")
+		if res.TruncatedBy != "" {
+			w.Header().Set("X-Meridian-Truncated-By", res.TruncatedBy)
+		}
 	}
 	if err := write(w, res); err != nil {
 		h.o.Logger.Warn("write query result", "err", err)

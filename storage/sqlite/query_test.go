@@ -1,0 +1,114 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-iot/meridian/storage"
+)
+
+// TestQueryPublicSchemaOnly: ad-hoc SQL reads the public views and tables,
+// and through the views the internal tables behind them, but never the
+// token or API-key tables or the internal tables directly.
+func TestQueryPublicSchemaOnly(t *testing.T) {
+	s := newTestStore(t, storage.Retention{})
+	ctx := context.Background()
+	if err := s.AddAPIKey(ctx, storage.APIKey{ID: "abc123", Hash: []byte("h"), Role: "admin", Name: "ops", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	mustCommit(t, s, batch("pub-1", 1, 3))
+	for _, q := range []string{
+		"SELECT * FROM telemetry", "SELECT * FROM telemetry_1m", "SELECT * FROM telemetry_1h",
+		"SELECT * FROM devices", "SELECT * FROM metrics", "SELECT * FROM device_sessions",
+		"SELECT name FROM sqlite_master", "PRAGMA table_info(telemetry)",
+	} {
+		if _, err := s.Query(ctx, q, storage.QueryOptions{}); err != nil {
+			t.Errorf("Query(%q): %v", q, err)
+		}
+	}
+	for _, q := range []string{
+		"SELECT id, name, role, hash FROM api_keys",
+		"SELECT count(*) FROM api_keys",
+		"SELECT * FROM device_tokens",
+		"SELECT * FROM readings",
+		"SELECT * FROM rollup_1m",
+		"SELECT * FROM meridian_meta",
+		"SELECT (SELECT hash FROM api_keys LIMIT 1) FROM telemetry",
+		"WITH k AS (SELECT * FROM api_keys) SELECT * FROM k",
+	} {
+		_, err := s.Query(ctx, q, storage.QueryOptions{})
+		if !errors.Is(err, storage.ErrNotAllowed) {
+			t.Errorf("Query(%q): %v, want ErrNotAllowed", q, err)
+		}
+	}
+}
+
+// TestQueryMemoryBounded: values bigger than the byte cap and statements
+// needing more than the query heap fail with an error (no panic, no
+// gigabytes of process memory), and the connection pool keeps working.
+func TestQueryMemoryBounded(t *testing.T) {
+	s := newTestStore(t, storage.Retention{})
+	ctx := context.Background()
+	for _, q := range []string{
+		"SELECT zeroblob(1000000000)",
+		"SELECT randomblob(100000000)",
+		"SELECT length(zeroblob(1000000000))",
+		"WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3000000) SELECT group_concat(printf('%0100d', x)) FROM n",
+	} {
+		_, err := s.Query(ctx, q, storage.QueryOptions{MaxBytes: 1 << 20})
+		if err == nil {
+			t.Errorf("Query(%q) succeeded, want an error", q)
+		}
+	}
+	// Many rows of moderate values: cut at the byte cap, reported.
+	res, err := s.Query(ctx, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5000) SELECT x, zeroblob(1000) FROM n",
+		storage.QueryOptions{MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Truncated || res.TruncatedBy != storage.TruncatedBytes || len(res.Rows) == 0 || len(res.Rows) > 600 {
+		t.Fatalf("byte cap: truncated=%v by %q after %d rows, want bytes after <= 600", res.Truncated, res.TruncatedBy, len(res.Rows))
+	}
+	if res, err := s.Query(ctx, "SELECT 1", storage.QueryOptions{}); err != nil || len(res.Rows) != 1 {
+		t.Fatalf("query after the failures: %v %v", res, err)
+	}
+}
+
+// TestLookupsDoNotWaitForQueries: with every ad-hoc query connection busy
+// with slow statements, token and API-key lookups answer at once.
+func TestLookupsDoNotWaitForQueries(t *testing.T) {
+	s := newTestStore(t, storage.Retention{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	const slow = 8
+	for range slow {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			_, _ = s.Query(ctx, `WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n`,
+				storage.QueryOptions{Timeout: time.Minute})
+		}()
+	}
+	defer func() {
+		cancel()
+		for range slow {
+			<-done
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // let the queries take every connection
+	lctx, lcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer lcancel()
+	for range 20 {
+		if _, err := s.LookupAPIKey(lctx, []byte("nope")); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("LookupAPIKey while queries run: %v", err)
+		}
+		if _, err := s.LookupDeviceToken(lctx, []byte("nope")); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("LookupDeviceToken while queries run: %v", err)
+		}
+		if _, err := s.Watermark(lctx, "nobody"); err != nil && !strings.Contains(err.Error(), "not found") {
+			t.Fatalf("Watermark while queries run: %v", err)
+		}
+	}
+}
