@@ -243,15 +243,26 @@ func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) 
 // that are not schema objects). The authorizer reports a schema object by
 // name only (count(*) even without a schema), so the names of the database's
 // tables and views are what tell a table from a CTE; a CTE named like an
-// internal table is refused too, which costs nothing. deniedRead records
-// the object a denied read named.
+// internal table is refused too, which costs nothing.
+//
+// A read with no column (SQLite's "this table is referenced but no column
+// of it is used", e.g. count(*) or a join the planner keeps only for its
+// rows) comes without the view that caused it; it is admitted for a table
+// a public view of this statement already read, and refused otherwise, so
+// count(*) FROM api_keys fails while count(*) FROM telemetry works.
+// deniedRead records the object a denied read named.
 func queryAuthorizer(schemaObjects map[string]bool, deniedRead *string) func(sqlite3.AuthorizerActionCode, string, string, string, string) sqlite3.AuthorizerReturnCode {
+	viaView := map[string]bool{}
 	return func(action sqlite3.AuthorizerActionCode, name3rd, name4th, schema, inner string) sqlite3.AuthorizerReturnCode {
 		if action != sqlite3.AUTH_READ {
 			return readOnlyAuthorizer(action, name3rd, name4th, schema, inner)
 		}
 		name := strings.ToLower(name3rd)
-		if publicObjects[name] || publicViews[strings.ToLower(inner)] || !schemaObjects[name] {
+		if publicViews[strings.ToLower(inner)] {
+			viaView[name] = true
+			return sqlite3.AUTH_OK
+		}
+		if publicObjects[name] || !schemaObjects[name] || name4th == "" && viaView[name] {
 			return sqlite3.AUTH_OK
 		}
 		*deniedRead = name3rd

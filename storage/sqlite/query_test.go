@@ -24,6 +24,8 @@ func TestQueryPublicSchemaOnly(t *testing.T) {
 		"SELECT * FROM telemetry", "SELECT * FROM telemetry_1m", "SELECT * FROM telemetry_1h",
 		"SELECT * FROM devices", "SELECT * FROM metrics", "SELECT * FROM device_sessions",
 		"SELECT name FROM sqlite_master", "PRAGMA table_info(telemetry)",
+		"SELECT count(*) FROM telemetry", "SELECT count(DISTINCT device) FROM telemetry_1h",
+		"WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3) SELECT x FROM n",
 	} {
 		if _, err := s.Query(ctx, q, storage.QueryOptions{}); err != nil {
 			t.Errorf("Query(%q): %v", q, err)
@@ -38,6 +40,8 @@ func TestQueryPublicSchemaOnly(t *testing.T) {
 		"SELECT * FROM meridian_meta",
 		"SELECT (SELECT hash FROM api_keys LIMIT 1) FROM telemetry",
 		"WITH k AS (SELECT * FROM api_keys) SELECT * FROM k",
+		"SELECT count(*) FROM telemetry, api_keys",
+		"SELECT (SELECT count(*) FROM device_tokens) FROM telemetry",
 	} {
 		_, err := s.Query(ctx, q, storage.QueryOptions{})
 		if !errors.Is(err, storage.ErrNotAllowed) {
