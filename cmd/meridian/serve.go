@@ -194,12 +194,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	// test) acting on /readyz with a configured devices.admin_key must not
 	// get 401s because the key is registered a moment later.
 	var keysDone atomic.Bool
+	qopts := queryapi.Options{Config: cfg.Storage.Query, Logger: log.With("component", "query")}
 	rt := routes{
 		device:  ing.Handler(),
 		admin:   devs.AdminHandler(),
 		metrics: metrics,
 		ready:   readyzHandler(keysReady{ing, &keysDone}, st, st.kind),
-		query:   devs.RequireRole(devices.RoleViewer, queryapi.Handler(st, queryapi.Options{Logger: log.With("component", "query")})),
+		query:   devs.RequireRole(devices.RoleViewer, queryapi.Handler(st, qopts)),
 	}
 	if br != nil {
 		rt.commands = devs.RequireRole(devices.RoleAdmin, br.CommandHandler())

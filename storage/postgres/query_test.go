@@ -2,64 +2,26 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/meridian-iot/meridian/storage"
+	"github.com/meridian-iot/meridian/storage/storagetest"
 )
 
-// queryRole is a least-privilege login role made for one test.
+// queryRole is a least-privilege login role made for one test
+// (storagetest.NewPostgresRole).
 type queryRole struct {
 	name string
 	url  string // dbURL logging in as the role
 }
 
-// newQueryRole names a unique role and the URL that logs in as it; create
-// makes it (CreateQueryRole, after the store migrated); cleanup drops it.
-// Tests run as the superuser postgres, so every store that runs ad-hoc SQL
-// needs one.
 func newQueryRole(tb testing.TB, dbURL string) queryRole {
 	tb.Helper()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "meridian_query_" + hex.EncodeToString(b[:])
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	u.User = url.User(name)
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, dbURL)
-		if err != nil {
-			tb.Errorf("drop role %s: %v", name, err)
-			return
-		}
-		defer c.Close(ctx)
-		var exists bool
-		if err := c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, name).Scan(&exists); err != nil || !exists {
-			return
-		}
-		id := pgx.Identifier{name}.Sanitize()
-		if _, err := c.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1`, name); err != nil {
-			tb.Errorf("drop role %s: %v", name, err)
-		}
-		if _, err := c.Exec(ctx, "DROP OWNED BY "+id); err != nil {
-			tb.Errorf("drop role %s: %v", name, err)
-		}
-		if _, err := c.Exec(ctx, "DROP ROLE "+id); err != nil {
-			tb.Errorf("drop role %s: %v", name, err)
-		}
-	})
-	return queryRole{name: name, url: u.String()}
+	name, u := storagetest.NewPostgresRole(tb, dbURL)
+	return queryRole{name: name, url: u}
 }
 
 func (r queryRole) create(tb testing.TB, s *Store) {

@@ -20,8 +20,9 @@ type Reader interface {
 	Series(ctx context.Context, req storage.SeriesRequest) (storage.Series, error)
 }
 
-// Options bound the API. Zero values take the defaults below.
-type Options struct {
+// Config bounds /v1/query; it is what the configuration sets
+// (storage.query.*). Zero values take the defaults of DefaultConfig.
+type Config struct {
 	// Timeout bounds a whole /v1/query request — the statement and writing
 	// the answer to the client — (default 10s).
 	Timeout time.Duration
@@ -32,32 +33,65 @@ type Options struct {
 	// it cut the result short.
 	MaxBytes int64
 	// MaxConcurrent bounds /v1/query requests running at once; more are
-	// answered 429 at once (default 4).
+	// answered 429 at once (default 4: the SQLite query pool's two
+	// connections busy and two waiting; more would only queue inside the
+	// server while holding their sockets).
 	MaxConcurrent int
+}
+
+// DefaultConfig returns the defaults that zero values also mean.
+func DefaultConfig() Config {
+	return Config{Timeout: 10 * time.Second, MaxRows: 10_000, MaxBytes: storage.DefaultQueryMaxBytes, MaxConcurrent: 4}
+}
+
+// Validate checks every field; errors name the key (storage.query.*) and
+// the bad value. Zero means the default.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("storage.query.timeout: must be >= 0, got %s", c.Timeout))
+	}
+	if c.MaxRows < 0 || c.MaxRows > 1_000_000 {
+		errs = append(errs, fmt.Errorf("storage.query.max_rows: must be 0 (default) or 1..1000000, got %d", c.MaxRows))
+	}
+	if c.MaxBytes < 0 || c.MaxBytes > 1<<30 {
+		errs = append(errs, fmt.Errorf("storage.query.max_bytes: must be 0 (default) or 1..1073741824, got %d", c.MaxBytes))
+	}
+	if c.MaxConcurrent < 0 || c.MaxConcurrent > 1024 {
+		errs = append(errs, fmt.Errorf("storage.query.max_concurrent: must be 0 (default) or 1..1024, got %d", c.MaxConcurrent))
+	}
+	return errors.Join(errs...)
+}
+
+// Options configure the handlers. Zero values take the defaults.
+type Options struct {
+	Config
 	// MaxPoints caps /v1/series?points= (default 10,000).
 	MaxPoints int
 	Logger    *slog.Logger
 }
 
+// errorWriteGrace is how long an error answer (a few hundred bytes) may
+// take to write once the request's deadline has passed.
+const errorWriteGrace = time.Second
+
 // Handler serves GET /v1/query and GET /v1/series.
 func Handler(r Reader, o Options) http.Handler {
+	d := DefaultConfig()
 	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Second
+		o.Timeout = d.Timeout
 	}
 	if o.MaxRows <= 0 {
-		o.MaxRows = 10_000
+		o.MaxRows = d.MaxRows
 	}
 	if o.MaxPoints <= 0 {
 		o.MaxPoints = 10_000
 	}
 	if o.MaxBytes <= 0 {
-		o.MaxBytes = storage.DefaultQueryMaxBytes
+		o.MaxBytes = d.MaxBytes
 	}
 	if o.MaxConcurrent <= 0 {
-		// Four: the SQLite query pool (2 connections) stays busy with two
-		// more waiting, and a PostgreSQL query pool of the same size is
-		// never exceeded by much; more would only queue inside the server.
-		o.MaxConcurrent = 4
+		o.MaxConcurrent = d.MaxConcurrent
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -122,9 +156,13 @@ func (h *handler) query(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	// Not every ResponseWriter supports deadlines (test recorders); the
 	// context still bounds the statement then.
-	_ = http.NewResponseController(w).SetWriteDeadline(deadline)
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(deadline)
 	res, err := h.r.Query(ctx, sql, storage.QueryOptions{Timeout: h.o.Timeout, MaxRows: maxRows, MaxBytes: h.o.MaxBytes})
 	if err != nil {
+		// A statement stopped at the deadline still gets its short error
+		// answer out.
+		_ = rc.SetWriteDeadline(time.Now().Add(errorWriteGrace))
 		status := http.StatusBadRequest
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
