@@ -72,7 +72,7 @@ var publicViews = map[string]bool{"telemetry": true, "telemetry_1m": true, "tele
 //   - ctx wired to sqlite3_interrupt;
 //   - a panic inside the driver (its out-of-memory path panics) becomes an
 //     error, and the connection, in an unknown state, is discarded.
-func (s *Store) withQuery(ctx context.Context, maxValue int64, deniedRead *string, f func(c *sqlite3.Conn) error) error {
+func (s *Store) withQuery(ctx context.Context, maxValue int64, deniedRead *string, f func(c *sqlite3.Conn, objects map[string]bool) error) error {
 	conn, err := s.q.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("get a query connection: %w", err)
@@ -99,7 +99,7 @@ func (s *Store) withQuery(ctx context.Context, maxValue int64, deniedRead *strin
 		}
 		old := c.SetInterrupt(ctx)
 		defer c.SetInterrupt(old)
-		ferr = f(c)
+		ferr = f(c, objects)
 		if !c.GetAutocommit() {
 			// A BEGIN in ad-hoc SQL: do not pool a connection stuck in it.
 			c.SetInterrupt(context.Background())
@@ -144,7 +144,14 @@ func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) 
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var deniedRead string
-	err := s.withQuery(ctx, maxBytes, &deniedRead, func(c *sqlite3.Conn) error {
+	err := s.withQuery(ctx, maxBytes, &deniedRead, func(c *sqlite3.Conn, objects map[string]bool) error {
+		// The authorizer trusts reads made inside a public view by the
+		// view's name, which a CTE of the same name would also carry.
+		for _, name := range cteNames(q) {
+			if objects[name] {
+				return fmt.Errorf("%w: a WITH query may not be named %q like a table or view", storage.ErrNotAllowed, name)
+			}
+		}
 		st, tail, err := c.Prepare(q)
 		if errors.Is(err, sqlite3.AUTH) {
 			if deniedRead != "" {
@@ -500,3 +507,104 @@ func (s *Store) refreshedTo(c *sqlite3.Conn) (int64, error) {
 }
 
 func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
+
+// cteNames returns the (lower-cased) names SQL gives to common table
+// expressions: every name followed by an optional column list, AS,
+// optional [NOT] MATERIALIZED and "(". It skips strings and comments and
+// unquotes identifiers. It may also return WINDOW names, which only makes
+// the check that uses it stricter.
+func cteNames(sql string) []string {
+	type token struct {
+		word  string // lower-cased word or unquoted identifier; "" for punctuation
+		punct byte
+	}
+	var toks []token
+	for i := 0; i < len(sql); {
+		ch := sql[i]
+		switch {
+		case ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f':
+			i++
+		case strings.HasPrefix(sql[i:], "--"):
+			for i < len(sql) && sql[i] != '\n' {
+				i++
+			}
+		case strings.HasPrefix(sql[i:], "/*"):
+			end := strings.Index(sql[i+2:], "*/")
+			if end < 0 {
+				i = len(sql)
+			} else {
+				i += end + 4
+			}
+		case ch == '\'' || ch == '"' || ch == '`' || ch == '[':
+			closer := ch
+			if ch == '[' {
+				closer = ']'
+			}
+			var b strings.Builder
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == closer {
+					if closer != ']' && j+1 < len(sql) && sql[j+1] == closer {
+						b.WriteByte(closer)
+						j += 2
+						continue
+					}
+					break
+				}
+				b.WriteByte(sql[j])
+				j++
+			}
+			if ch == '\'' {
+				toks = append(toks, token{punct: '\''}) // a string literal
+			} else {
+				toks = append(toks, token{word: strings.ToLower(b.String())})
+			}
+			i = j + 1
+		case ch == '_' || ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= 0x80:
+			j := i
+			for j < len(sql) && (sql[j] == '_' || sql[j] == '$' || sql[j] >= 'a' && sql[j] <= 'z' || sql[j] >= 'A' && sql[j] <= 'Z' || sql[j] >= '0' && sql[j] <= '9' || sql[j] >= 0x80) {
+				j++
+			}
+			toks = append(toks, token{word: strings.ToLower(sql[i:j])})
+			i = j
+		default:
+			toks = append(toks, token{punct: ch})
+			i++
+		}
+	}
+	var names []string
+	for i, t := range toks {
+		if t.word == "" {
+			continue
+		}
+		j := i + 1
+		if j < len(toks) && toks[j].punct == '(' { // column list
+			depth := 0
+			for ; j < len(toks); j++ {
+				if toks[j].punct == '(' {
+					depth++
+				} else if toks[j].punct == ')' {
+					depth--
+					if depth == 0 {
+						j++
+						break
+					}
+				}
+			}
+		}
+		if j >= len(toks) || toks[j].word != "as" {
+			continue
+		}
+		j++
+		if j < len(toks) && toks[j].word == "not" {
+			j++
+		}
+		if j < len(toks) && toks[j].word == "materialized" {
+			j++
+		}
+		if j < len(toks) && toks[j].punct == '(' {
+			names = append(names, t.word)
+		}
+	}
+	return names
+}

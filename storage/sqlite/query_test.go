@@ -41,6 +41,10 @@ func TestQueryPublicSchemaOnly(t *testing.T) {
 		"SELECT (SELECT hash FROM api_keys LIMIT 1) FROM telemetry",
 		"WITH k AS (SELECT * FROM api_keys) SELECT * FROM k",
 		"SELECT count(*) FROM telemetry, api_keys",
+		"WITH telemetry_1m AS (SELECT * FROM api_keys) SELECT * FROM telemetry_1m",
+		"WITH \"Telemetry\"(a, b) AS MATERIALIZED (SELECT id, hash FROM api_keys) SELECT * FROM telemetry",
+		"SELECT (WITH telemetry AS (SELECT hash FROM api_keys) SELECT * FROM telemetry), x.* FROM telemetry x",
+		"WITH x AS (SELECT 1), [devices] AS (SELECT hash FROM device_tokens) SELECT * FROM devices",
 		"SELECT (SELECT count(*) FROM device_tokens) FROM telemetry",
 	} {
 		_, err := s.Query(ctx, q, storage.QueryOptions{})
@@ -113,6 +117,24 @@ func TestLookupsDoNotWaitForQueries(t *testing.T) {
 		}
 		if _, err := s.Watermark(lctx, "nobody"); err != nil && !strings.Contains(err.Error(), "not found") {
 			t.Fatalf("Watermark while queries run: %v", err)
+		}
+	}
+}
+
+func TestCTENames(t *testing.T) {
+	cases := []struct {
+		sql  string
+		want string
+	}{
+		{"SELECT 1", ""},
+		{"WITH a AS (SELECT 1), \"B c\"(x) AS NOT MATERIALIZED (SELECT 2) SELECT * FROM a", "a,b c"},
+		{"SELECT 'telemetry AS (' FROM t -- telemetry AS (\n/* devices AS ( */", ""},
+		{"WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT CAST(x AS INTEGER) FROM n", "n"},
+		{"SELECT sum(x) OVER w FROM t WINDOW w AS (ORDER BY x)", "w"},
+	}
+	for _, c := range cases {
+		if got := strings.Join(cteNames(c.sql), ","); got != c.want {
+			t.Errorf("cteNames(%q) = %q, want %q", c.sql, got, c.want)
 		}
 	}
 }
