@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -284,14 +285,15 @@ func appliedVersions(ctx context.Context, pool *pgxpool.Pool) (map[int64]bool, e
 // owner's rights, so nothing else needs granting.
 var PublicRelations = []string{"telemetry", "telemetry_1m", "telemetry_1h", "devices", "metrics", "device_sessions"}
 
-// CreateQueryRole creates (or, when it exists, tightens) the least-privilege
-// login role ad-hoc SQL should use (storage.postgres.query_url): no
-// superuser, replication, role or database creation rights; CONNECT on this
-// database, USAGE on schema public, SELECT on PublicRelations only; read-only
-// transactions by default. password, when not empty, is set as its password.
-// The service's role needs the right to create roles (a superuser, or
-// CREATEROLE) and to grant on the views (their owner). Run it after
-// migrating: the views must exist.
+// CreateQueryRole makes role the least-privilege login role ad-hoc SQL
+// should use (storage.postgres.query_url): CONNECT on this database, USAGE
+// on schema public, SELECT on PublicRelations only. A role that does not
+// exist is created (LOGIN, no superuser, replication, role or database
+// creation rights, read-only transactions by default; password when not
+// empty) — that needs a service role allowed to create roles. A role that
+// exists (made by whoever set the database up, e.g. deploy/postgres) is
+// only checked to hold none of those rights and granted: the views' owner,
+// the service role, can always do that. Run it after migrating.
 func (s *Store) CreateQueryRole(ctx context.Context, role, password string) error {
 	if err := s.ready(); err != nil {
 		return err
@@ -300,20 +302,22 @@ func (s *Store) CreateQueryRole(ctx context.Context, role, password string) erro
 		return errors.New("create query role: empty role name")
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists); err != nil {
+		var exists, privileged bool
+		if err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(rolsuper OR rolreplication OR rolcreaterole OR rolcreatedb OR rolbypassrls), false)
+			FROM pg_roles WHERE rolname = $1`, role).Scan(&exists, &privileged); err != nil {
 			return fmt.Errorf("create query role %q: %w", role, err)
 		}
-		verb := "CREATE"
-		if exists {
-			verb = "ALTER"
+		if privileged {
+			return fmt.Errorf("create query role %q: the role exists and holds superuser, replication, role or database creation rights; pick another name or drop them", role)
 		}
 		id := pgx.Identifier{role}.Sanitize()
-		stmts := []string{
-			verb + " ROLE " + id + " LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
-			"ALTER ROLE " + id + " SET default_transaction_read_only = on",
-			"GRANT USAGE ON SCHEMA public TO " + id,
+		var stmts []string
+		if !exists {
+			stmts = append(stmts,
+				"CREATE ROLE "+id+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+				"ALTER ROLE "+id+" SET default_transaction_read_only = on")
 		}
+		stmts = append(stmts, "GRANT USAGE ON SCHEMA public TO "+id)
 		var rels []string
 		for _, r := range PublicRelations {
 			rels = append(rels, pgx.Identifier{r}.Sanitize())
@@ -328,7 +332,7 @@ func (s *Store) CreateQueryRole(ctx context.Context, role, password string) erro
 		// database name and the password as SQL literals.
 		for _, q := range []string{
 			`SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), $1::text) WHERE $2::text IS NOT NULL`,
-			`SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text) WHERE $2::text <> ''`,
+			`SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text) WHERE $2::text <> '' AND NOT ` + strconv.FormatBool(exists),
 		} {
 			var stmt *string
 			if err := tx.QueryRow(ctx, q, role, password).Scan(&stmt); errors.Is(err, pgx.ErrNoRows) {

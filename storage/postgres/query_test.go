@@ -136,3 +136,33 @@ func TestQueryHugeValues(t *testing.T) {
 		t.Fatalf("after: %v %v", res, err)
 	}
 }
+
+// TestCreateQueryRoleExisting: a role made beforehand (deploy/postgres
+// does) is granted, not altered; one holding dangerous rights is refused.
+func TestCreateQueryRoleExisting(t *testing.T) {
+	dbURL := newTestDB(t)
+	cfg := DefaultConfig()
+	cfg.URL = dbURL
+	plain, plainURL := storagetest.NewPostgresRole(t, dbURL)
+	cfg.QueryURL = plainURL
+	s := openStoreNoQueryRole(t, cfg)
+	ctx := context.Background()
+	super, _ := storagetest.NewPostgresRole(t, dbURL)
+	for _, q := range []string{"CREATE ROLE " + plain + " LOGIN", "CREATE ROLE " + super + " LOGIN SUPERUSER"} {
+		if _, err := s.pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateQueryRole(ctx, plain, ""); err != nil {
+		t.Fatalf("existing plain role: %v", err)
+	}
+	if _, err := s.Query(ctx, "SELECT count(*) FROM telemetry_1h", storage.QueryOptions{}); err != nil {
+		t.Fatalf("query as the existing role: %v", err)
+	}
+	if _, err := s.Query(ctx, "SELECT * FROM api_keys", storage.QueryOptions{}); err == nil {
+		t.Fatal("existing role reads api_keys")
+	}
+	if err := s.CreateQueryRole(ctx, super, ""); err == nil || !strings.Contains(err.Error(), "superuser") {
+		t.Fatalf("existing superuser role: %v, want a refusal", err)
+	}
+}
