@@ -86,8 +86,9 @@ func printStatus(w io.Writer, where string, s migrateStatus) {
 }
 
 // queryRolePasswordEnv carries the query role's password to
-// `migrate --create-query-role`: flags show in ps.
-const queryRolePasswordEnv = "MERIDIAN_QUERY_ROLE_PASSWORD"
+// `migrate --create-query-role`: flags show in ps. Not MERIDIAN_*, which
+// names configuration keys.
+const queryRolePasswordEnv = "QUERY_ROLE_PASSWORD"
 
 func createQueryRole(ctx context.Context, cfg Config, role string, out io.Writer, log *slog.Logger) (err error) {
 	if cfg.Storage.URL == "" {
