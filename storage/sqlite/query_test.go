@@ -138,3 +138,18 @@ func TestCTENames(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCTENames: the tokenizer behind the CTE-name check reads untrusted SQL
+// and must never panic or hang.
+func FuzzCTENames(f *testing.F) {
+	for _, s := range []string{
+		"WITH a AS (SELECT 1) SELECT * FROM a",
+		`WITH "x""y"(a) AS NOT MATERIALIZED (SELECT 1), [b] AS (SELECT 2) SELECT 1`,
+		"SELECT '/* unterminated", "/* open", "-- x\nWITH `t` AS (", "WITH a(", "a AS",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		_ = cteNames(sql)
+	})
+}
