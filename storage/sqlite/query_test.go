@@ -3,10 +3,12 @@ package sqlite
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/storage"
 )
 
@@ -152,4 +154,45 @@ func FuzzCTENames(f *testing.F) {
 	f.Fuzz(func(t *testing.T, sql string) {
 		_ = cteNames(sql)
 	})
+}
+
+// BenchmarkRollupView reads one device's day of telemetry_1m and the whole
+// fleet's telemetry_1h: "refreshed" right after Maintain (the views add only
+// the readings since the mark), "unrefreshed" before any (everything is
+// aggregated from raw readings at query time).
+func BenchmarkRollupView(b *testing.B) {
+	const devices, perDevice = 50, 1440 // a day at one reading a minute
+	now := time.Now().UTC().Truncate(time.Hour)
+	for _, refreshed := range []bool{true, false} {
+		name := "unrefreshed"
+		if refreshed {
+			name = "refreshed"
+		}
+		s := newTestStore(b, storage.Retention{})
+		ctx := context.Background()
+		for d := range devices {
+			bt := telemetry.Batch{Device: fmt.Sprintf("dev-%d", d), Seq: 1}
+			for i := range perDevice {
+				bt.Readings = append(bt.Readings, telemetry.Reading{Time: now.Add(-24*time.Hour + time.Duration(i)*time.Minute).UnixMilli(), Metric: "temp", Value: float64(i)})
+			}
+			mustCommit(b, s, bt)
+		}
+		if refreshed {
+			if err := s.Maintain(ctx, now.Add(-30*time.Minute)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for _, q := range []struct{ name, sql string }{
+			{"1m-one-device", "SELECT bucket, avg FROM telemetry_1m WHERE device = 'dev-7' AND metric = 'temp'"},
+			{"1h-fleet", "SELECT device, bucket, max FROM telemetry_1h"},
+		} {
+			b.Run(name+"/"+q.name, func(b *testing.B) {
+				for b.Loop() {
+					if _, err := s.Query(ctx, q.sql, storage.QueryOptions{MaxRows: 100_000}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }
