@@ -300,6 +300,8 @@ func TestEnvWithoutFile(t *testing.T) {
 				raw, want = "7", 7
 			case int32:
 				raw, want = "7", int32(7)
+			case int64:
+				raw, want = "7", int64(7)
 			case float64:
 				raw, want = "7.5", 7.5
 			case bool:
