@@ -114,6 +114,8 @@ func TestConfigValidate(t *testing.T) {
 		{"raw retention", func(c *Config) { c.Retention.Raw = time.Minute }, "storage.retention.raw: must be 0 (forever) or >= 1h, got 1m0s"},
 		{"rollup retention", func(c *Config) { c.Retention.Rollups = -1 }, "storage.retention.rollups: must be >= 0, got -1ns"},
 		{"partitions", func(c *Config) { c.PartitionsAhead = 0 }, "storage.postgres.partitions_ahead: must be 1..366, got 0"},
+		{"query conns", func(c *Config) { c.QueryConns = 0 }, "storage.postgres.query_conns: must be 1..64, got 0"},
+		{"bad query url", func(c *Config) { c.QueryURL = "postgres://u:secret@host:notaport/db" }, "storage.postgres.query_url:"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -166,3 +166,39 @@ func TestCreateQueryRoleExisting(t *testing.T) {
 		t.Fatalf("existing superuser role: %v, want a refusal", err)
 	}
 }
+
+// TestLookupsDoNotWaitForQueries: with the query pool busy with slow
+// statements (and more queued), API-key and token lookups and watermarks
+// answer at once from the service's pool.
+func TestLookupsDoNotWaitForQueries(t *testing.T) {
+	s := openTestStore(t, newTestDB(t), storage.Retention{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	const slow = 8
+	for range slow {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			_, _ = s.Query(ctx, "SELECT pg_sleep(30)", storage.QueryOptions{Timeout: time.Minute})
+		}()
+	}
+	defer func() {
+		cancel()
+		for range slow {
+			<-done
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	lctx, lcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer lcancel()
+	for range 20 {
+		if _, err := s.LookupAPIKey(lctx, []byte("nope")); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("LookupAPIKey while queries run: %v", err)
+		}
+		if _, err := s.LookupDeviceToken(lctx, []byte("nope")); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("LookupDeviceToken while queries run: %v", err)
+		}
+		if _, err := s.Watermark(lctx, "nobody"); err != nil {
+			t.Fatalf("Watermark while queries run: %v", err)
+		}
+	}
+}
