@@ -29,6 +29,10 @@ var (
 	ErrExists = errors.New("already exists")
 	// ErrReadOnly: a read-only query tried to write.
 	ErrReadOnly = errors.New("query must be read-only")
+	// ErrNotAllowed: an ad-hoc query touched something outside the public
+	// schema (docs/sql.md), or ad-hoc queries are refused until a
+	// least-privilege query role is configured.
+	ErrNotAllowed = errors.New("not allowed")
 	// ErrSchemaTooNew: the database was migrated by a newer binary.
 	ErrSchemaTooNew = errors.New("database schema is newer than this binary")
 )
@@ -106,6 +110,35 @@ type QueryOptions struct {
 	// MaxRows caps the rows returned; 0 means the default (10,000). Result
 	// sets larger than that are truncated and Truncated is set.
 	MaxRows int
+	// MaxBytes caps the result's size, counted as values stream in (about
+	// their size as text); 0 means DefaultQueryMaxBytes. A result that
+	// would pass it is truncated before the row that crosses it, with
+	// TruncatedBy "bytes". Backends also refuse single values larger than
+	// this before they reach memory where they can.
+	MaxBytes int64
+}
+
+// DefaultQueryMaxBytes bounds a query result when QueryOptions.MaxBytes is
+// 0: 10,000 rows of a few short columns are ~1 MB, so 16 MiB leaves room for
+// wide rows while a handful of concurrent queries stay far from the memory
+// of a small host.
+const DefaultQueryMaxBytes = 16 << 20
+
+// ValueSize is what one result value counts against QueryOptions.MaxBytes:
+// about its length as JSON or CSV text (blobs as hex).
+func ValueSize(v any) int64 {
+	switch x := v.(type) {
+	case nil:
+		return 4
+	case string:
+		return int64(len(x)) + 2
+	case []byte:
+		return 2*int64(len(x)) + 4
+	case time.Time:
+		return 32
+	default:
+		return 24
+	}
 }
 
 // QueryResult is a read-only query's answer, values already converted to
@@ -114,7 +147,15 @@ type QueryResult struct {
 	Columns   []string `json:"columns"`
 	Rows      [][]any  `json:"rows"`
 	Truncated bool     `json:"truncated"`
+	// TruncatedBy says which cap cut the result short: "rows" or "bytes".
+	TruncatedBy string `json:"truncated_by,omitempty"`
 }
+
+// Why a QueryResult was truncated.
+const (
+	TruncatedRows  = "rows"
+	TruncatedBytes = "bytes"
+)
 
 // Device is a registry record.
 type Device struct {

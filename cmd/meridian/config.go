@@ -19,6 +19,7 @@ import (
 	"github.com/meridian-iot/meridian/ingest"
 	"github.com/meridian-iot/meridian/storage"
 	"github.com/meridian-iot/meridian/storage/postgres"
+	"github.com/meridian-iot/meridian/storage/queryapi"
 	"github.com/meridian-iot/meridian/storage/sqlite"
 )
 
@@ -84,6 +85,8 @@ type StorageConfig struct {
 	// <server.data_dir>/meridian.db; Retention and Migrate come from the
 	// shared settings (see Config.sqliteConfig).
 	SQLite sqlite.Config
+	// Query bounds /v1/query.
+	Query queryapi.Config
 }
 
 // sqliteFile is the embedded database's file name under server.data_dir.
@@ -141,6 +144,7 @@ func DefaultConfig() Config {
 			Migrate:          true,
 			Postgres:         postgres.DefaultConfig(),
 			SQLite:           sqlite.DefaultConfig(),
+			Query:            queryapi.DefaultConfig(),
 		},
 	}
 }
@@ -152,6 +156,7 @@ func (c Config) Validate() error {
 		c.Ingest.Validate,
 		c.Storage.validate,
 		func() error { return firstError(c.sqliteConfig().Validate()) },
+		func() error { return firstError(c.Storage.Query.Validate()) },
 		c.Devices.Validate,
 		func() error { return firstError(c.MQTT.Validate()) },
 		func() error { return firstError(c.Dashboard.Validate()) },

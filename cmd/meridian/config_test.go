@@ -312,6 +312,8 @@ func TestEnvWithoutFile(t *testing.T) {
 				raw, want = "7", 7
 			case int32:
 				raw, want = "7", int32(7)
+			case int64:
+				raw, want = "7", int64(7)
 			case float64:
 				raw, want = "7.5", 7.5
 			case bool:
@@ -447,13 +449,15 @@ func TestSettingsCoverEveryField(t *testing.T) {
 }
 
 // sharedField reports whether v is a backend field filled from shared keys
-// (postgresConfig, sqliteConfig), which has no key of its own.
+// (postgresConfig, sqliteConfig) or set by a command
+// (AllowPrivilegedQuery, by `meridian query`), which has no key of its own.
 func sharedField(c *Config, v reflect.Value) bool {
 	p := v.Addr().Pointer()
 	for _, f := range []any{&c.Storage.Postgres.URL, &c.Storage.Postgres.Retention.Raw,
 		&c.Storage.Postgres.Retention.Rollups, &c.Storage.Postgres.Migrate,
 		&c.Storage.SQLite.Path, &c.Storage.SQLite.Retention.Raw,
-		&c.Storage.SQLite.Retention.Rollups, &c.Storage.SQLite.Migrate} {
+		&c.Storage.SQLite.Retention.Rollups, &c.Storage.SQLite.Migrate,
+		&c.Storage.Postgres.AllowPrivilegedQuery} {
 		if reflect.ValueOf(f).Pointer() == p {
 			return true
 		}

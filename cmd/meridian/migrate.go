@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meridian-iot/meridian/storage/postgres"
 )
 
 // storeWait bounds how long the one-shot commands (migrate, query) wait for
@@ -17,6 +20,7 @@ const storeWait = 30 * time.Second
 
 func newMigrateCmd(stdout, stderr io.Writer) *cobra.Command {
 	var status bool
+	var queryRole string
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Apply pending schema migrations (or show them with --status)",
@@ -29,10 +33,14 @@ serve also migrates at start unless storage.migrate is false.`,
 			if err != nil {
 				return err
 			}
-			return migrate(c.Context(), cfg, status, stdout, cliLogger(cfg.Server, stderr))
+			if err := migrate(c.Context(), cfg, status, stdout, cliLogger(cfg.Server, stderr)); err != nil || queryRole == "" {
+				return err
+			}
+			return createQueryRole(c.Context(), cfg, queryRole, stdout, cliLogger(cfg.Server, stderr))
 		},
 	}
 	cmd.Flags().BoolVar(&status, "status", false, "show the current and latest schema version, mode and pending migrations; change nothing")
+	cmd.Flags().StringVar(&queryRole, "create-query-role", "", "after migrating, create (or tighten) this least-privilege PostgreSQL login role for ad-hoc SQL, password from $"+queryRolePasswordEnv+" (docs/sql.md)")
 	return cmd
 }
 
@@ -75,4 +83,39 @@ func printStatus(w io.Writer, where string, s migrateStatus) {
 	}
 	fmt.Fprintf(w, "store:    %s at %s\nmode:     %s\ncurrent:  %d\nlatest:   %d\npending:  %s\n",
 		s.Backend, where, s.Mode, s.Current, s.Latest, pending)
+}
+
+// queryRolePasswordEnv carries the query role's password to
+// `migrate --create-query-role`: flags show in ps. Not MERIDIAN_*, which
+// names configuration keys.
+const queryRolePasswordEnv = "QUERY_ROLE_PASSWORD"
+
+func createQueryRole(ctx context.Context, cfg Config, role string, out io.Writer, log *slog.Logger) (err error) {
+	if cfg.Storage.URL == "" {
+		return usageError{Err: fmt.Errorf("--create-query-role: only for PostgreSQL (storage.url); the embedded store restricts ad-hoc SQL itself")}
+	}
+	st, err := openStore(ctx, cfg, false, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := st.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close store: %w", cerr)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, storeWait)
+	defer cancel()
+	if err := st.waitReady(ctx); err != nil {
+		return fmt.Errorf("%s store at %s: %w", st.kind, st.where, err)
+	}
+	pg, ok := st.backend.(*postgres.Store)
+	if !ok {
+		return fmt.Errorf("--create-query-role: %s store is not PostgreSQL", st.kind)
+	}
+	if err := pg.CreateQueryRole(ctx, role, os.Getenv(queryRolePasswordEnv)); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "query role: %s (SELECT on %s); set storage.postgres.query_url to log in as it\n",
+		role, strings.Join(postgres.PublicRelations, ", "))
+	return nil
 }

@@ -250,7 +250,8 @@ func (s *server) buildHTTP() error {
 		// a test) acting on /readyz with a configured devices.admin_key must
 		// not get 401s because the key is registered a moment later.
 		ready: front.Readyz(keysReady{s.ing, &s.keysDone}, s.st, s.st.kind),
-		query: s.devs.RequireRole(devices.RoleViewer, queryapi.Handler(s.st, queryapi.Options{Logger: s.log.With("component", "query")})),
+		query: s.devs.RequireRole(devices.RoleViewer, queryapi.Handler(s.st,
+			queryapi.Options{Config: s.cfg.Storage.Query, Logger: s.log.With("component", "query")})),
 	}
 	if s.br != nil {
 		rt.commands = s.devs.RequireRole(devices.RoleAdmin, s.br.CommandHandler())

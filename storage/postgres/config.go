@@ -34,14 +34,32 @@ type Config struct {
 	// mode keeps created ahead of time.
 	PartitionsAhead int
 	// ReadOnlyRole, when set, is the database role Query switches to (SET
-	// LOCAL ROLE) so ad-hoc SQL runs with only SELECT rights, on top of the
-	// read-only transaction.
+	// LOCAL ROLE) on the service's own connection. It is no security
+	// boundary (set_config('role', 'none', true) switches back inside one
+	// statement); QueryURL is. Kept for compatibility.
 	ReadOnlyRole string
+	// QueryURL is the connection URL ad-hoc SQL (Query) logs in with: a
+	// least-privilege role with SELECT on the public views only
+	// (CreateQueryRole makes one). Empty: Query uses URL's role, and refuses
+	// when that role is a superuser or holds replication or server-file
+	// privileges (unless AllowPrivilegedQuery).
+	QueryURL string
+	// QueryConns bounds the pool Query uses, separate from the service's
+	// pool so ad-hoc SQL never holds the connections that commits, token
+	// and API-key lookups need.
+	QueryConns int32
+	// AllowPrivilegedQuery lets Query run on a privileged service role when
+	// QueryURL is empty. Not a configuration key: `meridian query` sets it,
+	// because its user already holds the service's credentials.
+	AllowPrivilegedQuery bool
 
 	// plainOnly makes a fresh database use plain-PostgreSQL mode even where
 	// TimescaleDB is available, so tests can compare both modes on one
 	// server.
 	plainOnly bool
+	// noTestQueryRole stops the tests' store helper from making a query
+	// role, for tests of what happens without one.
+	noTestQueryRole bool
 }
 
 // DefaultConfig returns the defaults; URL is left empty.
@@ -67,6 +85,9 @@ func DefaultConfig() Config {
 		// Three days ahead survives a long weekend of Maintain not running
 		// before rows start landing in the default partition.
 		PartitionsAhead: 3,
+		// Two: ad-hoc SQL is occasional and may be heavy; queryapi admits a
+		// few more requests than this, which wait for a connection.
+		QueryConns: 2,
 	}
 }
 
@@ -78,6 +99,14 @@ func (c Config) Validate() error {
 	} else if _, err := pgxpool.ParseConfig(c.URL); err != nil {
 		// pgx redacts the password in its parse errors.
 		errs = append(errs, fmt.Errorf("storage.postgres.url: %w", err))
+	}
+	if c.QueryURL != "" {
+		if _, err := pgxpool.ParseConfig(c.QueryURL); err != nil {
+			errs = append(errs, fmt.Errorf("storage.postgres.query_url: %w", err))
+		}
+	}
+	if c.QueryConns <= 0 || c.QueryConns > 64 {
+		errs = append(errs, fmt.Errorf("storage.postgres.query_conns: must be 1..64, got %d", c.QueryConns))
 	}
 	if c.MaxConns <= 0 {
 		errs = append(errs, fmt.Errorf("storage.postgres.max_conns: must be > 0, got %d", c.MaxConns))

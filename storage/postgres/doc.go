@@ -20,6 +20,9 @@
 // concurrent commits cannot deadlock); Maintain runs on one node at a time
 // (advisory lock); migrations are serialised by goose's session lock. The
 // name caches are sync.Maps whose entries never change once written.
+// Ad-hoc SQL (Query) runs on a second, small pool that logs in as
+// Config.QueryURL's least-privilege role, so it never holds the
+// connections commits and lookups need.
 //
 // In TimescaleDB mode the compression, retention and refresh policies are
 // set from Config at every start, and Maintain also does their work by hand,

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -276,4 +278,75 @@ func appliedVersions(ctx context.Context, pool *pgxpool.Pool) (map[int64]bool, e
 		return nil, fmt.Errorf("read schema version: %w", err)
 	}
 	return out, nil
+}
+
+// PublicRelations are the objects of the public schema (docs/sql.md) a
+// query role may read; the views read the internal tables with their
+// owner's rights, so nothing else needs granting.
+var PublicRelations = []string{"telemetry", "telemetry_1m", "telemetry_1h", "devices", "metrics", "device_sessions"}
+
+// CreateQueryRole makes role the least-privilege login role ad-hoc SQL
+// should use (storage.postgres.query_url): CONNECT on this database, USAGE
+// on schema public, SELECT on PublicRelations only. A role that does not
+// exist is created (LOGIN, no superuser, replication, role or database
+// creation rights, read-only transactions by default; password when not
+// empty) — that needs a service role allowed to create roles. A role that
+// exists (made by whoever set the database up, e.g. deploy/postgres) is
+// only checked to hold none of those rights and granted: the views' owner,
+// the service role, can always do that. Run it after migrating.
+func (s *Store) CreateQueryRole(ctx context.Context, role, password string) error {
+	if err := s.ready(); err != nil {
+		return err
+	}
+	if role == "" {
+		return errors.New("create query role: empty role name")
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var exists, privileged bool
+		if err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(rolsuper OR rolreplication OR rolcreaterole OR rolcreatedb OR rolbypassrls), false)
+			FROM pg_roles WHERE rolname = $1`, role).Scan(&exists, &privileged); err != nil {
+			return fmt.Errorf("create query role %q: %w", role, err)
+		}
+		if privileged {
+			return fmt.Errorf("create query role %q: the role exists and holds superuser, replication, role or database creation rights; pick another name or drop them", role)
+		}
+		id := pgx.Identifier{role}.Sanitize()
+		var stmts []string
+		if !exists {
+			stmts = append(stmts,
+				"CREATE ROLE "+id+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+				"ALTER ROLE "+id+" SET default_transaction_read_only = on")
+		}
+		stmts = append(stmts, "GRANT USAGE ON SCHEMA public TO "+id)
+		var rels []string
+		for _, r := range PublicRelations {
+			rels = append(rels, pgx.Identifier{r}.Sanitize())
+		}
+		stmts = append(stmts, "GRANT SELECT ON "+strings.Join(rels, ", ")+" TO "+id)
+		for _, q := range stmts {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return fmt.Errorf("create query role %q: %s: %w", role, q, err)
+			}
+		}
+		// Utility statements take no parameters: format() quotes the
+		// database name and the password as SQL literals.
+		for _, q := range []string{
+			`SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), $1::text) WHERE $2::text IS NOT NULL`,
+			`SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text) WHERE $2::text <> '' AND NOT ` + strconv.FormatBool(exists),
+		} {
+			var stmt *string
+			if err := tx.QueryRow(ctx, q, role, password).Scan(&stmt); errors.Is(err, pgx.ErrNoRows) {
+				continue
+			} else if err != nil {
+				return fmt.Errorf("create query role %q: %w", role, err)
+			}
+			if stmt == nil {
+				continue
+			}
+			if _, err := tx.Exec(ctx, *stmt); err != nil {
+				return fmt.Errorf("create query role %q: %w", role, err)
+			}
+		}
+		return nil
+	})
 }

@@ -22,6 +22,16 @@ import (
 const (
 	defaultQueryTimeout = 10 * time.Second
 	defaultQueryRows    = 10000
+	// fetchChunk rows are fetched from the cursor at a time, so a result
+	// cut short by the byte cap leaves little for the connection to drain.
+	fetchChunk = 500
+	// maxQueryMessage caps one message from the server on the query pool:
+	// a row (DataRow) bigger than this fails the query and the connection
+	// is dropped before its body is read, so SELECT repeat('x', 1e9)
+	// never reaches our memory. 64 MiB is well above the default byte cap
+	// (storage.DefaultQueryMaxBytes), so only rows that could never be
+	// returned hit it.
+	maxQueryMessage = 64 << 20
 )
 
 // SQLSTATEs that mean "this statement tried to write".
@@ -31,9 +41,11 @@ const (
 	sqlFeatureNotSupported = "0A000"
 )
 
-// Query runs one read-only statement: inside a READ ONLY transaction that is
-// always rolled back, with a statement timeout, as ReadOnlyRole when
-// configured, returning at most MaxRows rows.
+// Query runs one read-only statement on the query pool (QueryURL's role,
+// its own connections): inside a READ ONLY transaction that is always
+// rolled back, with a statement timeout, returning at most MaxRows rows and
+// about MaxBytes bytes. Without QueryURL it refuses (storage.ErrNotAllowed)
+// when the service's role is privileged; see checkQueryRole.
 //
 // Queries (SELECT, WITH, VALUES, TABLE) are read through a cursor so a huge
 // result is never sent whole. EXPLAIN and SHOW run directly. Everything else
@@ -49,6 +61,12 @@ func (s *Store) Query(ctx context.Context, sql string, opts storage.QueryOptions
 	}
 	if opts.MaxRows <= 0 {
 		opts.MaxRows = defaultQueryRows
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = storage.DefaultQueryMaxBytes
+	}
+	if err := s.checkQueryRole(ctx); err != nil {
+		return storage.QueryResult{}, fmt.Errorf("query: %w", err)
 	}
 	// A trailing semicolon is habit, not a second statement.
 	sql = strings.TrimRight(strings.TrimSpace(sql), "; \t\r\n")
@@ -140,8 +158,53 @@ var statementKeywords = map[string]bool{
 
 func isKeyword(kw string) bool { return statementKeywords[kw] }
 
+// checkQueryRole refuses ad-hoc SQL when the role the query pool logs in
+// as could hurt the server: a superuser (pg_read_file, COPY TO PROGRAM,
+// pg_terminate_backend of anyone), a replication role (slots that survive
+// the rollback and pin WAL), or a member of the server-file roles; and, when
+// QueryURL names a dedicated role, one that can read the API-key table. A
+// passing check is remembered; a failing one is re-checked next time.
+func (s *Store) checkQueryRole(ctx context.Context) error {
+	if s.queryRoleOK.Load() || s.cfg.QueryURL == "" && s.cfg.AllowPrivilegedQuery {
+		return nil
+	}
+	var (
+		role                        string
+		super, repl, files, secrets bool
+	)
+	err := s.qpool.QueryRow(ctx, `SELECT current_user, r.rolsuper, r.rolreplication,
+		EXISTS (SELECT 1 FROM pg_roles p
+		        WHERE p.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program', 'pg_read_all_data')
+		          AND pg_has_role(current_user, p.oid, 'MEMBER')),
+		coalesce(has_table_privilege(to_regclass('api_keys'), 'SELECT'), false)
+		FROM pg_roles r WHERE r.rolname = current_user`).Scan(&role, &super, &repl, &files, &secrets)
+	if err != nil {
+		return fmt.Errorf("check the query role: %w", err)
+	}
+	var why string
+	switch {
+	case super:
+		why = "is a superuser"
+	case repl:
+		why = "has the REPLICATION attribute"
+	case files:
+		why = "may read or write server files (pg_read_server_files and friends)"
+	case s.cfg.QueryURL != "" && secrets:
+		why = "can read the api_keys table"
+	}
+	if why == "" {
+		s.queryRoleOK.Store(true)
+		return nil
+	}
+	const how = "create a least-privilege role with `meridian migrate --create-query-role meridian_query` and set storage.postgres.query_url to log in as it (docs/sql.md, \"Ad-hoc SQL and its role\")"
+	if s.cfg.QueryURL != "" {
+		return fmt.Errorf("%w: ad-hoc SQL is refused: the storage.postgres.query_url role %q %s; %s", storage.ErrNotAllowed, role, why, how)
+	}
+	return fmt.Errorf("%w: ad-hoc SQL is refused: it would run as the service's database role %q, which %s; %s", storage.ErrNotAllowed, role, why, how)
+}
+
 func (s *Store) queryTx(ctx context.Context, sql string, opts storage.QueryOptions, cursor bool) (res storage.QueryResult, err error) {
-	conn, err := s.pool.Acquire(ctx)
+	conn, err := s.qpool.Acquire(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -170,7 +233,7 @@ func (s *Store) queryTx(ctx context.Context, sql string, opts storage.QueryOptio
 		strconv.FormatInt(opts.Timeout.Milliseconds(), 10)); err != nil {
 		return res, err
 	}
-	if s.cfg.ReadOnlyRole != "" {
+	if s.cfg.ReadOnlyRole != "" && s.cfg.QueryURL == "" {
 		if _, err := tx.Exec(ctx, `SET LOCAL ROLE `+pgx.Identifier{s.cfg.ReadOnlyRole}.Sanitize()); err != nil {
 			return res, fmt.Errorf("switch to read-only role: %w", err)
 		}
@@ -188,44 +251,82 @@ func (s *Store) queryTx(ctx context.Context, sql string, opts storage.QueryOptio
 		if err := rows.Err(); err != nil {
 			return res, err
 		}
-		rows, err = tx.Query(ctx, `FETCH FORWARD `+strconv.Itoa(opts.MaxRows+1)+` FROM meridian_query`, pgx.QueryExecModeDescribeExec)
-		if err != nil {
-			return res, err
+		c := newCollector(opts)
+		fetch := `FETCH FORWARD ` + strconv.Itoa(min(opts.MaxRows+1, fetchChunk)) + ` FROM meridian_query`
+		for {
+			rows, err = tx.Query(ctx, fetch, pgx.QueryExecModeDescribeExec)
+			if err != nil {
+				return res, err
+			}
+			n, err := c.collect(rows)
+			if err != nil || c.res.Truncated || n == 0 {
+				return c.res, err
+			}
 		}
-		return collect(rows, opts.MaxRows)
 	}
 	rows, err := tx.Query(ctx, sql, pgx.QueryExecModeDescribeExec)
 	if err != nil {
 		return res, err
 	}
-	return collect(rows, opts.MaxRows)
+	c := newCollector(opts)
+	_, err = c.collect(rows)
+	return c.res, err
 }
 
-// collect reads at most max rows and sets Truncated if there were more.
-func collect(rows pgx.Rows, max int) (storage.QueryResult, error) {
+// collector gathers a result within the row and byte caps.
+type collector struct {
+	res      storage.QueryResult
+	maxRows  int
+	maxBytes int64
+	size     int64
+}
+
+func newCollector(opts storage.QueryOptions) *collector {
+	return &collector{res: storage.QueryResult{Columns: []string{}, Rows: [][]any{}}, maxRows: opts.MaxRows, maxBytes: opts.MaxBytes}
+}
+
+// collect reads rows until they end or a cap is reached (then Truncated and
+// TruncatedBy are set), and returns how many it read. Sizes are checked on
+// the raw wire values, before anything is decoded.
+func (c *collector) collect(rows pgx.Rows) (int, error) {
 	defer rows.Close()
-	res := storage.QueryResult{Columns: []string{}, Rows: [][]any{}}
-	fields := rows.FieldDescriptions()
-	for _, f := range fields {
-		res.Columns = append(res.Columns, f.Name)
+	if len(c.res.Columns) == 0 {
+		for _, f := range rows.FieldDescriptions() {
+			c.res.Columns = append(c.res.Columns, f.Name)
+		}
 	}
+	n := 0
 	for rows.Next() {
-		if len(res.Rows) == max {
-			res.Truncated = true
+		n++
+		if len(c.res.Rows) == c.maxRows {
+			c.res.Truncated, c.res.TruncatedBy = true, storage.TruncatedRows
+			break
+		}
+		var raw int64
+		for _, v := range rows.RawValues() {
+			raw += int64(len(v))
+		}
+		if c.size+raw > c.maxBytes {
+			c.res.Truncated, c.res.TruncatedBy = true, storage.TruncatedBytes
 			break
 		}
 		vals, err := rows.Values()
 		if err != nil {
-			return res, err
+			return n, err
 		}
 		row := make([]any, len(vals))
 		for i, v := range vals {
 			row[i] = jsonValue(v)
+			c.size += storage.ValueSize(row[i])
 		}
-		res.Rows = append(res.Rows, row)
+		if c.size > c.maxBytes {
+			c.res.Truncated, c.res.TruncatedBy = true, storage.TruncatedBytes
+			break
+		}
+		c.res.Rows = append(c.res.Rows, row)
 	}
 	rows.Close()
-	return res, rows.Err()
+	return n, rows.Err()
 }
 
 // jsonValue converts what pgx decodes into the QueryResult vocabulary:

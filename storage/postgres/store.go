@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/meridian-iot/meridian/storage"
@@ -23,6 +25,13 @@ type Store struct {
 	cfg  Config
 	log  *slog.Logger
 	pool *pgxpool.Pool
+	// qpool is where ad-hoc SQL runs: QueryURL's role (or URL's), its own
+	// QueryConns connections, and a cap on one message from the server so
+	// a huge value fails instead of filling memory.
+	qpool *pgxpool.Pool
+	// queryRoleOK is set once the role qpool logs in as passed
+	// checkQueryRole.
+	queryRoleOK atomic.Bool
 
 	// state is set once, by whoever completes setup first (the background
 	// loop or Migrate); readers load it without locking.
@@ -70,11 +79,34 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create pool: %w", err)
 	}
+	qurl := cfg.QueryURL
+	if qurl == "" {
+		qurl = cfg.URL
+	}
+	qcfg, err := pgxpool.ParseConfig(qurl)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("parse storage.postgres.query_url: %w", err)
+	}
+	qcfg.MaxConns = cfg.QueryConns
+	qcfg.MinConns = 0
+	qcfg.MaxConnIdleTime = 5 * time.Minute
+	qcfg.ConnConfig.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		f := pgproto3.NewFrontend(r, w)
+		f.SetMaxBodyLen(maxQueryMessage)
+		return f
+	}
+	qpool, err := pgxpool.NewWithConfig(ctx, qcfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("create query pool: %w", err)
+	}
 	bg, cancel := context.WithCancel(context.Background())
 	s := &Store{
 		cfg:     cfg,
 		log:     log,
 		pool:    pool,
+		qpool:   qpool,
 		readyCh: make(chan struct{}),
 		cancel:  cancel,
 		done:    make(chan struct{}),
@@ -180,6 +212,7 @@ func (s *Store) Ping(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.cancel()
 	<-s.done
+	s.qpool.Close()
 	s.pool.Close()
 	return nil
 }

@@ -1,6 +1,7 @@
 package queryapi
 
 import (
+	"bufio"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -114,17 +115,43 @@ func WriteTable(w io.Writer, res storage.QueryResult) error {
 }
 
 // WriteJSON prints the result as the HTTP query API shows it: columns, rows
-// as arrays, and whether the row cap cut it short.
+// as arrays, whether a cap cut it short and which. Rows are encoded and
+// written one at a time, so a large answer streams instead of being built
+// whole a second time in memory.
 func WriteJSON(w io.Writer, res storage.QueryResult) error {
 	if res.Columns == nil {
 		res.Columns = []string{}
 	}
-	if res.Rows == nil {
-		res.Rows = [][]any{}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	cols, err := json.MarshalIndent(res.Columns, "  ", "  ")
+	if err != nil {
+		return err
 	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(res)
+	bw.WriteString("{\n  \"columns\": ")
+	bw.Write(cols)
+	bw.WriteString(",\n  \"rows\": [")
+	for i, row := range res.Rows {
+		b, err := json.MarshalIndent(row, "    ", "  ")
+		if err != nil {
+			return err
+		}
+		if i > 0 {
+			bw.WriteString(",")
+		}
+		bw.WriteString("\n    ")
+		if _, err := bw.Write(b); err != nil {
+			return err // the client is gone or the deadline passed
+		}
+	}
+	if len(res.Rows) > 0 {
+		bw.WriteString("\n  ")
+	}
+	fmt.Fprintf(bw, "],\n  \"truncated\": %t", res.Truncated)
+	if res.TruncatedBy != "" {
+		fmt.Fprintf(bw, ",\n  \"truncated_by\": %q", res.TruncatedBy)
+	}
+	bw.WriteString("\n}\n")
+	return bw.Flush()
 }
 
 func WriteCSV(w io.Writer, res storage.QueryResult) error {

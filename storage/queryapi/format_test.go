@@ -68,6 +68,17 @@ func TestResultWriters(t *testing.T) {
 	}
 }
 
+func TestJSONEmptyAndTruncated(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteJSON(&b, storage.QueryResult{Columns: []string{"x"}, Truncated: true, TruncatedBy: storage.TruncatedBytes}); err != nil {
+		t.Fatal(err)
+	}
+	want := "{\n  \"columns\": [\n    \"x\"\n  ],\n  \"rows\": [],\n  \"truncated\": true,\n  \"truncated_by\": \"bytes\"\n}\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
+
 func TestTableEmptyAndTruncated(t *testing.T) {
 	var b bytes.Buffer
 	if err := WriteTable(&b, storage.QueryResult{Columns: []string{"x"}, Truncated: true}); err != nil {

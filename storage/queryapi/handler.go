@@ -20,32 +20,83 @@ type Reader interface {
 	Series(ctx context.Context, req storage.SeriesRequest) (storage.Series, error)
 }
 
-// Options bound the API. Zero values take the defaults below.
-type Options struct {
-	// Timeout is the statement timeout of /v1/query (default 10s).
+// Config bounds /v1/query; it is what the configuration sets
+// (storage.query.*). Zero values take the defaults of DefaultConfig.
+type Config struct {
+	// Timeout bounds a whole /v1/query request — the statement and writing
+	// the answer to the client — (default 10s).
 	Timeout time.Duration
 	// MaxRows caps /v1/query results (default 10,000).
 	MaxRows int
+	// MaxBytes caps a /v1/query result as it streams from the database
+	// (default storage.DefaultQueryMaxBytes, 16 MiB); the answer says when
+	// it cut the result short.
+	MaxBytes int64
+	// MaxConcurrent bounds /v1/query requests running at once; more are
+	// answered 429 at once (default 4: the SQLite query pool's two
+	// connections busy and two waiting; more would only queue inside the
+	// server while holding their sockets).
+	MaxConcurrent int
+}
+
+// DefaultConfig returns the defaults that zero values also mean.
+func DefaultConfig() Config {
+	return Config{Timeout: 10 * time.Second, MaxRows: 10_000, MaxBytes: storage.DefaultQueryMaxBytes, MaxConcurrent: 4}
+}
+
+// Validate checks every field; errors name the key (storage.query.*) and
+// the bad value. Zero means the default.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("storage.query.timeout: must be >= 0, got %s", c.Timeout))
+	}
+	if c.MaxRows < 0 || c.MaxRows > 1_000_000 {
+		errs = append(errs, fmt.Errorf("storage.query.max_rows: must be 0 (default) or 1..1000000, got %d", c.MaxRows))
+	}
+	if c.MaxBytes < 0 || c.MaxBytes > 1<<30 {
+		errs = append(errs, fmt.Errorf("storage.query.max_bytes: must be 0 (default) or 1..1073741824, got %d", c.MaxBytes))
+	}
+	if c.MaxConcurrent < 0 || c.MaxConcurrent > 1024 {
+		errs = append(errs, fmt.Errorf("storage.query.max_concurrent: must be 0 (default) or 1..1024, got %d", c.MaxConcurrent))
+	}
+	return errors.Join(errs...)
+}
+
+// Options configure the handlers. Zero values take the defaults.
+type Options struct {
+	Config
 	// MaxPoints caps /v1/series?points= (default 10,000).
 	MaxPoints int
 	Logger    *slog.Logger
 }
 
+// errorWriteGrace is how long an error answer (a few hundred bytes) may
+// take to write once the request's deadline has passed.
+const errorWriteGrace = time.Second
+
 // Handler serves GET /v1/query and GET /v1/series.
 func Handler(r Reader, o Options) http.Handler {
+	d := DefaultConfig()
 	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Second
+		o.Timeout = d.Timeout
 	}
 	if o.MaxRows <= 0 {
-		o.MaxRows = 10_000
+		o.MaxRows = d.MaxRows
 	}
 	if o.MaxPoints <= 0 {
 		o.MaxPoints = 10_000
 	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = d.MaxBytes
+	}
+	if o.MaxConcurrent <= 0 {
+		o.MaxConcurrent = d.MaxConcurrent
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{r: r, o: o}
+	h := &handler{r: r, o: o, slots: make(chan struct{}, o.MaxConcurrent)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/query", h.query)
 	mux.HandleFunc("GET /v1/series", h.series)
@@ -55,6 +106,8 @@ func Handler(r Reader, o Options) http.Handler {
 type handler struct {
 	r Reader
 	o Options
+	// slots holds one token per /v1/query running (MaxConcurrent).
+	slots chan struct{}
 }
 
 func httpError(w http.ResponseWriter, status int, format string, args ...any) {
@@ -88,13 +141,33 @@ func (h *handler) query(w http.ResponseWriter, r *http.Request) {
 		}
 		maxRows = min(n, h.o.MaxRows)
 	}
-	res, err := h.r.Query(r.Context(), sql, storage.QueryOptions{Timeout: h.o.Timeout, MaxRows: maxRows})
+	select {
+	case h.slots <- struct{}{}:
+		defer func() { <-h.slots }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusTooManyRequests, "too many concurrent queries (at most %d); retry later", h.o.MaxConcurrent)
+		return
+	}
+	// One deadline for the whole request: the statement gets what is left
+	// of it, and writing the answer to a slow client ends at it too.
+	deadline := time.Now().Add(h.o.Timeout)
+	ctx, cancel := context.WithDeadline(r.Context(), deadline)
+	defer cancel()
+	// Not every ResponseWriter supports deadlines (test recorders); the
+	// context still bounds the statement then.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(deadline)
+	res, err := h.r.Query(ctx, sql, storage.QueryOptions{Timeout: h.o.Timeout, MaxRows: maxRows, MaxBytes: h.o.MaxBytes})
 	if err != nil {
+		// A statement stopped at the deadline still gets its short error
+		// answer out.
+		_ = rc.SetWriteDeadline(time.Now().Add(errorWriteGrace))
 		status := http.StatusBadRequest
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
 			status = http.StatusGatewayTimeout
-		case errors.Is(err, storage.ErrReadOnly):
+		case errors.Is(err, storage.ErrReadOnly), errors.Is(err, storage.ErrNotAllowed):
 			status = http.StatusForbidden
 		}
 		httpError(w, status, "%v", err)
@@ -110,6 +183,9 @@ func (h *handler) query(w http.ResponseWriter, r *http.Request) {
 	}
 	if res.Truncated {
 		w.Header().Set("X-Meridian-Truncated", "true")
+		if res.TruncatedBy != "" {
+			w.Header().Set("X-Meridian-Truncated-By", res.TruncatedBy)
+		}
 	}
 	if err := write(w, res); err != nil {
 		h.o.Logger.Warn("write query result", "err", err)

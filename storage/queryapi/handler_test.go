@@ -43,7 +43,7 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 
 func TestQueryAndSeries(t *testing.T) {
 	f := &fakeReader{}
-	h := Handler(f, Options{MaxRows: 100})
+	h := Handler(f, Options{Config: Config{MaxRows: 100}})
 	cases := []struct {
 		name, path string
 		status     int

@@ -41,6 +41,14 @@ type Config struct {
 	// ReadConns bounds the read-only pool used by Query, Series and lookups;
 	// 0 means the default (4).
 	ReadConns int
+	// QueryConns bounds the separate pool that ad-hoc SQL (Query) runs on,
+	// so queries never hold the connections that token, API-key and
+	// watermark lookups use; 0 means the default (2).
+	QueryConns int
+	// QueryHeapLimit caps the SQLite heap of each query connection (bytes);
+	// a statement that needs more fails with "out of memory" instead of
+	// growing the process; 0 means the default (64 MiB).
+	QueryHeapLimit int64
 }
 
 // DefaultConfig returns the defaults; Path is left empty.
@@ -59,6 +67,13 @@ func DefaultConfig() Config {
 		// readers keep dashboard series and an ad-hoc query from queueing
 		// behind each other without oversubscribing them.
 		ReadConns: 4,
+		// One core's worth of ad-hoc SQL at a time plus one waiting keeps
+		// the other core for ingest on a two-core host.
+		QueryConns: 2,
+		// 64 MiB per query connection: sorts and GROUP BYs of a few million
+		// rows fit (SQLite spills bigger sorts to temp files), and two
+		// connections stay far below a small host's memory.
+		QueryHeapLimit: 64 << 20,
 	}
 }
 
@@ -89,6 +104,12 @@ func (c Config) Validate() error {
 	if c.ReadConns < 0 || c.ReadConns > 64 {
 		errs = append(errs, fmt.Errorf("storage.sqlite.read_conns: must be 0 (default) or 1..64, got %d", c.ReadConns))
 	}
+	if c.QueryConns < 0 || c.QueryConns > 64 {
+		errs = append(errs, fmt.Errorf("storage.sqlite.query_conns: must be 0 (default) or 1..64, got %d", c.QueryConns))
+	}
+	if c.QueryHeapLimit != 0 && (c.QueryHeapLimit < 1<<20 || c.QueryHeapLimit > 1<<31) {
+		errs = append(errs, fmt.Errorf("storage.sqlite.query_heap_limit: must be 0 (default) or 1 MiB..2 GiB, got %d", c.QueryHeapLimit))
+	}
 	return errors.Join(errs...)
 }
 
@@ -103,6 +124,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ReadConns == 0 {
 		c.ReadConns = d.ReadConns
+	}
+	if c.QueryConns == 0 {
+		c.QueryConns = d.QueryConns
+	}
+	if c.QueryHeapLimit == 0 {
+		c.QueryHeapLimit = d.QueryHeapLimit
 	}
 	return c
 }

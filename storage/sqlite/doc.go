@@ -22,8 +22,11 @@
 // Concurrency: a Store is safe for concurrent use. SQLite allows one writer
 // at a time, so every write (commits, registry changes, housekeeping) goes
 // through a single writer connection and is serialised by database/sql's
-// pool of size one; readers (Query, Series, lookups) use a separate small
-// pool of read-only connections that WAL mode lets run beside the writer.
+// pool of size one; readers (Series, token/key/watermark lookups) use a
+// separate small pool of read-only connections that WAL mode lets run beside
+// the writer, and ad-hoc SQL (Query) a third pool of its own, so a slow query
+// never delays a device handshake. Query connections carry an authorizer
+// (public schema only), a hard heap limit and a maximum value length.
 // Housekeeping works in short transactions so commits are not held up for
 // long. The in-memory name->id caches are guarded by a mutex and only learn
 // ids whose registering transaction committed.

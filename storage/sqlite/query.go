@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	sqldriver "database/sql/driver"
 	sqlite3 "github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/driver"
 
@@ -47,9 +48,84 @@ func (s *Store) withReader(ctx context.Context, f func(c *sqlite3.Conn) error) e
 	})
 }
 
-// Query runs one read-only SQL statement on a read-only connection
-// (mode=ro, query_only), with a timeout (interrupting the statement) and a
-// row cap. A statement that would write fails with storage.ErrReadOnly
+// publicObjects are what ad-hoc SQL may read (docs/sql.md's public
+// schema); everything else — tokens, API keys, the internal tables behind
+// the views — is read only through a public view.
+var publicObjects = map[string]bool{
+	"telemetry": true, "telemetry_1m": true, "telemetry_1h": true,
+	"devices": true, "metrics": true, "device_sessions": true,
+	// The schema itself (names and DDL, no data), for \d-style browsing.
+	"sqlite_master": true, "sqlite_schema": true,
+}
+
+// publicViews may read internal tables on the query's behalf.
+var publicViews = map[string]bool{"telemetry": true, "telemetry_1m": true, "telemetry_1h": true}
+
+// withQuery runs f on a connection of the ad-hoc query pool, set up so one
+// query cannot hurt the rest of the server:
+//   - its own pool (Config.QueryConns): lookups on the ingest and auth paths
+//     use s.r and never wait behind a query;
+//   - a hard heap limit (Config.QueryHeapLimit) and a maximum value length,
+//     so zeroblob(1e9) or a huge sort fails with an error instead of
+//     growing the process;
+//   - the query authorizer: read-only, public objects only;
+//   - ctx wired to sqlite3_interrupt;
+//   - a panic inside the driver (its out-of-memory path panics) becomes an
+//     error, and the connection, in an unknown state, is discarded.
+func (s *Store) withQuery(ctx context.Context, maxValue int64, deniedRead *string, f func(c *sqlite3.Conn, objects map[string]bool) error) error {
+	conn, err := s.q.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("get a query connection: %w", err)
+	}
+	defer conn.Close()
+	var ferr error
+	rerr := conn.Raw(func(dc any) (err error) {
+		c := dc.(driver.Conn).Raw()
+		defer func() {
+			if p := recover(); p != nil {
+				ferr = fmt.Errorf("%w: %v", errQueryMemory, p)
+				err = sqldriver.ErrBadConn
+			}
+		}()
+		c.Limit(sqlite3.LIMIT_ATTACHED, 0)
+		c.Limit(sqlite3.LIMIT_LENGTH, int(min(max(maxValue, 1<<16), s.cfg.QueryHeapLimit/4)))
+		c.HardHeapLimit(s.cfg.QueryHeapLimit)
+		objects, err := schemaObjects(c)
+		if err != nil {
+			return err
+		}
+		if err := c.SetAuthorizer(queryAuthorizer(objects, deniedRead)); err != nil {
+			return err
+		}
+		old := c.SetInterrupt(ctx)
+		defer c.SetInterrupt(old)
+		ferr = f(c, objects)
+		if !c.GetAutocommit() {
+			// A BEGIN in ad-hoc SQL: do not pool a connection stuck in it.
+			c.SetInterrupt(context.Background())
+			if err := c.Exec("ROLLBACK"); err != nil {
+				return errors.Join(err, sqldriver.ErrBadConn)
+			}
+		}
+		return nil
+	})
+	if ferr != nil {
+		return ferr
+	}
+	if errors.Is(rerr, sqldriver.ErrBadConn) {
+		return nil
+	}
+	return rerr
+}
+
+// errQueryMemory: the statement needed more memory than a query
+// connection may use.
+var errQueryMemory = errors.New("out of memory (storage.sqlite.query_heap_limit)")
+
+// Query runs one read-only SQL statement on the ad-hoc query pool (see
+// withQuery), with a timeout (interrupting the statement), a row cap and a
+// byte cap. A statement that would write fails with storage.ErrReadOnly,
+// one that reads outside the public schema with storage.ErrNotAllowed,
 // before it runs.
 func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) (storage.QueryResult, error) {
 	var res storage.QueryResult
@@ -61,15 +137,26 @@ func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) 
 	if maxRows <= 0 {
 		maxRows = defaultQueryRows
 	}
+	maxBytes := opts.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = storage.DefaultQueryMaxBytes
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := s.withReader(ctx, func(c *sqlite3.Conn) error {
-		if err := c.SetAuthorizer(readOnlyAuthorizer); err != nil {
-			return err
+	var deniedRead string
+	err := s.withQuery(ctx, maxBytes, &deniedRead, func(c *sqlite3.Conn, objects map[string]bool) error {
+		// The authorizer trusts reads made inside a public view by the
+		// view's name, which a CTE of the same name would also carry.
+		for _, name := range cteNames(q) {
+			if objects[name] {
+				return fmt.Errorf("%w: a WITH query may not be named %q like a table or view", storage.ErrNotAllowed, name)
+			}
 		}
-		defer c.SetAuthorizer(nil)
 		st, tail, err := c.Prepare(q)
 		if errors.Is(err, sqlite3.AUTH) {
+			if deniedRead != "" {
+				return fmt.Errorf("%w: %s is not part of the public schema (docs/sql.md): %v", storage.ErrNotAllowed, deniedRead, err)
+			}
 			return fmt.Errorf("%w: %v", storage.ErrReadOnly, err)
 		}
 		if err != nil {
@@ -96,31 +183,53 @@ func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) 
 			res.Columns[i] = st.ColumnName(i)
 		}
 		res.Rows = [][]any{}
+		var size int64
+	rows:
 		for st.Step() {
 			if len(res.Rows) == maxRows {
-				res.Truncated = true
+				res.Truncated, res.TruncatedBy = true, storage.TruncatedRows
 				break
 			}
 			row := make([]any, n)
 			for i := range n {
+				// Check a value's length on the wasm side (RawText and
+				// RawBlob do not copy) before copying it out.
 				switch st.ColumnType(i) {
 				case sqlite3.INTEGER:
 					row[i] = st.ColumnInt64(i)
 				case sqlite3.FLOAT:
 					row[i] = st.ColumnFloat(i)
 				case sqlite3.TEXT:
+					if size+int64(len(st.ColumnRawText(i))) > maxBytes {
+						res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
+						break rows
+					}
 					row[i] = st.ColumnText(i)
 				case sqlite3.BLOB:
+					if size+2*int64(len(st.ColumnRawBlob(i))) > maxBytes {
+						res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
+						break rows
+					}
 					row[i] = st.ColumnBlob(i, nil)
 				default:
 					row[i] = nil
 				}
+				size += storage.ValueSize(row[i])
+			}
+			if size > maxBytes {
+				res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
+				break
 			}
 			res.Rows = append(res.Rows, row)
 		}
 		if err := st.Err(); err != nil {
-			if errors.Is(err, sqlite3.READONLY) {
+			switch {
+			case errors.Is(err, sqlite3.READONLY):
 				return errors.Join(storage.ErrReadOnly, err)
+			case errors.Is(err, sqlite3.NOMEM):
+				return fmt.Errorf("%w: %w", errQueryMemory, err)
+			case errors.Is(err, sqlite3.TOOBIG):
+				return fmt.Errorf("a value is larger than the query byte cap (%d bytes): %w", maxBytes, err)
 			}
 			return err
 		}
@@ -133,6 +242,56 @@ func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) 
 		return storage.QueryResult{}, fmt.Errorf("query: %w", err)
 	}
 	return res, nil
+}
+
+// queryAuthorizer returns the authorizer of one ad-hoc query: what
+// readOnlyAuthorizer admits, and reads only of public objects, of internal
+// tables only from inside a public view, and of CTEs and subqueries (names
+// that are not schema objects). The authorizer reports a schema object by
+// name only (count(*) even without a schema), so the names of the database's
+// tables and views are what tell a table from a CTE; a CTE named like an
+// internal table is refused too, which costs nothing.
+//
+// A read with no column (SQLite's "this table is referenced but no column
+// of it is used", e.g. count(*) or a join the planner keeps only for its
+// rows) comes without the view that caused it; it is admitted for a table
+// a public view of this statement already read, and refused otherwise, so
+// count(*) FROM api_keys fails while count(*) FROM telemetry works.
+// deniedRead records the object a denied read named.
+func queryAuthorizer(schemaObjects map[string]bool, deniedRead *string) func(sqlite3.AuthorizerActionCode, string, string, string, string) sqlite3.AuthorizerReturnCode {
+	viaView := map[string]bool{}
+	return func(action sqlite3.AuthorizerActionCode, name3rd, name4th, schema, inner string) sqlite3.AuthorizerReturnCode {
+		if action != sqlite3.AUTH_READ {
+			return readOnlyAuthorizer(action, name3rd, name4th, schema, inner)
+		}
+		name := strings.ToLower(name3rd)
+		if publicViews[strings.ToLower(inner)] {
+			viaView[name] = true
+			return sqlite3.AUTH_OK
+		}
+		if publicObjects[name] || !schemaObjects[name] || name4th == "" && viaView[name] {
+			return sqlite3.AUTH_OK
+		}
+		*deniedRead = name3rd
+		return sqlite3.AUTH_DENY
+	}
+}
+
+// schemaObjects lists the database's tables and views (lower-cased).
+func schemaObjects(c *sqlite3.Conn) (map[string]bool, error) {
+	st, _, err := c.Prepare(`SELECT lower(name) FROM sqlite_schema WHERE type IN ('table', 'view')`)
+	if err != nil {
+		return nil, fmt.Errorf("list schema objects: %w", err)
+	}
+	defer st.Close()
+	out := map[string]bool{}
+	for st.Step() {
+		out[st.ColumnText(0)] = true
+	}
+	if err := st.Err(); err != nil {
+		return nil, fmt.Errorf("list schema objects: %w", err)
+	}
+	return out, nil
 }
 
 // readOnlyAuthorizer admits what a read-only query needs and nothing else,
@@ -348,3 +507,104 @@ func (s *Store) refreshedTo(c *sqlite3.Conn) (int64, error) {
 }
 
 func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
+
+// cteNames returns the (lower-cased) names SQL gives to common table
+// expressions: every name followed by an optional column list, AS,
+// optional [NOT] MATERIALIZED and "(". It skips strings and comments and
+// unquotes identifiers. It may also return WINDOW names, which only makes
+// the check that uses it stricter.
+func cteNames(sql string) []string {
+	type token struct {
+		word  string // lower-cased word or unquoted identifier; "" for punctuation
+		punct byte
+	}
+	var toks []token
+	for i := 0; i < len(sql); {
+		ch := sql[i]
+		switch {
+		case ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f':
+			i++
+		case strings.HasPrefix(sql[i:], "--"):
+			for i < len(sql) && sql[i] != '\n' {
+				i++
+			}
+		case strings.HasPrefix(sql[i:], "/*"):
+			end := strings.Index(sql[i+2:], "*/")
+			if end < 0 {
+				i = len(sql)
+			} else {
+				i += end + 4
+			}
+		case ch == '\'' || ch == '"' || ch == '`' || ch == '[':
+			closer := ch
+			if ch == '[' {
+				closer = ']'
+			}
+			var b strings.Builder
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == closer {
+					if closer != ']' && j+1 < len(sql) && sql[j+1] == closer {
+						b.WriteByte(closer)
+						j += 2
+						continue
+					}
+					break
+				}
+				b.WriteByte(sql[j])
+				j++
+			}
+			if ch == '\'' {
+				toks = append(toks, token{punct: '\''}) // a string literal
+			} else {
+				toks = append(toks, token{word: strings.ToLower(b.String())})
+			}
+			i = j + 1
+		case ch == '_' || ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= 0x80:
+			j := i
+			for j < len(sql) && (sql[j] == '_' || sql[j] == '$' || sql[j] >= 'a' && sql[j] <= 'z' || sql[j] >= 'A' && sql[j] <= 'Z' || sql[j] >= '0' && sql[j] <= '9' || sql[j] >= 0x80) {
+				j++
+			}
+			toks = append(toks, token{word: strings.ToLower(sql[i:j])})
+			i = j
+		default:
+			toks = append(toks, token{punct: ch})
+			i++
+		}
+	}
+	var names []string
+	for i, t := range toks {
+		if t.word == "" {
+			continue
+		}
+		j := i + 1
+		if j < len(toks) && toks[j].punct == '(' { // column list
+			depth := 0
+			for ; j < len(toks); j++ {
+				if toks[j].punct == '(' {
+					depth++
+				} else if toks[j].punct == ')' {
+					depth--
+					if depth == 0 {
+						j++
+						break
+					}
+				}
+			}
+		}
+		if j >= len(toks) || toks[j].word != "as" {
+			continue
+		}
+		j++
+		if j < len(toks) && toks[j].word == "not" {
+			j++
+		}
+		if j < len(toks) && toks[j].word == "materialized" {
+			j++
+		}
+		if j < len(toks) && toks[j].punct == '(' {
+			names = append(names, t.word)
+		}
+	}
+	return names
+}

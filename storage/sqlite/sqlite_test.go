@@ -61,6 +61,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad synchronous", func(c *Config) { c.Synchronous = "off" }, `storage.sqlite.synchronous: must be "full" or "normal", got "off"`},
 		{"negative busy timeout", func(c *Config) { c.BusyTimeout = -time.Second }, "storage.sqlite.busy_timeout: must be >= 0, got -1s"},
 		{"read conns", func(c *Config) { c.ReadConns = 100 }, "storage.sqlite.read_conns: must be 0 (default) or 1..64, got 100"},
+		{"query conns", func(c *Config) { c.QueryConns = -1 }, "storage.sqlite.query_conns: must be 0 (default) or 1..64, got -1"},
+		{"query heap limit", func(c *Config) { c.QueryHeapLimit = 1000 }, "storage.sqlite.query_heap_limit: must be 0 (default) or 1 MiB..2 GiB, got 1000"},
 		{"raw retention too short", func(c *Config) { c.Retention.Raw = time.Minute }, "storage.retention.raw: must be 0 (forever) or >= 1h, got 1m0s"},
 		{"negative rollup retention", func(c *Config) { c.Retention.Rollups = -time.Hour }, "storage.retention.rollups: must be >= 0, got -1h0m0s"},
 	}

@@ -32,8 +32,12 @@ type Store struct {
 	// w holds exactly one connection: SQLite has one writer, and queueing
 	// for database/sql's only connection is how writes are serialised.
 	w *sql.DB
-	// r is the read-only pool (mode=ro, query_only).
+	// r is the read-only pool (mode=ro, query_only) for lookups and
+	// series.
 	r *sql.DB
+	// q is the read-only pool ad-hoc SQL runs on, separate from r so slow
+	// queries never make a device handshake wait (see withQuery).
+	q *sql.DB
 
 	// mu guards the name caches. Ids enter them only after the transaction
 	// that registered them committed. The maps change only while the
@@ -121,6 +125,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("open %s read-only: %w", path, err)
 	}
+	if s.q, err = sql.Open("sqlite3", s.dsn(true)); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open %s read-only: %w", path, err)
+	}
+	s.q.SetMaxOpenConns(cfg.QueryConns)
+	s.q.SetMaxIdleConns(cfg.QueryConns)
 	if s.schemaErr.Load() == nil {
 		if err := s.loadState(ctx); err != nil {
 			s.Close()
@@ -296,6 +306,9 @@ func (s *Store) close() error {
 			}
 			return nil
 		}))
+	}
+	if s.q != nil {
+		errs = append(errs, s.q.Close())
 	}
 	if s.r != nil {
 		errs = append(errs, s.r.Close())

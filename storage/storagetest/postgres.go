@@ -70,3 +70,46 @@ func NewPostgresDB(tb testing.TB) string {
 	u.Path = "/" + name
 	return u.String()
 }
+
+// NewPostgresRole names a unique login role (meridian_query_<random>) and
+// returns it with dbURL changed to log in as it. The caller creates the role
+// (postgres.Store.CreateQueryRole); at cleanup it is dropped, with its
+// grants and sessions, if it exists. Tests run as a superuser, so a store
+// that serves ad-hoc SQL needs such a role (storage.postgres.query_url).
+func NewPostgresRole(tb testing.TB, dbURL string) (role, roleURL string) {
+	tb.Helper()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	role = "meridian_query_" + hex.EncodeToString(b[:])
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		tb.Fatalf("parse database URL: %v", err)
+	}
+	u.User = url.User(role)
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, dbURL)
+		if err != nil {
+			tb.Errorf("drop role %s: %v", role, err)
+			return
+		}
+		defer c.Close(ctx)
+		var exists bool
+		if err := c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists); err != nil || !exists {
+			return
+		}
+		id := pgx.Identifier{role}.Sanitize()
+		for _, q := range []string{
+			`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '` + role + `'`,
+			"DROP OWNED BY " + id,
+			"DROP ROLE " + id,
+		} {
+			if _, err := c.Exec(ctx, q); err != nil {
+				tb.Errorf("drop role %s: %s: %v", role, q, err)
+				return
+			}
+		}
+	})
+	return role, u.String()
+}
