@@ -64,6 +64,9 @@ func openPostgres(t testing.TB, url string) *postgres.Store {
 	t.Helper()
 	pcfg := postgres.DefaultConfig()
 	pcfg.URL = url
+	// The test reads the store back as its operator (the test database's
+	// superuser), like `meridian query`, not as a dashboard viewer.
+	pcfg.AllowPrivilegedQuery = true
 	store, err := postgres.Open(context.Background(), pcfg, testLogger())
 	if err != nil {
 		t.Fatal(err)

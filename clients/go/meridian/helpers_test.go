@@ -64,6 +64,9 @@ func newPostgresServer(t testing.TB, mut func(*ingest.Config), opts ...func(*ing
 	t.Helper()
 	pcfg := postgres.DefaultConfig()
 	pcfg.URL = storagetest.NewPostgresDB(t)
+	// The test reads the store back as its operator (the test database's
+	// superuser), like `meridian query`, not as a dashboard viewer.
+	pcfg.AllowPrivilegedQuery = true
 	st, err := postgres.Open(context.Background(), pcfg, testLogger())
 	if err != nil {
 		t.Fatal(err)
