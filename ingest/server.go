@@ -227,7 +227,7 @@ func (s *Server) SendCommand(device string, c telemetry.Command) error {
 	s.mu.Lock()
 	sess := s.sessions[device]
 	s.mu.Unlock()
-	if sess == nil {
+	if sess == nil || !sess.helloSent.Load() {
 		return telemetry.ErrOffline
 	}
 	payload := c.Payload

@@ -651,3 +651,44 @@ func TestBadUpgradeClosesConnection(t *testing.T) {
 		t.Fatalf("response %q, want 400", all)
 	}
 }
+
+// TestNoCommandBeforeHello: while a new session's hello is still being
+// prepared (here: waiting for the device's batches in a stalled pipeline),
+// commands for the device are answered offline instead of being written
+// ahead of hello, so hello stays the first data frame (docs/protocol.md).
+func TestNoCommandBeforeHello(t *testing.T) {
+	ts := startServer(t, nil)
+	c1, _ := ts.dial("tok-cmdfirst", wire.Subprotocol)
+	ts.store.stall()
+	c1.send(batch(1, wire.Reading{T: now(), Metric: "m", Value: 1.0}))
+	time.Sleep(50 * time.Millisecond) // the batch is in the stalled pipeline
+
+	c2, err := ts.tryDial("tok-cmdfirst", wire.Subprotocol) // takes over; hello waits for the batch
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		err := ts.srv.SendCommand("cmdfirst", telemetry.Command{ID: "early", Name: "reboot"})
+		if !errors.Is(err, telemetry.ErrOffline) {
+			t.Fatalf("SendCommand before hello: %v, want ErrOffline", err)
+		}
+		ts.srv.mu.Lock()
+		_, registered := ts.srv.sessions["cmdfirst"]
+		ts.srv.mu.Unlock()
+		if registered {
+			break // the new session is registered and still has no hello
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ts.store.resume()
+	if typ, _ := c2.next(); typ != wire.TypeHello {
+		t.Fatalf("first frame %q, want hello", typ)
+	}
+	if err := ts.srv.SendCommand("cmdfirst", telemetry.Command{ID: "late", Name: "reboot"}); err != nil {
+		t.Fatalf("SendCommand after hello: %v", err)
+	}
+	if typ, _ := c2.next(); typ != wire.TypeCommand {
+		t.Fatalf("after hello got %q, want the command", typ)
+	}
+}

@@ -42,6 +42,14 @@ type session struct {
 	// channel blocks Message, so reading pauses and TCP pushes back.
 	inflight chan struct{}
 	cmds     atomic.Int32 // commands queued and not yet written
+	// helloSent is set once hello is queued: before it SendCommand answers
+	// offline, so hello is always the first data frame (docs/protocol.md)
+	// and a command is never written to a session that then fails its hello.
+	helloSent atomic.Bool
+	// presenceMu orders this session's online report before its offline
+	// one: online is reported after hello only if cleanup has not begun.
+	presenceMu sync.Mutex
+	cleanedUp  bool
 
 	ctx    context.Context // ends when the session starts closing (unblocks submit)
 	cancel context.CancelFunc
@@ -179,18 +187,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 func (s *Server) startSession(sess *session, old *session) {
 	device, sessID := sess.device, sess.id
 	s.recordOpen(sess)
-	if s.opts.Presence != nil {
-		s.opts.Presence(telemetry.Presence{Device: device, Online: true, At: s.now().UnixMilli()})
-	}
-	s.log.Debug("device connected", "device", device, "session", sessID, "remote", sess.remote)
 
 	// hello.acked must cover every batch an earlier session of this device
 	// (or an HTTP post) already put into the pipeline: otherwise a device
 	// that lost its counter and restarts at acked+1 would have new readings
 	// judged duplicates. So: let a taken-over session's reader finish, wait
 	// until the device has nothing in the pipeline, then read the
-	// watermark. hello is queued before reading starts, so it is the first
-	// data frame even if a command arrives meanwhile.
+	// watermark. Commands are refused as offline until hello is queued
+	// (helloSent), so hello is the first data frame.
 	hctx, cancel := context.WithTimeout(s.closingAll, s.cfg.HandshakeTimeout)
 	hello, err := s.helloAfterIdle(hctx, old, device, sessID)
 	cancel()
@@ -202,6 +206,15 @@ func (s *Server) startSession(sess *session, old *session) {
 	}
 	hb, _ := hello.MarshalMsg(nil)
 	sess.conn.SendData(hb, nil)
+	sess.helloSent.Store(true)
+	// Online only now: the bridge delivers queued commands on this, and
+	// they must follow hello.
+	sess.presenceMu.Lock()
+	if !sess.cleanedUp && s.opts.Presence != nil {
+		s.opts.Presence(telemetry.Presence{Device: device, Online: true, At: s.now().UnixMilli()})
+	}
+	sess.presenceMu.Unlock()
+	s.log.Debug("device connected", "device", device, "session", sessID, "remote", sess.remote)
 	sess.conn.Start()
 }
 
@@ -286,9 +299,12 @@ func (sess *session) Closed(e wsconn.Error) {
 	s.conns.Add(-1)
 	s.m.connections.Dec()
 	s.recordClose(sess, e)
+	sess.presenceMu.Lock()
+	sess.cleanedUp = true
 	if s.unregister(sess) && s.opts.Presence != nil {
 		s.opts.Presence(telemetry.Presence{Device: sess.device, Online: false, At: s.now().UnixMilli()})
 	}
+	sess.presenceMu.Unlock()
 }
 
 // helloAfterIdle waits for old's reader (if a takeover happened) and for
