@@ -75,6 +75,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	)
 
 	devs := devices.NewService(st, cfg.Devices, log.With("component", "devices"))
+	sessions := devices.NewSessionLog(st, devices.SessionLogOptions{Logger: log.With("component", "sessions"), Registerer: promReg})
 
 	// The bridge and the dashboard subscribe to ingest's hooks, and the
 	// bridge needs ingest to deliver commands: ingest is built first with
@@ -87,7 +88,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	ing, err := ingest.New(cfg.Ingest, st, devs, ingest.Options{
 		Logger:     log.With("component", "ingest"),
 		Registerer: promReg,
-		Sessions:   sessionLog{st},
+		Sessions:   sessionLog{sessions},
 		Limits:     devs,
 		Committed: func(b telemetry.Batch) {
 			if br != nil {
@@ -257,6 +258,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 		defer stopBridge()
 		return ing.Run(runCtx)
 	})
+	// Ends through Close in the stop order below, after ingest.
+	g.Go(func() error { return sessions.Run(runCtx) })
 	if br != nil {
 		g.Go(func() error { return br.Run(bridgeCtx) })
 	}
@@ -296,7 +299,16 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 		if ierr != nil {
 			ierr = fmt.Errorf("drain ingest: %w", ierr)
 		}
-		return errors.Join(herr, ierr)
+		// Session records (the closes ingest just queued) are written
+		// before the store closes; a grace spent by ingest still leaves
+		// them a few seconds.
+		lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), sessionDrainGrace)
+		defer lcancel()
+		lerr := sessions.Close(lctx)
+		if lerr != nil {
+			lerr = fmt.Errorf("drain session log: %w", lerr)
+		}
+		return errors.Join(herr, ierr, lerr)
 	})
 	if err := g.Wait(); err != nil {
 		return err
@@ -304,6 +316,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 	log.Info("stopped")
 	return nil
 }
+
+// sessionDrainGrace bounds writing the queued session records at shutdown:
+// a few group commits, tens of milliseconds when the store is healthy.
+const sessionDrainGrace = 5 * time.Second
 
 func modeOrPending(mode string) string {
 	if mode == "" {
@@ -378,26 +394,19 @@ func (k keysReady) Ready(ctx context.Context) error {
 	return k.ing.Ready(ctx)
 }
 
-// sessionLog records device sessions in the store (device_sessions history
-// and last_seen) for ingest.
-type sessionLog struct{ st backend }
+// sessionLog hands ingest's session events to the devices session log
+// (device_sessions history and last_seen, group-committed; see
+// devices.SessionLog). It only translates ingest's type into storage's.
+type sessionLog struct{ l *devices.SessionLog }
 
 var _ ingest.SessionRecorder = sessionLog{}
 
-func (l sessionLog) SessionOpened(ctx context.Context, s ingest.SessionInfo) error {
-	err := l.st.OpenSession(ctx, storage.Session{
-		ID: s.ID, DeviceID: s.Device, Node: s.Node, RemoteAddr: s.RemoteAddr,
-		Transport: s.Transport, StartedAt: s.Started,
-	})
-	if err != nil {
-		return fmt.Errorf("record session open: %w", err)
-	}
-	return nil // OpenSession also advanced last_seen
+func (s sessionLog) SessionOpened(ctx context.Context, i ingest.SessionInfo) error {
+	return s.l.Opened(ctx, storage.Session{ID: i.ID, DeviceID: i.Device, Node: i.Node,
+		RemoteAddr: i.RemoteAddr, Transport: i.Transport, StartedAt: i.Started})
 }
 
-func (l sessionLog) SessionClosed(ctx context.Context, s ingest.SessionInfo) error {
-	if err := l.st.CloseSession(ctx, s.ID, s.Ended, s.CloseReason, s.Readings); err != nil {
-		return fmt.Errorf("record session close: %w", err)
-	}
-	return nil // CloseSession also advanced last_seen
+func (s sessionLog) SessionClosed(ctx context.Context, i ingest.SessionInfo) error {
+	return s.l.Closed(ctx, storage.SessionEnd{ID: i.ID, DeviceID: i.Device, EndedAt: i.Ended,
+		Reason: i.CloseReason, Readings: i.Readings})
 }
