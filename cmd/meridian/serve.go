@@ -130,7 +130,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer, onL
 		if mcfg.Node == "" {
 			mcfg.Node = cfg.Ingest.Node
 		}
-		br, err = bridge.New(mcfg, ing, bridge.Options{
+		br, err = bridge.New(mcfg, nodeDevices{ing, devs}, bridge.Options{
 			Logger:     log,
 			Registerer: promReg,
 			Authenticate: func(ctx context.Context, _, key string) bridge.Access {
@@ -409,4 +409,18 @@ func (s sessionLog) SessionOpened(ctx context.Context, i ingest.SessionInfo) err
 func (s sessionLog) SessionClosed(ctx context.Context, i ingest.SessionInfo) error {
 	return s.l.Closed(ctx, storage.SessionEnd{ID: i.ID, DeviceID: i.Device, EndedAt: i.Ended,
 		Reason: i.CloseReason, Readings: i.Readings})
+}
+
+// nodeDevices is ingest as the bridge sees it, except that a kick from
+// another node first drops this node's cached credentials of the device:
+// the device's next reconnect here must meet the revocation, not a cached
+// answer from before it.
+type nodeDevices struct {
+	*ingest.Server
+	devs *devices.Service
+}
+
+func (n nodeDevices) Kick(device, reason string) {
+	n.devs.ForgetDevice(device)
+	n.Server.Kick(device, reason)
 }
