@@ -39,8 +39,8 @@ type admission struct {
 	slots    chan struct{}
 	maxWait  time.Duration
 	maxQueue int64
-	now     func() time.Time
-	jitter  func(n int64) int64 // uniform in [0, n); tests fix it
+	now      func() time.Time
+	jitter   func(n int64) int64 // uniform in [0, n); tests fix it
 
 	waiting atomic.Int64
 

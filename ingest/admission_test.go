@@ -199,7 +199,7 @@ func TestAdmissionRetryAfterSpreadsTheStorm(t *testing.T) {
 }
 
 func TestAdmissionRetryAfterIsCapped(t *testing.T) {
-	a, _ := newTestAdmission(1, time.Second, 0, 0) // 1 handshake/s
+	a, _ := newTestAdmission(1, time.Second, 0, 0)  // 1 handshake/s
 	a.jitter = func(n int64) int64 { return n - 1 } // always the horizon
 	for range 500 {
 		if ra := a.refuse(); ra > retryAfterMax {
