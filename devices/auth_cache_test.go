@@ -36,8 +36,12 @@ func TestTokenCacheRevocationIsImmediate(t *testing.T) {
 		action func(ctx context.Context, s *Service, repo *fakeRepo, id string) error
 	}{
 		{"revoke", 0, func(ctx context.Context, s *Service, _ *fakeRepo, id string) error { return s.RevokeTokens(ctx, id) }},
-		{"disable", 0, func(ctx context.Context, s *Service, _ *fakeRepo, id string) error { return s.SetEnabled(ctx, id, false) }},
-		{"delete", 0, func(ctx context.Context, s *Service, _ *fakeRepo, id string) error { return s.DeleteDevice(ctx, id, false) }},
+		{"disable", 0, func(ctx context.Context, s *Service, _ *fakeRepo, id string) error {
+			return s.SetEnabled(ctx, id, false)
+		}},
+		{"delete", 0, func(ctx context.Context, s *Service, _ *fakeRepo, id string) error {
+			return s.DeleteDevice(ctx, id, false)
+		}},
 		{"rotate without grace", 0, func(ctx context.Context, s *Service, _ *fakeRepo, id string) error {
 			_, err := s.RotateToken(ctx, id)
 			return err
