@@ -79,6 +79,7 @@ func (s *Service) RevokeAPIKey(ctx context.Context, id string) error {
 	if err := s.repo.RevokeAPIKey(ctx, id, now.UTC()); err != nil {
 		return fmt.Errorf("revoke API key %q: %w", id, err)
 	}
+	s.keys.forget(id)
 	s.log.Info("API key revoked", "apikey", id)
 	return nil
 }

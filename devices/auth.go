@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/meridian-iot/meridian/storage"
 )
@@ -27,6 +29,16 @@ func (s *Service) AuthenticateDevice(ctx context.Context, token string) (string,
 		return "", unauthorized("device token too long")
 	}
 	hash := hashSecret(token)
+	now := s.now()
+	if dev, ok := s.tokens.get(hash, now); ok {
+		if dev.tokenExpires != nil && !now.Before(*dev.tokenExpires) {
+			return "", unauthorized("device token expired")
+		}
+		return dev.device, nil
+	}
+	// Read before the lookup: a revocation that lands while the store is
+	// being asked must keep this answer out of the cache (see credCache).
+	gen := s.tokens.generation()
 	rec, err := s.repo.LookupDeviceToken(ctx, hash)
 	if errors.Is(err, storage.ErrNotFound) {
 		return "", unauthorized("unknown device token")
@@ -50,8 +62,25 @@ func (s *Service) AuthenticateDevice(ctx context.Context, token string) (string,
 	if !d.Enabled {
 		return "", unauthorized("device disabled")
 	}
+	s.tokens.put(hash, d.ID, cachedDevice{device: d.ID, tokenExpires: rec.ExpiresAt}, gen, s.now())
 	return d.ID, nil
 }
+
+// cachedDevice is what a cached device token resolves to. The token's own
+// expiry is kept and checked on every hit, so a rotation grace ends on time
+// whatever the cache holds.
+type cachedDevice struct {
+	device       string
+	tokenExpires *time.Time
+}
+
+// ForgetDevice drops every cached credential of device so that its next
+// authentication asks the store. The service calls it itself whenever it
+// disables, deletes, rotates, revokes or reprovisions (through kick); the
+// wiring calls it when another node's kick for the device arrives, so a
+// revocation made elsewhere holds here at once too, not only after the
+// cache's TTL.
+func (s *Service) ForgetDevice(device string) { s.tokens.forget(device) }
 
 // Roles of API keys. An admin key satisfies both; a viewer key only viewer.
 const (
@@ -80,6 +109,11 @@ func (s *Service) AuthenticateOperator(ctx context.Context, key string) (storage
 		return storage.APIKey{}, unauthorized("API key too long")
 	}
 	hash := hashSecret(key)
+	now := s.now()
+	if k, ok := s.keys.get(hash, now); ok {
+		return checkAPIKey(k, now)
+	}
+	gen := s.keys.generation()
 	k, err := s.repo.LookupAPIKey(ctx, hash)
 	if errors.Is(err, storage.ErrNotFound) {
 		return storage.APIKey{}, unauthorized("unknown API key")
@@ -90,13 +124,120 @@ func (s *Service) AuthenticateOperator(ctx context.Context, key string) (storage
 	if !sameHash(k.Hash, hash) {
 		return storage.APIKey{}, unauthorized("unknown API key")
 	}
-	if k.RevokedAt != nil && !s.now().Before(*k.RevokedAt) {
+	// Cached whatever the verdict on it: a revoked key's refusal is cheap
+	// to repeat, and an operator endpoint hammered with it must not reach
+	// the store each time.
+	s.keys.put(hash, k.ID, k, gen, now)
+	return checkAPIKey(k, now)
+}
+
+func checkAPIKey(k storage.APIKey, now time.Time) (storage.APIKey, error) {
+	if k.RevokedAt != nil && !now.Before(*k.RevokedAt) {
 		return storage.APIKey{}, unauthorized("API key revoked")
 	}
 	if !validRole(k.Role) {
 		return storage.APIKey{}, unauthorized("API key has unknown role " + k.Role)
 	}
 	return k, nil
+}
+
+// credCache remembers, for at most credCacheTTL, what a credential hash
+// resolved to, so a device posting HTTP batches or a dashboard polling
+// /metrics does not cost a store round trip (two, for a device token) on
+// every request, and operator endpoints keep answering while a reconnect
+// storm has every database connection busy.
+//
+// Revocation stays immediate: every local change that ends a credential
+// forgets its owner's entries (a device's kick, an API key's revocation),
+// and a kick from another node does too (Service.ForgetDevice). The TTL is
+// only the backstop for a change this node is never told about. A lookup
+// that was in flight while an entry was forgotten must not put the stale
+// answer back: put is ignored unless the generation read before the lookup
+// is still current.
+//
+// Only credentials that resolved are cached (unknown hashes are not: anyone
+// can send endless distinct ones). Bounded: when full, expired entries are
+// swept (at most every half TTL) and a credential that finds no room is
+// simply not cached.
+//
+// The zero value is ready to use. Safe for concurrent use.
+type credCache[V any] struct {
+	mu        sync.Mutex
+	gen       uint64
+	m         map[string]credEntry[V]
+	lastSweep time.Time
+}
+
+type credEntry[V any] struct {
+	owner string // device id or API key id
+	v     V
+	until time.Time
+}
+
+const (
+	// credCacheTTL bounds how long a cached answer is trusted when no
+	// invalidation reaches this node (a store changed by another tool).
+	// One second keeps "revoked means out within a second" even then.
+	credCacheTTL = time.Second
+	// credCacheMax bounds entries: 20,000 devices or keys authenticating
+	// within one TTL, ~150 bytes each, ~3 MB.
+	credCacheMax = 20_000
+)
+
+func (c *credCache[V]) get(hash []byte, now time.Time) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[string(hash)]
+	if !ok || !now.Before(e.until) {
+		var zero V
+		return zero, false
+	}
+	return e.v, true
+}
+
+func (c *credCache[V]) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+func (c *credCache[V]) put(hash []byte, owner string, v V, gen uint64, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return // something was forgotten meanwhile; this answer may be stale
+	}
+	if c.m == nil {
+		c.m = make(map[string]credEntry[V])
+	}
+	if len(c.m) >= credCacheMax {
+		if now.Sub(c.lastSweep) < credCacheTTL/2 {
+			return
+		}
+		c.lastSweep = now
+		for k, e := range c.m {
+			if !now.Before(e.until) {
+				delete(c.m, k)
+			}
+		}
+		if len(c.m) >= credCacheMax {
+			return
+		}
+	}
+	c.m[string(hash)] = credEntry[V]{owner: owner, v: v, until: now.Add(credCacheTTL)}
+}
+
+// forget drops the entries of owner ("" drops everything) and invalidates
+// lookups in flight.
+func (c *credCache[V]) forget(owner string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	for k, e := range c.m {
+		if owner == "" || e.owner == owner {
+			delete(c.m, k)
+		}
+	}
 }
 
 type ctxKey struct{}

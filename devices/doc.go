@@ -18,13 +18,23 @@
 // ingest can recognise them with errors.As against its own one-method
 // interface without importing this package.
 //
+// Successful credential lookups are cached for at most a second (credCache);
+// every change that ends a credential on this node forgets it first, and
+// ForgetDevice lets the wiring do the same when another node's kick arrives.
+//
+// SessionLog records device sessions (device_sessions, last_seen) for ingest
+// through a bounded queue that one goroutine writes a group per transaction.
+//
 // Concurrency: a *Service is safe for concurrent use by any number of
-// goroutines. The rate-limiter maps are guarded by their own mutexes and
-// bounded in size; kick callbacks are called synchronously, outside any lock,
-// after the store change they announce has been made, so they must not block
-// (ingest only signals the session to close). A kick reaches the session on
-// whichever node holds it: cmd wires the callback to this node's ingest and
-// to the MQTT bridge, which forwards it to the other nodes (<prefix>/_kick,
-// docs/scaling.md). A node that misses the message still refuses the device
-// at its next authentication.
+// goroutines. The rate-limiter maps and the credential caches are guarded by
+// their own mutexes and bounded in size; kick callbacks are called
+// synchronously, outside any lock, after the store change they announce has
+// been made, so they must not block (ingest only signals the session to
+// close). A kick reaches the session on whichever node holds it: cmd wires
+// the callback to this node's ingest and to the MQTT bridge, which forwards
+// it to the other nodes (<prefix>/_kick, docs/scaling.md); a node that
+// misses the message learns of a revoked or disabled device at its next
+// authentication after its cache entry expires (at most a second). A
+// *SessionLog's Opened and Closed are safe from any goroutine; Run is its
+// only writer and Close drains it.
 package devices

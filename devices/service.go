@@ -73,6 +73,11 @@ type Service struct {
 	// raced on this node.
 	keyMu sync.Mutex
 
+	// tokens and keys cache credential lookups for up to a second; see
+	// credCache for how revocation stays immediate.
+	tokens credCache[cachedDevice]
+	keys   credCache[storage.APIKey]
+
 	connect   *limiterSet
 	readings  *limiterSet
 	provision *limiterSet
@@ -143,6 +148,7 @@ func (s *Service) kick(device, reason string) {
 	s.kickMu.RLock()
 	fs := slices.Clone(s.kicks)
 	s.kickMu.RUnlock()
+	s.ForgetDevice(device)
 	s.log.Info("kicking device session", "device", device, "reason", reason)
 	for _, f := range fs {
 		f(device, reason)
@@ -340,6 +346,7 @@ func (s *Service) RotateToken(ctx context.Context, id string) (string, error) {
 	if err := s.repo.ExpireDeviceTokens(ctx, id, hash, now.Add(s.cfg.TokenGrace)); err != nil {
 		return "", fmt.Errorf("rotate token of %q: expire old tokens: %w", id, err)
 	}
+	s.ForgetDevice(id) // cached entries do not know the old tokens' new expiry
 	s.log.Info("device token rotated", "device", id, "grace", s.cfg.TokenGrace)
 	if s.cfg.TokenGrace == 0 {
 		s.kick(id, KickRotated)

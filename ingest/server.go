@@ -87,8 +87,8 @@ type Server struct {
 	sessions map[string]*session // by device id; one live session per device
 	draining atomic.Bool
 
-	conns      atomic.Int64  // live WebSocket sessions (MaxConnections)
-	handshakes chan struct{} // semaphore of handshakes in progress (MaxHandshakes)
+	conns atomic.Int64 // live WebSocket sessions (MaxConnections)
+	adm   *admission   // handshakes in progress (MaxHandshakes), waits and Retry-After
 
 	// The connection core's engine (timer wheel, poller) starts with the
 	// first WebSocket session and stops at the end of Shutdown.
@@ -132,17 +132,17 @@ func New(cfg Config, store Store, auth Authenticator, opts Options) (*Server, er
 		opts.Now = time.Now
 	}
 	s := &Server{
-		cfg:        cfg,
-		store:      store,
-		auth:       auth,
-		opts:       opts,
-		log:        opts.Logger,
-		m:          newMetrics(opts.Registerer),
-		now:        opts.Now,
-		sessions:   make(map[string]*session),
-		stopped:    make(chan struct{}),
-		handshakes: make(chan struct{}, cfg.MaxHandshakes),
-		httpBody:   make(map[*http.ResponseController]struct{}),
+		cfg:      cfg,
+		store:    store,
+		auth:     auth,
+		opts:     opts,
+		log:      opts.Logger,
+		m:        newMetrics(opts.Registerer),
+		now:      opts.Now,
+		sessions: make(map[string]*session),
+		stopped:  make(chan struct{}),
+		adm:      newAdmission(cfg.MaxHandshakes),
+		httpBody: make(map[*http.ResponseController]struct{}),
 		wsCfg: wsconn.Config{
 			MaxMessage:   int64(cfg.MaxFrame),
 			Idle:         2 * cfg.Heartbeat, // "no frame or pong for two heartbeat intervals"

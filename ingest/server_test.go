@@ -620,13 +620,15 @@ func TestGlobalCaps(t *testing.T) {
 		t.Fatalf("existing session: %+v", a)
 	}
 	// Handshake slots: hold the only one, then try another.
+	// Held for longer than a handshake may wait in line (admission.go):
+	// refused with 503 and a Retry-After.
 	hs := startServer(t, func(c *Config) { c.MaxHandshakes = 1 })
-	hs.srv.handshakes <- struct{}{}
+	hs.srv.adm.slots <- struct{}{}
 	_, err = hs.tryDial("tok-h1")
 	if !errors.As(err, &se) || int(se) != http.StatusServiceUnavailable {
 		t.Fatalf("handshake cap: %v, want 503", err)
 	}
-	<-hs.srv.handshakes
+	<-hs.srv.adm.slots
 	hs.dial("tok-h1")
 }
 

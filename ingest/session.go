@@ -79,11 +79,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server at its connection limit (ingest.max_connections), retry later", http.StatusServiceUnavailable)
 		return
 	}
-	select {
-	case s.handshakes <- struct{}{}:
-	default:
+	// A handshake slot, or a short wait for one, or a Retry-After that
+	// spreads the storm (admission.go).
+	release, retry, ok := s.adm.tryAcquire(r.Context())
+	if !ok {
 		s.m.handshakes.WithLabelValues("capacity").Inc()
-		w.Header().Set("Retry-After", "5")
+		w.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
 		http.Error(w, "too many handshakes in progress (ingest.max_handshakes), retry later", http.StatusServiceUnavailable)
 		return
 	}
@@ -91,7 +92,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	endHandshake := func() {
 		if handshaking {
 			handshaking = false
-			<-s.handshakes
+			release()
 		}
 	}
 	defer endHandshake()
@@ -179,12 +180,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// this handler returns now and net/http drops its per-connection state.
 	// The handshake slot passes to that goroutine.
 	handshaking = false
-	go s.startSession(sess, old)
+	go s.startSession(sess, old, release)
 }
 
 // startSession sends hello and starts the core's reader; it returns as
 // soon as the session runs, so an idle session holds no goroutine.
-func (s *Server) startSession(sess *session, old *session) {
+func (s *Server) startSession(sess *session, old *session, release func()) {
 	device, sessID := sess.device, sess.id
 	s.recordOpen(sess)
 
@@ -198,7 +199,7 @@ func (s *Server) startSession(sess *session, old *session) {
 	hctx, cancel := context.WithTimeout(s.closingAll, s.cfg.HandshakeTimeout)
 	hello, err := s.helloAfterIdle(hctx, old, device, sessID)
 	cancel()
-	<-s.handshakes // this handshake is over
+	release() // this handshake is over
 	if err != nil {
 		s.log.Warn("device hello", "device", device, "session", sessID, "err", err)
 		sess.close(wsconn.Error{Code: wire.CloseTryAgainLater, Kind: "unavailable", Reason: "storage unavailable, retry later"})

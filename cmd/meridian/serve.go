@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -84,13 +85,14 @@ type server struct {
 	log *slog.Logger
 	out io.Writer // where a newly generated admin key is printed, once
 
-	st   *store
-	reg  *prometheus.Registry
-	devs *devices.Service
-	fan  *fanout
-	ing  *ingest.Server
-	br   *bridge.Bridge       // nil when mqtt is disabled
-	dash *dashboard.Dashboard // nil when the dashboard is disabled
+	st       *store
+	reg      *prometheus.Registry
+	devs     *devices.Service
+	sessions *devices.SessionLog // device_sessions and last_seen, group-committed
+	fan      *fanout
+	ing      *ingest.Server
+	br       *bridge.Bridge       // nil when mqtt is disabled
+	dash     *dashboard.Dashboard // nil when the dashboard is disabled
 
 	http     *http.Server
 	certs    *front.CertReloader // nil without TLS
@@ -119,10 +121,11 @@ func newServer(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer)
 		}
 	}()
 	s.devs = devices.NewService(s.st, cfg.Devices, log.With("component", "devices"))
+	s.sessions = devices.NewSessionLog(s.st, devices.SessionLogOptions{Logger: log.With("component", "sessions"), Registerer: s.reg})
 	if s.ing, err = ingest.New(cfg.Ingest, s.st, s.devs, ingest.Options{
 		Logger:     log.With("component", "ingest"),
 		Registerer: s.reg,
-		Sessions:   sessionLog{s.st},
+		Sessions:   sessionLog{s.sessions},
 		Limits:     s.devs,
 		Committed:  s.fan.committed,
 		Results:    s.fan.result,
@@ -157,7 +160,7 @@ func (s *server) buildBridge() error {
 	if mcfg.Node == "" {
 		mcfg.Node = s.cfg.Ingest.Node
 	}
-	br, err := bridge.New(mcfg, s.ing, bridge.Options{
+	br, err := bridge.New(mcfg, nodeDevices{s.ing, s.devs}, bridge.Options{
 		Logger:       s.log,
 		Registerer:   s.reg,
 		Authenticate: s.mqttAccess,
@@ -306,6 +309,8 @@ func (s *server) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.ing.Run(ingCtx) })
+	// Ends through Close in the stop order, after ingest.
+	g.Go(func() error { return s.sessions.Run(ingCtx) })
 	if s.br != nil {
 		g.Go(func() error { return s.br.Run(partsCtx) })
 	}
@@ -350,7 +355,9 @@ func (s *server) Run(ctx context.Context) error {
 //  3. Close sessions: devices get 1001 and reconnect, elsewhere if they can.
 //  4. Stop the bridge and the dashboard: the last committed batches and the
 //     offline presence are published first; live feeds close, which ends the
-//     HTTP server's wait for its streaming requests.
+//     HTTP server's wait for its streaming requests. Write the queued
+//     session records (the closes ingest just queued), with a few seconds
+//     of their own even when ingest used the whole grace.
 //  5. Close the store: serve does it once Run has returned.
 func (s *server) shutdown(ctx context.Context, stopParts context.CancelFunc) error {
 	s.log.Info("shutting down", "grace", s.cfg.Ingest.ShutdownGrace)
@@ -364,12 +371,22 @@ func (s *server) shutdown(ctx context.Context, stopParts context.CancelFunc) err
 		ierr = fmt.Errorf("drain ingest: %w", ierr)
 	}
 	stopParts() // 4
+	lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), sessionDrainGrace)
+	defer lcancel()
+	lerr := s.sessions.Close(lctx)
+	if lerr != nil {
+		lerr = fmt.Errorf("drain session log: %w", lerr)
+	}
 	herr := <-httpDone
 	if herr != nil {
 		herr = fmt.Errorf("stop http server: %w", herr)
 	}
-	return errors.Join(herr, ierr)
+	return errors.Join(herr, ierr, lerr)
 }
+
+// sessionDrainGrace bounds writing the queued session records at shutdown:
+// a few group commits, tens of milliseconds when the store is healthy.
+const sessionDrainGrace = 5 * time.Second
 
 // announceKey prints a newly generated admin key once, on stdout (never to
 // the log).
@@ -434,26 +451,33 @@ func (k keysReady) Ready(ctx context.Context) error {
 	return k.ing.Ready(ctx)
 }
 
-// sessionLog records device sessions in the store (device_sessions history
-// and last_seen) for ingest.
-type sessionLog struct{ st backend }
+// sessionLog hands ingest's session events to the devices session log
+// (device_sessions history and last_seen, group-committed; see
+// devices.SessionLog). It only translates ingest's type into storage's.
+type sessionLog struct{ l *devices.SessionLog }
 
 var _ ingest.SessionRecorder = sessionLog{}
 
-func (l sessionLog) SessionOpened(ctx context.Context, s ingest.SessionInfo) error {
-	err := l.st.OpenSession(ctx, storage.Session{
-		ID: s.ID, DeviceID: s.Device, Node: s.Node, RemoteAddr: s.RemoteAddr,
-		Transport: s.Transport, StartedAt: s.Started,
-	})
-	if err != nil {
-		return fmt.Errorf("record session open: %w", err)
-	}
-	return nil // OpenSession also advanced last_seen
+func (s sessionLog) SessionOpened(ctx context.Context, i ingest.SessionInfo) error {
+	return s.l.Opened(ctx, storage.Session{ID: i.ID, DeviceID: i.Device, Node: i.Node,
+		RemoteAddr: i.RemoteAddr, Transport: i.Transport, StartedAt: i.Started})
 }
 
-func (l sessionLog) SessionClosed(ctx context.Context, s ingest.SessionInfo) error {
-	if err := l.st.CloseSession(ctx, s.ID, s.Ended, s.CloseReason, s.Readings); err != nil {
-		return fmt.Errorf("record session close: %w", err)
-	}
-	return nil // CloseSession also advanced last_seen
+func (s sessionLog) SessionClosed(ctx context.Context, i ingest.SessionInfo) error {
+	return s.l.Closed(ctx, storage.SessionEnd{ID: i.ID, DeviceID: i.Device, EndedAt: i.Ended,
+		Reason: i.CloseReason, Readings: i.Readings})
+}
+
+// nodeDevices is ingest as the bridge sees it, except that a kick from
+// another node first drops this node's cached credentials of the device:
+// the device's next reconnect here must meet the revocation, not a cached
+// answer from before it.
+type nodeDevices struct {
+	*ingest.Server
+	devs *devices.Service
+}
+
+func (n nodeDevices) Kick(device, reason string) {
+	n.devs.ForgetDevice(device)
+	n.Server.Kick(device, reason)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/meridian-iot/meridian/devices"
 	"github.com/meridian-iot/meridian/ingest"
@@ -30,11 +29,8 @@ type backend interface {
 	Close() error
 }
 
-// sessionStore records device sessions (sessionLog).
-type sessionStore interface {
-	OpenSession(ctx context.Context, s storage.Session) error
-	CloseSession(ctx context.Context, id string, ended time.Time, reason string, readings int64) error
-}
+// sessionStore records device sessions (devices.SessionLog).
+type sessionStore = devices.SessionWriter
 
 // The wiring promises: each backend fits every consumer.
 var (

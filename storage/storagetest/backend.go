@@ -67,4 +67,8 @@ type Backend interface {
 	OpenSession(ctx context.Context, s storage.Session) error
 	CloseSession(ctx context.Context, id string, ended time.Time, reason string, readings int64) error
 	ListSessions(ctx context.Context, device string, limit int) ([]storage.Session, error)
+	// RecordSessions writes a group of session opens and closes in one
+	// transaction (the device session log's group commit); see
+	// storage.SessionGroup for what is skipped and how last_seen moves.
+	RecordSessions(ctx context.Context, g storage.SessionGroup) error
 }

@@ -44,6 +44,7 @@ func Run(t *testing.T, newStore func(t *testing.T, ret storage.Retention) Backen
 		{"Tokens", testTokens},
 		{"APIKeys", testAPIKeys},
 		{"Sessions", testSessions},
+		{"SessionGroups", testSessionGroups},
 		{"DocsSQL", testDocsSQL},
 		{"TimescaleCompressedLateInsert", testTimescaleCompressed},
 	}

@@ -1,0 +1,429 @@
+package sim_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	sim "github.com/meridian-iot/meridian/firmware-sim"
+	"github.com/meridian-iot/meridian/storage/storagetest"
+)
+
+// BenchmarkReconnectStorm measures how fast a whole fleet is back after its
+// server dies (issue 13): N devices connected to `meridian serve` (its own
+// process), the server SIGKILLed and restarted at once on the same address,
+// every device reconnecting immediately and honouring Retry-After on 503, as
+// firmware does. Reported: seconds from SIGKILL and from the restarted
+// server's first accept until every device has its hello again, handshakes/s
+// over that time, 503s answered, the slowest /metrics scrape during the
+// storm, and session-open records lost (handshakes the restarted server
+// completed minus device_sessions rows it added). b.N is ignored.
+//
+//	MERIDIAN_BENCH_STORM=1 go test -run '^$' -bench ReconnectStorm -benchtime 1x -timeout 30m ./firmware-sim/
+//
+// Env: MERIDIAN_BENCH_STORM_N (devices, default 5000, at most 19000: both
+// processes need N+100 open files), MERIDIAN_BENCH_STORM_RUNS (default 3),
+// MERIDIAN_BENCH_STORM_BACKENDS (default "sqlite,postgres"),
+// MERIDIAN_BENCH_BIN (a prebuilt meridian binary, e.g. an older commit's, to
+// compare; otherwise one is built from this tree).
+func BenchmarkReconnectStorm(b *testing.B) {
+	if os.Getenv("MERIDIAN_BENCH_STORM") != "1" {
+		b.Skip("set MERIDIAN_BENCH_STORM=1 to run (up to 19,000 sockets per side; minutes)")
+	}
+	n, err := strconv.Atoi(envOr("MERIDIAN_BENCH_STORM_N", "5000"))
+	if err != nil || n < 1 || n > 19_000 {
+		b.Fatalf("MERIDIAN_BENCH_STORM_N: want 1..19000")
+	}
+	runs, err := strconv.Atoi(envOr("MERIDIAN_BENCH_STORM_RUNS", "3"))
+	if err != nil || runs < 1 {
+		b.Fatalf("MERIDIAN_BENCH_STORM_RUNS: want a positive integer")
+	}
+	limit, err := sim.RaiseFileLimit()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if limit < uint64(n)+100 {
+		b.Fatalf("open-file limit %d is too low for %d devices", limit, n)
+	}
+	bin := os.Getenv("MERIDIAN_BENCH_BIN")
+	if bin == "" {
+		bin = filepath.Join(b.TempDir(), "meridian")
+		if out, err := exec.Command("go", "build", "-o", bin, "../cmd/meridian").CombinedOutput(); err != nil {
+			b.Fatalf("build meridian: %v\n%s", err, out)
+		}
+	}
+	for _, backend := range strings.Split(envOr("MERIDIAN_BENCH_STORM_BACKENDS", "sqlite,postgres"), ",") {
+		b.Run(fmt.Sprintf("%s/devices=%d", backend, n), func(b *testing.B) {
+			var fromKill, fromAccept, hps, refused, slowMetrics, lost []float64
+			for r := range runs {
+				res := runStorm(b, bin, backend, n)
+				b.Logf("run %d: %d devices re-helloed %.2f s after SIGKILL (%.2f s after the first accept) = %.0f handshakes/s; %d answered 503; slowest /metrics %.0f ms; %d of %d session opens not recorded",
+					r+1, n, res.fromKill.Seconds(), res.fromAccept.Seconds(), float64(n)/res.fromAccept.Seconds(),
+					res.refused, float64(res.slowMetrics.Milliseconds()), res.lost, res.opened)
+				fromKill = append(fromKill, res.fromKill.Seconds())
+				fromAccept = append(fromAccept, res.fromAccept.Seconds())
+				hps = append(hps, float64(n)/res.fromAccept.Seconds())
+				refused = append(refused, float64(res.refused))
+				slowMetrics = append(slowMetrics, float64(res.slowMetrics.Milliseconds()))
+				lost = append(lost, float64(res.lost))
+			}
+			b.ReportMetric(median(fromKill), "s-from-kill")
+			b.ReportMetric(median(fromAccept), "s-from-accept")
+			b.ReportMetric(median(hps), "handshakes/s")
+			b.ReportMetric(median(refused), "503s")
+			b.ReportMetric(median(slowMetrics), "max-metrics-ms")
+			b.ReportMetric(median(lost), "lost-opens")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+type stormResult struct {
+	fromKill, fromAccept time.Duration
+	refused              int64
+	slowMetrics          time.Duration
+	opened, lost         int64
+}
+
+// stormServer is one `meridian serve` process on a fixed address.
+type stormServer struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startStormServer(tb testing.TB, bin, addr, dataDir, adminKey string, extraEnv []string) *stormServer {
+	tb.Helper()
+	logf, err := os.OpenFile(filepath.Join(dataDir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve")
+	cmd.Env = append(append(os.Environ(),
+		"MERIDIAN_SERVER_DATA_DIR="+dataDir,
+		"MERIDIAN_SERVER_LISTEN="+addr,
+		"MERIDIAN_MQTT_EMBEDDED_ENABLED=false",
+		"MERIDIAN_DASHBOARD_ENABLED=false",
+		"MERIDIAN_DEVICES_ADMIN_KEY="+adminKey,
+		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
+		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",
+	), extraEnv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	s := &stormServer{cmd: cmd, done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait(); logf.Close() }()
+	return s
+}
+
+func (s *stormServer) kill() {
+	_ = s.cmd.Process.Kill()
+	<-s.done
+}
+
+// waitOK polls path (/healthz: accepting; /readyz: the admin key works too)
+// until it answers 200; it returns when.
+func waitOK(tb testing.TB, base, path string) time.Time {
+	tb.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(base + path)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return time.Now()
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	tb.Fatalf("server did not answer %s within 60 s", path)
+	return time.Time{}
+}
+
+func runStorm(b *testing.B, bin, backend string, n int) stormResult {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	base := "http://" + addr
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	adminKey := "mak_" + hex.EncodeToString(key)
+	dataDir := b.TempDir()
+	var extra []string
+	switch backend {
+	case "sqlite":
+	case "postgres":
+		extra = append(extra, "MERIDIAN_STORAGE_URL="+storagetest.NewPostgresDB(b))
+	default:
+		b.Fatalf("unknown backend %q (sqlite, postgres)", backend)
+	}
+
+	srv := startStormServer(b, bin, addr, dataDir, adminKey, extra)
+	defer func() { srv.kill() }()
+	waitOK(b, base, "/readyz")
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("storm-%05d", i)
+	}
+	tokens, err := sim.Provisioner{BaseURL: base, AdminKey: adminKey, Concurrency: 8}.Provision(context.Background(), ids)
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	fleet := newStormFleet("ws"+strings.TrimPrefix(base, "http")+"/v1/device", n)
+	ctx, stop := context.WithCancel(context.Background())
+	defer func() { stop(); fleet.wg.Wait() }()
+	for i, id := range ids {
+		fleet.wg.Add(1)
+		go fleet.device(ctx, i, tokens[id])
+	}
+	if !fleet.waitEpoch(1, 5*time.Minute) {
+		b.Fatalf("initial connect: only %d of %d devices got hello", fleet.count(1), n)
+	}
+	// Let the session log catch up, then count rows before the kill.
+	time.Sleep(2 * time.Second)
+	rowsBefore := countSessions(b, base, adminKey)
+
+	fleet.refused.Store(0)
+	killed := time.Now()
+	srv.kill()
+	srv = startStormServer(b, bin, addr, dataDir, adminKey, extra)
+	accepting := waitOK(b, base, "/healthz")
+	// Scrape /metrics through the storm, as Prometheus would.
+	var slowest atomic.Int64
+	scrapeCtx, stopScrape := context.WithCancel(ctx)
+	scraped := make(chan struct{})
+	go func() {
+		defer close(scraped)
+		for scrapeCtx.Err() == nil {
+			t0 := time.Now()
+			if _, err := scrapeMetrics(scrapeCtx, base, adminKey); err == nil {
+				if d := int64(time.Since(t0)); d > slowest.Load() {
+					slowest.Store(d)
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	ok := fleet.waitEpoch(2, 5*time.Minute)
+	done := time.Now()
+	stopScrape()
+	<-scraped
+	if !ok {
+		b.Fatalf("after restart only %d of %d devices got hello within 5 min", fleet.count(2), n)
+	}
+	first := fleet.firstHello(2)
+	if first.Before(accepting) {
+		accepting = first // the first hello can beat our /healthz poll
+	}
+	time.Sleep(2 * time.Second) // the session log flushes
+	m, err := scrapeMetrics(context.Background(), base, adminKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opened := int64(m[`meridian_device_handshakes_total{result="ok"}`])
+	added := countSessions(b, base, adminKey) - rowsBefore
+	return stormResult{
+		fromKill: done.Sub(killed), fromAccept: done.Sub(accepting),
+		refused: fleet.refused.Load(), slowMetrics: time.Duration(slowest.Load()),
+		opened: opened, lost: opened - added,
+	}
+}
+
+// stormFleet runs one goroutine per device: connect (on 503 wait for
+// Retry-After, on other failures a short jittered pause), read hello, note
+// the epoch, read until the connection drops, reconnect at once.
+type stormFleet struct {
+	url     string
+	wg      sync.WaitGroup
+	refused atomic.Int64
+	mu      sync.Mutex
+	n       int
+	hellos  []map[int]time.Time // epoch-1 → device → when its hello came
+	cond    *sync.Cond
+}
+
+func newStormFleet(url string, n int) *stormFleet {
+	f := &stormFleet{url: url, n: n, hellos: []map[int]time.Time{{}, {}, {}}}
+	f.cond = sync.NewCond(&f.mu)
+	return f
+}
+
+func (f *stormFleet) device(ctx context.Context, i int, token string) {
+	defer f.wg.Done()
+	epoch := 0
+	for ctx.Err() == nil {
+		conn, rd, retryAfter, err := dialStorm(ctx, f.url, token)
+		if err != nil {
+			pause := time.Duration(20+mrand.IntN(80)) * time.Millisecond
+			if retryAfter > 0 {
+				f.refused.Add(1)
+				pause = retryAfter
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+			continue
+		}
+		if epoch < len(f.hellos) {
+			f.mu.Lock()
+			f.hellos[epoch][i] = time.Now()
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		}
+		epoch++
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		rw := struct {
+			io.Reader
+			io.Writer
+		}{rd, conn}
+		for {
+			if _, _, err := wsutil.ReadServerData(rw); err != nil {
+				break
+			}
+		}
+		stop()
+		conn.Close()
+	}
+}
+
+// waitEpoch waits until every device has had its epoch-th hello.
+func (f *stormFleet) waitEpoch(epoch int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	t := time.AfterFunc(timeout, func() { f.mu.Lock(); f.cond.Broadcast(); f.mu.Unlock() })
+	defer t.Stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for len(f.hellos[epoch-1]) < f.n && time.Now().Before(deadline) {
+		f.cond.Wait()
+	}
+	return len(f.hellos[epoch-1]) >= f.n
+}
+
+func (f *stormFleet) count(epoch int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.hellos[epoch-1])
+}
+
+func (f *stormFleet) firstHello(epoch int) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.MinFunc(slices.Collect(maps.Values(f.hellos[epoch-1])), time.Time.Compare)
+}
+
+// dialStorm connects one device and reads its hello. A 503 returns the
+// server's Retry-After (at least 1 s when the header is missing).
+func dialStorm(ctx context.Context, url, token string) (net.Conn, io.Reader, time.Duration, error) {
+	var retryAfter time.Duration
+	d := ws.Dialer{
+		Protocols: []string{sim.Subprotocol},
+		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
+		Timeout:   15 * time.Second,
+		OnStatusError: func(status int, _ []byte, resp io.Reader) {
+			if status != http.StatusServiceUnavailable {
+				return
+			}
+			retryAfter = time.Second
+			if r, err := http.ReadResponse(bufio.NewReader(resp), nil); err == nil {
+				if s, err := strconv.Atoi(r.Header.Get("Retry-After")); err == nil && s > 0 {
+					retryAfter = time.Duration(s) * time.Second
+				}
+			}
+		},
+	}
+	conn, br, _, err := d.Dial(ctx, url)
+	if err != nil {
+		return nil, nil, retryAfter, err
+	}
+	var rd io.Reader = conn
+	if br != nil {
+		rd = io.MultiReader(br, conn)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, _, err := wsutil.ReadServerData(struct {
+		io.Reader
+		io.Writer
+	}{rd, conn}); err != nil {
+		conn.Close()
+		return nil, nil, 0, fmt.Errorf("read hello: %w", err)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return conn, rd, 0, nil
+}
+
+// scrapeMetrics reads /metrics into name{labels} → value.
+func scrapeMetrics(ctx context.Context, base, key string) (map[string]float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics: status %d", resp.StatusCode)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				out[line[:i]] = v
+			}
+		}
+	}
+	return out, sc.Err()
+}
+
+// countSessions counts device_sessions rows through /v1/query.
+func countSessions(tb testing.TB, base, key string) int64 {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/query?format=csv&sql="+url.QueryEscape("SELECT count(*) AS n FROM device_sessions"), nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	lines := strings.Fields(strings.TrimSpace(string(body)))
+	if resp.StatusCode != http.StatusOK || len(lines) < 2 {
+		tb.Fatalf("count sessions: %d %s", resp.StatusCode, body)
+	}
+	v, err := strconv.ParseFloat(lines[len(lines)-1], 64)
+	if err != nil || math.IsNaN(v) {
+		tb.Fatalf("count sessions: %q", body)
+	}
+	return int64(v)
+}

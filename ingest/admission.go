@@ -1,0 +1,207 @@
+package ingest
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// admission shapes a reconnect storm instead of suffering it. When a node
+// restarts, its whole fleet reconnects within a second or two; handshakes
+// cost database work, so only MaxHandshakes run at once. Two things decide
+// how fast the fleet is back:
+//
+//   - A handshake that finds every slot busy waits, in arrival order, for
+//     the next slot to free instead of being refused at once: slots are
+//     handed on as fast as handshakes complete. The wait is bounded by time
+//     (maxWait, well inside the client's handshake timeout) and by count
+//     (maxQueue), and a handshake joins only if the slots, at the rate they
+//     are completing, would reach it within maxWait.
+//   - A handshake that cannot wait is refused with a Retry-After drawn with
+//     full jitter from [1 s, horizon], where the horizon is how long the
+//     node needs, at its measured handshake rate, to serve every device
+//     already told to come back plus this one; no second is promised to
+//     more devices than the node admits in a second. Refused devices so
+//     return spread evenly at about the rate the node can admit them,
+//     instead of all together after a fixed delay (a fixed "Retry-After: 5"
+//     turned one storm into a wave every five seconds).
+//
+// Overload policy: never more than cap(slots) handshakes run and maxQueue
+// wait; everything beyond is refused at once (no work done for it) with a
+// Retry-After; nothing queues without bound.
+//
+// Concurrency: tryAcquire and the release functions it returns are safe for
+// concurrent use.
+type admission struct {
+	slots    chan struct{}
+	maxWait  time.Duration
+	maxQueue int64
+	now      func() time.Time
+	jitter   func(n int64) int64 // uniform in [0, n); tests fix it
+
+	waiting atomic.Int64
+
+	mu sync.Mutex
+	// took is the moving average of how long a handshake holds its slot;
+	// cap(slots)/took is the rate the node admits handshakes at when
+	// saturated (which is when it matters), known from the first
+	// completions of a storm on, unlike a rate counted over seconds.
+	took      time.Duration
+	returning secondCounts // refused handshakes, by the second told to return
+}
+
+const (
+	// admissionMaxWait bounds how long a handshake waits for a slot: far
+	// enough under the 10 s default ingest.handshake_timeout (and typical
+	// client connect timeouts) that a waiter still completes, long enough
+	// to absorb the first second of a storm.
+	admissionMaxWait = 2 * time.Second
+	// admissionQueuePerSlot sizes the wait queue: 64 waiters per slot (2,048
+	// with 32 slots) is ~0.5-1 s of handshakes at 2,000-4,000/s; a waiter
+	// is a parked goroutine and an open socket the node holds anyway.
+	admissionQueuePerSlot = 64
+	// assumedHandshake is the handshake time assumed before one has been
+	// measured: 20 ms (several store round trips under load).
+	assumedHandshake = 20 * time.Millisecond
+	// retryAfterMax caps the Retry-After given; past a minute a device's
+	// own backoff is the better judge.
+	retryAfterMax = 60 * time.Second
+	// tookWeight is the weight of one handshake in the moving average of
+	// handshake time: ~1/64 follows a storm's changing cost within a few
+	// hundred handshakes without jumping on one slow one.
+	tookWeight = 1.0 / 64
+)
+
+// newAdmission admits up to slots handshakes at once (ingest.max_handshakes).
+func newAdmission(slots int) *admission {
+	return &admission{
+		slots:    make(chan struct{}, slots),
+		maxWait:  admissionMaxWait,
+		maxQueue: int64(slots) * admissionQueuePerSlot,
+		took:     assumedHandshake,
+		now:      time.Now,
+		jitter:   rand.Int64N,
+	}
+}
+
+// tryAcquire takes a handshake slot, waiting in line for one when that is
+// likely to succeed within maxWait. With ok it returns release, to be called
+// exactly once when the handshake is over (later calls do nothing). Without
+// ok the caller answers 503 with Retry-After: retryAfter (whole seconds, at
+// least 1). A ctx that ends while waiting (the client left) refuses too.
+func (a *admission) tryAcquire(ctx context.Context) (release func(), retryAfter time.Duration, ok bool) {
+	select {
+	case a.slots <- struct{}{}:
+		return a.releaser(), 0, true
+	default:
+	}
+	if !a.mayWait() {
+		return nil, a.refuse(), false
+	}
+	defer a.waiting.Add(-1)
+	t := time.NewTimer(a.maxWait)
+	defer t.Stop()
+	select {
+	case a.slots <- struct{}{}:
+		return a.releaser(), 0, true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil, a.refuse(), false
+}
+
+// mayWait joins the wait queue (incrementing waiting) if it has room and
+// the slots, completing at the measured rate, would reach this handshake
+// within maxWait.
+func (a *admission) mayWait() bool {
+	n := a.waiting.Add(1)
+	if n > a.maxQueue || float64(n)/a.rate() > a.maxWait.Seconds() {
+		a.waiting.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (a *admission) releaser() func() {
+	start := a.now()
+	var done atomic.Bool
+	return func() {
+		if done.Swap(true) {
+			return
+		}
+		d := a.now().Sub(start)
+		a.mu.Lock()
+		a.took += time.Duration(float64(d-a.took) * tookWeight)
+		a.mu.Unlock()
+		<-a.slots
+	}
+}
+
+// rate is the handshakes per second the node completes with every slot
+// busy.
+func (a *admission) rate() float64 {
+	a.mu.Lock()
+	took := max(a.took, time.Microsecond)
+	a.mu.Unlock()
+	return float64(cap(a.slots)) / took.Seconds()
+}
+
+// refuse picks the Retry-After of a refused handshake and books its return.
+func (a *admission) refuse() time.Duration {
+	r := a.rate()
+	sec := a.now().Unix()
+	maxSec := int64(retryAfterMax / time.Second)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// Devices already told to come back, plus those waiting, plus this one:
+	// at rate r they need this many seconds.
+	backlog := a.returning.sum(sec+1, sec+maxSec) + a.waiting.Load() + 1
+	horizon := min(max(int64(math.Ceil(float64(backlog)/r)), 1), maxSec)
+	// Full jitter over [1, horizon]; a second already promised to as many
+	// devices as the node admits in a second passes the device on to the
+	// next one with room. Plain full jitter over a horizon that grows with
+	// the backlog would crowd the first seconds (each early refusal draws
+	// from a short horizon): ~6,000 returns in the first second for a
+	// 2,000/s node refusing 19,000, a smaller wave instead of none.
+	perSec := int64(math.Ceil(r))
+	pick := a.jitter(horizon)
+	after := 1 + pick
+	for i := range horizon {
+		s := 1 + (pick+i)%horizon
+		if a.returning.sum(sec+s, sec+s) < perSec {
+			after = s
+			break
+		}
+	}
+	a.returning.add(sec+after, 1)
+	return time.Duration(after) * time.Second
+}
+
+// secondCounts counts events by Unix second over a sliding span of
+// len(sec) seconds (past or future); older seconds are overwritten.
+type secondCounts struct {
+	sec [128]int64
+	n   [128]int64
+}
+
+func (c *secondCounts) add(sec, k int64) {
+	i := sec % int64(len(c.sec))
+	if c.sec[i] != sec {
+		c.sec[i], c.n[i] = sec, 0
+	}
+	c.n[i] += k
+}
+
+// sum counts the events of seconds from..to (inclusive).
+func (c *secondCounts) sum(from, to int64) int64 {
+	var total int64
+	for s := from; s <= to; s++ {
+		if i := s % int64(len(c.sec)); c.sec[i] == s {
+			total += c.n[i]
+		}
+	}
+	return total
+}
