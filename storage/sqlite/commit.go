@@ -326,7 +326,7 @@ func floorDiv(a, b int64) int64 {
 // Watermark is the device's highest durable seq; 0 for an unknown device.
 func (s *Store) Watermark(ctx context.Context, device string) (uint64, error) {
 	var acked int64
-	err := s.r.QueryRowContext(ctx, `SELECT acked_seq FROM devices WHERE device = ?`, device).Scan(&acked)
+	err := s.queryRow(ctx, `SELECT acked_seq FROM devices WHERE device = ?`, device).Scan(&acked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}

@@ -230,7 +230,7 @@ func (s *Store) LookupDeviceToken(ctx context.Context, hash []byte) (storage.Dev
 		created string
 		expires sql.NullString
 	)
-	err := s.r.QueryRowContext(ctx, `SELECT hash, device, created_at, expires_at FROM device_tokens WHERE hash = ?`, hash).
+	err := s.queryRow(ctx, `SELECT hash, device, created_at, expires_at FROM device_tokens WHERE hash = ?`, hash).
 		Scan(&t.Hash, &t.DeviceID, &created, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("device token: %w", storage.ErrNotFound)
@@ -283,7 +283,7 @@ func scanAPIKey(sc scanner) (storage.APIKey, error) {
 // LookupAPIKey finds a key by hash (revoked keys too, so the caller can
 // say so); storage.ErrNotFound if absent.
 func (s *Store) LookupAPIKey(ctx context.Context, hash []byte) (storage.APIKey, error) {
-	k, err := scanAPIKey(s.r.QueryRowContext(ctx, `SELECT `+apiKeyCols+` FROM api_keys WHERE hash = ?`, hash))
+	k, err := scanAPIKey(s.queryRow(ctx, `SELECT `+apiKeyCols+` FROM api_keys WHERE hash = ?`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return k, fmt.Errorf("api key: %w", storage.ErrNotFound)
 	}

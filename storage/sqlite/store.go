@@ -38,6 +38,8 @@ type Store struct {
 	// q is the read-only pool ad-hoc SQL runs on, separate from r so slow
 	// queries never make a device handshake wait (see withQuery).
 	q *sql.DB
+	// look holds r's prepared handshake-path lookups (lookups.go).
+	look lookups
 
 	// mu guards the name caches. Ids enter them only after the transaction
 	// that registered them committed. The maps change only while the
@@ -311,7 +313,7 @@ func (s *Store) close() error {
 		errs = append(errs, s.q.Close())
 	}
 	if s.r != nil {
-		errs = append(errs, s.r.Close())
+		errs = append(errs, s.closeLookups(), s.r.Close())
 	}
 	if s.w != nil {
 		errs = append(errs, s.w.Close())
