@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/meridian-iot/meridian/ingest/wire"
 	"io"
 	"maps"
 	"math"
@@ -343,7 +344,7 @@ func (f *stormFleet) firstHello(epoch int) time.Time {
 func dialStorm(ctx context.Context, url, token string) (net.Conn, io.Reader, time.Duration, error) {
 	var retryAfter time.Duration
 	d := ws.Dialer{
-		Protocols: []string{sim.Subprotocol},
+		Protocols: []string{wire.Subprotocol},
 		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
 		Timeout:   15 * time.Second,
 		OnStatusError: func(status int, _ []byte, resp io.Reader) {
