@@ -265,7 +265,7 @@ func mqttTestURL(t *testing.T) string {
 	return u
 }
 
-func randHex(t *testing.T, n int) string {
+func randHex(t testing.TB, n int) string {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -276,7 +276,7 @@ func randHex(t *testing.T, n int) string {
 
 // buildMeridian builds this package's binary into a temp dir: the test
 // runs the real program, not serve() in-process.
-func buildMeridian(t *testing.T) string {
+func buildMeridian(t testing.TB) string {
 	t.Helper()
 	wd, err := os.Getwd()
 	if err != nil {
@@ -309,7 +309,7 @@ var listenLog = regexp.MustCompile(`meridian serving.* listen=(127\.0\.0\.1:\d+)
 // startNode starts the binary with a clean MERIDIAN_* environment plus env,
 // and returns once it listens. The process is killed at cleanup if the test
 // has not stopped it; its log is printed if the test failed.
-func startNode(t *testing.T, bin, name string, env []string) *mnNode {
+func startNode(t testing.TB, bin, name string, env []string) *mnNode {
 	t.Helper()
 	n := &mnNode{name: name, logs: &syncBuffer{}, done: make(chan struct{})}
 	var base []string
@@ -361,7 +361,7 @@ func startNode(t *testing.T, bin, name string, env []string) *mnNode {
 
 // waitReady waits until the node's storage is ready, the configured admin
 // key authenticates and the bridge is connected with its subscriptions.
-func (n *mnNode) waitReady(t *testing.T, hc *http.Client, key string) {
+func (n *mnNode) waitReady(t testing.TB, hc *http.Client, key string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	var last string
@@ -424,7 +424,7 @@ func mnDo(hc *http.Client, method, u, key, body string, hdr http.Header) (int, [
 	return resp.StatusCode, b, err
 }
 
-func mnRequest(t *testing.T, hc *http.Client, method, u, key, body string) (int, []byte) {
+func mnRequest(t testing.TB, hc *http.Client, method, u, key, body string) (int, []byte) {
 	t.Helper()
 	st, b, err := mnDo(hc, method, u, key, body, nil)
 	if err != nil {

@@ -7,4 +7,4 @@ import (
 )
 
 // testPGURL is a fresh database for one test (storagetest.NewPostgresDB).
-func testPGURL(t *testing.T) string { return storagetest.NewPostgresDB(t) }
+func testPGURL(t testing.TB) string { return storagetest.NewPostgresDB(t) }
