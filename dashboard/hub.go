@@ -443,8 +443,8 @@ func (h *Hub) flushDirty(now time.Time) {
 	}
 }
 
-// flush sends c every window whose series is due (its last update is at
-// least one interval old) as one message. A window not yet due stays and
+// flush sends c every window whose series is due (its slot — last update
+// plus one interval — is at most a flush tick away) as one message. A window not yet due stays and
 // keeps coalescing. When c's queue is full the windows stay too, which is
 // the downsampling; full for slowClientGrace drops c.
 func (h *Hub) flush(c *client, now time.Time) {
@@ -457,7 +457,11 @@ func (h *Hub) flush(c *client, now time.Time) {
 	n := 0
 	var due []seriesKey
 	for k, w := range c.windows {
-		if last, ok := c.lastSent[k]; ok && now.Sub(last) < interval {
+		// Due one flush tick early at most: a reading that arrives a little
+		// before its slot (network jitter) goes out now instead of waiting
+		// for the next tick. The slot still advances by a whole interval
+		// per update (below), so the rate stays at the cap.
+		if last, ok := c.lastSent[k]; ok && now.Sub(last) < interval-flushEvery {
 			continue
 		}
 		if n > 0 {
@@ -485,7 +489,16 @@ func (h *Hub) flush(c *client, now time.Time) {
 	c.fullSince = time.Time{}
 	for _, k := range due {
 		delete(c.windows, k)
-		c.lastSent[k] = now
+		// The series' slot advances by one interval, not to now: a device
+		// sending at exactly the cap would otherwise be pushed back a flush
+		// tick at each update until one value merged into the next and was
+		// never shown (docs/benchmarks.md, "End-to-end latency"). After a
+		// pause the slot restarts from now, so there is no catch-up burst.
+		if last, ok := c.lastSent[k]; ok && now.Sub(last) < 2*interval {
+			c.lastSent[k] = last.Add(interval)
+		} else {
+			c.lastSent[k] = now
+		}
 	}
 	if len(c.windows) == 0 {
 		delete(h.dirty, c)

@@ -33,6 +33,12 @@ func (c *fakeClock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+func (c *fakeClock) set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
 func testHub(t *testing.T, mut func(*Config)) (*Hub, *fakeClock) {
 	t.Helper()
 	cfg := DefaultConfig()
@@ -260,6 +266,46 @@ func TestCoalescing(t *testing.T) {
 	u = drain(t, c)[0].Updates[0]
 	if u.T != t0+100 || u.Last != 1 || u.T0 != t0+50 || u.Min != 1 || u.Max != 7 {
 		t.Fatalf("out-of-order window %+v", u)
+	}
+}
+
+// TestUpdatesAtTheCapKeepTheirSlot: a device sending exactly at the cap,
+// its readings arriving with a little jitter around their slots, gets every
+// reading shown on its own and at once: a reading may be a flush tick early,
+// and the series' slot advances by one interval instead of to the flush
+// time, so lateness never accumulates until two readings merge (what the
+// send → browser benchmark found). The rate stays at the cap.
+func TestUpdatesAtTheCapKeepTheirSlot(t *testing.T) {
+	h, clk := testHub(t, func(c *Config) { c.MaxUpdatesPerSecond = 10 })
+	c := h.newClientSync(t, map[string][]string{"d": nil})
+	drain(t, c)
+	start := clk.now()
+	t0 := start.UnixMilli()
+	for i := range 30 {
+		// Every 100 ms, ±2 ms of jitter.
+		jitter := time.Duration((i%5)-2) * time.Millisecond
+		clk.set(start.Add(time.Duration(i)*100*time.Millisecond + jitter))
+		h.handle(hubItem{batch: batch("d", uint64(i+1), rd(t0+int64(i*100), "temp", float64(i)))})
+		h.flushDirty(clk.now()) // Run flushes right after handling its inbox
+		msgs := drain(t, c)
+		if len(msgs) != 1 || len(msgs[0].Updates) != 1 || msgs[0].Updates[0].Count != 1 {
+			t.Fatalf("reading %d not shown on its own at once: %+v", i, msgs)
+		}
+	}
+	// Faster than the cap, readings coalesce: 10 more within 100 ms make
+	// at most two updates.
+	base := clk.now()
+	updates := 0
+	for i := range 10 {
+		clk.set(base.Add(time.Duration(i+1) * 10 * time.Millisecond))
+		h.handle(hubItem{batch: batch("d", uint64(100+i), rd(t0+5000+int64(i), "temp", 1))})
+		h.flushDirty(clk.now())
+		for _, m := range drain(t, c) {
+			updates += len(m.Updates)
+		}
+	}
+	if updates > 2 {
+		t.Fatalf("%d updates for 10 readings within 100 ms at a cap of 10/s", updates)
 	}
 }
 
