@@ -112,38 +112,63 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := s.readBody(w, r)
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeErr(w, http.StatusRequestEntityTooLarge, "frame_too_big", fmt.Sprintf("body exceeds max_frame (%d bytes)", s.cfg.MaxFrame))
-			return
-		}
-		writeErr(w, http.StatusBadRequest, "read_failed", "reading the body failed")
+		s.writeBodyErr(w, err)
 		return
 	}
-	m, err := wire.Decode(body)
-	if err == nil {
-		if _, ok := m.(*wire.Batch); !ok {
-			err = wire.Protocol("unexpected_type", "this endpoint takes one batch map")
-		}
-	}
-	var b *wire.Batch
-	if err == nil {
-		b = m.(*wire.Batch)
-		s.m.frames.WithLabelValues(wire.TypeBatch).Inc()
-		err = wire.CheckBatch(b, s.limits())
-	}
-	if err == nil && s.opts.Limits != nil && !s.opts.Limits.AllowReadings(device, len(b.Readings)) {
-		err = &wire.ProtocolError{Close: wire.CloseTryAgainLater, Code: "rate_limited", Message: "readings per second over this device's limit"}
-	}
+	b, err := s.decodeBatch(device, body)
 	if err != nil {
-		var pe *wire.ProtocolError
-		if errors.As(err, &pe) {
-			writeErr(w, statusFor(pe.Close), pe.Code, pe.Message)
-			return
-		}
-		writeErr(w, http.StatusBadRequest, "invalid_frame", err.Error())
+		writeBatchErr(w, err)
 		return
 	}
+	s.commitBatch(w, r, device, b)
+}
+
+// writeBodyErr answers a body that could not be read: 413 over max_frame,
+// 400 otherwise.
+func (s *Server) writeBodyErr(w http.ResponseWriter, err error) {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		writeErr(w, http.StatusRequestEntityTooLarge, "frame_too_big", fmt.Sprintf("body exceeds max_frame (%d bytes)", s.cfg.MaxFrame))
+		return
+	}
+	writeErr(w, http.StatusBadRequest, "read_failed", "reading the body failed")
+}
+
+// decodeBatch decodes the body as one batch and applies the same checks as
+// a WebSocket batch: the frame limits, then the device's readings rate.
+func (s *Server) decodeBatch(device string, body []byte) (*wire.Batch, error) {
+	m, err := wire.Decode(body)
+	if err != nil {
+		return nil, err
+	}
+	b, ok := m.(*wire.Batch)
+	if !ok {
+		return nil, wire.Protocol("unexpected_type", "this endpoint takes one batch map")
+	}
+	s.m.frames.WithLabelValues(wire.TypeBatch).Inc()
+	if err := wire.CheckBatch(b, s.limits()); err != nil {
+		return nil, err
+	}
+	if s.opts.Limits != nil && !s.opts.Limits.AllowReadings(device, len(b.Readings)) {
+		return nil, &wire.ProtocolError{Close: wire.CloseTryAgainLater, Code: "rate_limited", Message: "readings per second over this device's limit"}
+	}
+	return b, nil
+}
+
+// writeBatchErr answers a refused batch: a protocol error with the status
+// of its close code, anything else as an invalid frame.
+func writeBatchErr(w http.ResponseWriter, err error) {
+	var pe *wire.ProtocolError
+	if errors.As(err, &pe) {
+		writeErr(w, statusFor(pe.Close), pe.Code, pe.Message)
+		return
+	}
+	writeErr(w, http.StatusBadRequest, "invalid_frame", err.Error())
+}
+
+// commitBatch submits the batch to the device's pipeline shard and answers
+// with its ack once it commits.
+func (s *Server) commitBatch(w http.ResponseWriter, r *http.Request, device string, b *wire.Batch) {
 	batch, ack := s.accept(device, b)
 	type result struct {
 		o   telemetry.Outcome

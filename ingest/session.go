@@ -67,25 +67,8 @@ type session struct {
 const commandSlots = 16
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		s.m.handshakes.WithLabelValues("rejected").Inc()
-		http.Error(w, "server shutting down, retry later", http.StatusServiceUnavailable)
-		return
-	}
-	// Global caps first: they cost nothing and protect everything else.
-	if s.conns.Load() >= int64(s.cfg.MaxConnections) {
-		s.m.handshakes.WithLabelValues("capacity").Inc()
-		w.Header().Set("Retry-After", "30")
-		http.Error(w, "server at its connection limit (ingest.max_connections), retry later", http.StatusServiceUnavailable)
-		return
-	}
-	// A handshake slot, or a short wait for one, or a Retry-After that
-	// spreads the storm (admission.go).
-	release, retry, ok := s.adm.tryAcquire(r.Context())
+	release, ok := s.admitHandshake(w, r)
 	if !ok {
-		s.m.handshakes.WithLabelValues("capacity").Inc()
-		w.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
-		http.Error(w, "too many handshakes in progress (ingest.max_handshakes), retry later", http.StatusServiceUnavailable)
 		return
 	}
 	handshaking := true
@@ -107,29 +90,93 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// backs off, and the check costs no database work.
 	rateLimited := s.opts.Limits != nil && !s.opts.Limits.AllowConnect(device)
 	if rateLimited {
-		s.m.handshakes.WithLabelValues("rate_limited").Inc()
-		conn, _, _, err := (&ws.HTTPUpgrader{Timeout: s.cfg.HandshakeTimeout, Protocol: func(p string) bool { return p == wire.Subprotocol }}).Upgrade(r, w)
-		if err != nil && conn != nil {
-			_ = conn.Close() // the rejection is already written; see below
-		}
-		if err == nil {
-			s.m.closes.WithLabelValues(strconv.Itoa(wire.CloseTryAgainLater)).Inc()
-			rejectUpgraded(conn, s.cfg.WriteTimeout, wire.CloseTryAgainLater, "rate_limited", "too many connection attempts for this device, retry later")
-		}
+		s.rejectRateLimited(w, r)
 		return
 	}
-	// Storage is checked before the upgrade: if it is down the device gets a
-	// plain 503 and retries. (The watermark is read again for hello below.)
 	sessID := newID()
+	if !s.storageReachable(w, r, device) {
+		return
+	}
+	conn, pre, ok := s.upgradeDevice(w, r, device)
+	if !ok {
+		return
+	}
+	sess := s.newSession(conn, pre, sessID, device, r.RemoteAddr)
+	old, ok := s.register(sess)
+	if !ok {
+		sess.close(wsconn.Error{Code: wire.CloseGoingAway, Kind: "shutdown", Reason: "server shutting down"})
+		return
+	}
+	s.conns.Add(1)
+	s.m.connections.Inc()
+	// hello needs the old session's reads finished and a watermark read, so
+	// it is prepared on a goroutine that ends once the session is running;
+	// this handler returns now and net/http drops its per-connection state.
+	// The handshake slot passes to that goroutine.
+	handshaking = false
+	go s.startSession(sess, old, release)
+}
+
+// admitHandshake answers 503 while draining or at a capacity limit, and
+// otherwise returns the handshake slot's release. Global caps come first:
+// they cost nothing and protect everything else.
+func (s *Server) admitHandshake(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
+	if s.draining.Load() {
+		s.m.handshakes.WithLabelValues("rejected").Inc()
+		http.Error(w, "server shutting down, retry later", http.StatusServiceUnavailable)
+		return nil, false
+	}
+	if s.conns.Load() >= int64(s.cfg.MaxConnections) {
+		s.m.handshakes.WithLabelValues("capacity").Inc()
+		w.Header().Set("Retry-After", "30")
+		http.Error(w, "server at its connection limit (ingest.max_connections), retry later", http.StatusServiceUnavailable)
+		return nil, false
+	}
+	// A handshake slot, or a short wait for one, or a Retry-After that
+	// spreads the storm (admission.go).
+	release, retry, ok := s.adm.tryAcquire(r.Context())
+	if !ok {
+		s.m.handshakes.WithLabelValues("capacity").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
+		http.Error(w, "too many handshakes in progress (ingest.max_handshakes), retry later", http.StatusServiceUnavailable)
+		return nil, false
+	}
+	return release, true
+}
+
+// rejectRateLimited upgrades and closes at once with 1013, so the device
+// reads a close code it can back off on.
+func (s *Server) rejectRateLimited(w http.ResponseWriter, r *http.Request) {
+	s.m.handshakes.WithLabelValues("rate_limited").Inc()
+	conn, _, _, err := (&ws.HTTPUpgrader{Timeout: s.cfg.HandshakeTimeout, Protocol: func(p string) bool { return p == wire.Subprotocol }}).Upgrade(r, w)
+	if err != nil && conn != nil {
+		_ = conn.Close() // the rejection is already written; see upgradeDevice
+	}
+	if err == nil {
+		s.m.closes.WithLabelValues(strconv.Itoa(wire.CloseTryAgainLater)).Inc()
+		rejectUpgraded(conn, s.cfg.WriteTimeout, wire.CloseTryAgainLater, "rate_limited", "too many connection attempts for this device, retry later")
+	}
+}
+
+// storageReachable checks storage before the upgrade: if it is down the
+// device gets a plain 503 and retries. (The watermark is read again for
+// hello in startSession.)
+func (s *Server) storageReachable(w http.ResponseWriter, r *http.Request, device string) bool {
 	hctx, cancel := context.WithTimeout(r.Context(), s.cfg.HandshakeTimeout)
-	_, err = s.store.Watermark(hctx, device)
+	_, err := s.store.Watermark(hctx, device)
 	cancel()
 	if err != nil {
 		s.m.handshakes.WithLabelValues("error").Inc()
 		s.log.Warn("device hello", "device", device, "err", err)
 		http.Error(w, "storage unavailable, retry later", http.StatusServiceUnavailable)
-		return
+		return false
 	}
+	return true
+}
+
+// upgradeDevice upgrades to the device subprotocol and returns the socket
+// with the bytes the HTTP server buffered past the handshake.
+func (s *Server) upgradeDevice(w http.ResponseWriter, r *http.Request, device string) (conn net.Conn, pre []byte, ok bool) {
 	up := ws.HTTPUpgrader{
 		Timeout:  s.cfg.HandshakeTimeout,
 		Protocol: func(p string) bool { return p == wire.Subprotocol },
@@ -145,42 +192,35 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		s.m.handshakes.WithLabelValues("error").Inc()
 		s.log.Debug("device upgrade failed", "device", device, "err", err)
-		return
+		return nil, nil, false
 	}
 	s.m.handshakes.WithLabelValues("ok").Inc()
 
 	// Bytes the HTTP server buffered past the handshake belong to the first
 	// frames; the core reads them first. The bufio.ReadWriter itself (two
 	// 4 KiB buffers) is dropped with this handler.
-	var pre []byte
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		pre, _ = rw.Reader.Peek(rw.Reader.Buffered())
 	}
+	return conn, pre, true
+}
+
+// newSession builds the session for an upgraded socket and attaches it to
+// the connection core.
+func (s *Server) newSession(conn net.Conn, pre []byte, sessID, device, remote string) *session {
 	ctx, stop := context.WithCancel(context.Background())
 	sess := &session{
 		srv:      s,
 		id:       sessID,
 		device:   device,
-		remote:   r.RemoteAddr,
+		remote:   remote,
 		inflight: make(chan struct{}, s.cfg.SessionQueue),
 		ctx:      ctx,
 		cancel:   stop,
 		started:  s.now(),
 	}
 	sess.conn = s.engine().Attach(conn, pre, &s.wsCfg, sess)
-	old, ok := s.register(sess)
-	if !ok {
-		sess.close(wsconn.Error{Code: wire.CloseGoingAway, Kind: "shutdown", Reason: "server shutting down"})
-		return
-	}
-	s.conns.Add(1)
-	s.m.connections.Inc()
-	// hello needs the old session's reads finished and a watermark read, so
-	// it is prepared on a goroutine that ends once the session is running;
-	// this handler returns now and net/http drops its per-connection state.
-	// The handshake slot passes to that goroutine.
-	handshaking = false
-	go s.startSession(sess, old, release)
+	return sess
 }
 
 // startSession sends hello and starts the core's reader; it returns as
