@@ -209,9 +209,21 @@ func (f *Fleet) Run(ctx context.Context) (Report, error) {
 	start := time.Now()
 	f.generating.Store(true)
 	f.quota.Store(f.cfg.TotalReadings)
+	// Devices run on a context of their own: cancelling ctx only ends
+	// generation, and devCtx is cancelled once the drain time is up.
 	devCtx, cancelDevs := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelDevs()
 
+	stopProgress := f.startProgress()
+	allDone := f.launch(devCtx, start)
+	f.supervise(ctx, allDone, cancelDevs)
+	stopProgress()
+	return f.stats.report(len(f.devices), f.httpCount, time.Since(start), f.unacked.Load()), nil
+}
+
+// startProgress starts the live progress line (if configured); the
+// returned func stops it and waits until it stopped.
+func (f *Fleet) startProgress() (stop func()) {
 	stopProgress := make(chan struct{})
 	progressDone := make(chan struct{})
 	if f.progress != nil && f.cfg.ProgressEvery > 0 {
@@ -222,7 +234,16 @@ func (f *Fleet) Run(ctx context.Context) (Report, error) {
 	} else {
 		close(progressDone)
 	}
+	return func() {
+		close(stopProgress)
+		<-progressDone
+	}
+}
 
+// launch starts the devices' goroutines at cfg.Ramp per second from start,
+// stopping early when generation ends or devCtx is cancelled. The returned
+// channel is closed once launching ended and every launched device returned.
+func (f *Fleet) launch(devCtx context.Context, start time.Time) (allDone <-chan struct{}) {
 	var wg sync.WaitGroup
 	launched := make(chan struct{})
 	go func() {
@@ -244,13 +265,20 @@ func (f *Fleet) Run(ctx context.Context) (Report, error) {
 			}()
 		}
 	}()
-	allDone := make(chan struct{})
+	done := make(chan struct{})
 	go func() {
 		<-launched
 		wg.Wait()
-		close(allDone)
+		close(done)
 	}()
+	return done
+}
 
+// supervise waits until every device returned. Generation ends at
+// cfg.Duration, when ctx ends, or when the reading budget is spent; from
+// then on devices drain their rings for up to cfg.Drain, after which
+// cancelDevs stops them.
+func (f *Fleet) supervise(ctx context.Context, allDone <-chan struct{}, cancelDevs context.CancelFunc) {
 	var genTimer <-chan time.Time
 	if f.cfg.Duration > 0 {
 		t := time.NewTimer(f.cfg.Duration)
@@ -259,11 +287,10 @@ func (f *Fleet) Run(ctx context.Context) (Report, error) {
 	}
 	genStop, ctxDone := f.genStop, ctx.Done()
 	var drain <-chan time.Time
-loop:
 	for {
 		select {
 		case <-allDone:
-			break loop
+			return
 		case <-genTimer:
 			genTimer = nil
 			f.stopGenerating()
@@ -280,9 +307,6 @@ loop:
 			cancelDevs()
 		}
 	}
-	close(stopProgress)
-	<-progressDone
-	return f.stats.report(len(f.devices), f.httpCount, time.Since(start), f.unacked.Load()), nil
 }
 
 // run is the device's goroutine.

@@ -208,10 +208,29 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 	if l.mismatchMsg != "" {
 		detail = append(detail, l.mismatchMsg)
 	}
-	exp := make(map[rkey]*expect)
-	minT := int64(math.MaxInt64)
-	type group struct{ vers []*SentBatch }
-	var groups []group
+	note := func(format string, args ...any) {
+		if len(detail) < 5 {
+			detail = append(detail, fmt.Sprintf(format, args...))
+		}
+	}
+	exp, minT, groups := l.expectations(&c)
+	matchRows(rows, exp, minT, &c, note)
+	present := l.tally(exp, &c, note)
+	l.countPartial(present, &c, note)
+	countGroups(groups, present, &c, note)
+	return c, detail
+}
+
+// noteFunc records a failure for a human (Check keeps the first few).
+type noteFunc func(format string, args ...any)
+
+// expectations classifies every reading the device sent, counting Sent,
+// Rejected and Required into c. minT is the earliest reading of the run;
+// groups are the ambiguous seqs: several versions, none acked, yet one of
+// them known stored.
+func (l *DeviceLedger) expectations(c *Counts) (exp map[rkey]*expect, minT int64, groups [][]*SentBatch) {
+	exp = make(map[rkey]*expect)
+	minT = int64(math.MaxInt64)
 	for seq, vers := range l.seqs {
 		var acked *SentBatch
 		known := false
@@ -225,7 +244,7 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 		}
 		ambiguous := acked == nil && known && len(vers) > 1
 		if ambiguous {
-			groups = append(groups, group{vers})
+			groups = append(groups, vers)
 		}
 		for _, v := range vers {
 			cl := optional
@@ -251,11 +270,12 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 			}
 		}
 	}
-	note := func(format string, args ...any) {
-		if len(detail) < 5 {
-			detail = append(detail, fmt.Sprintf(format, args...))
-		}
-	}
+	return exp, minT, groups
+}
+
+// matchRows counts each stored row against its expectation. A row nobody
+// sent is a phantom, unless it predates the run (older than minT).
+func matchRows(rows []Row, exp map[rkey]*expect, minT int64, c *Counts, note noteFunc) {
 	for _, row := range rows {
 		e, ok := exp[rkey{row.Metric, row.T}]
 		if !ok {
@@ -273,8 +293,12 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 			note("value: %s t=%d stored %v, sent %v", row.Metric, row.T, row.Value, e.value)
 		}
 	}
-	// Per version: how many of its valid readings are present.
-	present := make(map[*SentBatch]int)
+}
+
+// tally judges every expected reading by its class, in time order, and
+// returns per version how many of its valid readings are present.
+func (l *DeviceLedger) tally(exp map[rkey]*expect, c *Counts, note noteFunc) (present map[*SentBatch]int) {
+	present = make(map[*SentBatch]int)
 	keys := make([]rkey, 0, len(exp))
 	for k := range exp {
 		keys = append(keys, k)
@@ -313,6 +337,12 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 			}
 		}
 	}
+	return present
+}
+
+// countPartial counts versions of which some but not all valid readings
+// are stored: a batch commits atomically or not at all.
+func (l *DeviceLedger) countPartial(present map[*SentBatch]int, c *Counts, note noteFunc) {
 	for _, vers := range l.seqs {
 		for _, v := range vers {
 			if p, n := present[v], v.valid(); p > 0 && p < n {
@@ -321,9 +351,15 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 			}
 		}
 	}
-	for _, g := range groups {
+}
+
+// countGroups judges each ambiguous seq: it passes when exactly one of its
+// versions is stored whole, and that version's readings then count as
+// required and stored.
+func countGroups(groups [][]*SentBatch, present map[*SentBatch]int, c *Counts, note noteFunc) {
+	for _, vers := range groups {
 		whole := 0
-		for _, v := range g.vers {
+		for _, v := range vers {
 			if n := v.valid(); present[v] == n {
 				if n > 0 {
 					whole++
@@ -333,13 +369,13 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 			}
 		}
 		anyEmpty := false
-		for _, v := range g.vers {
+		for _, v := range vers {
 			anyEmpty = anyEmpty || v.valid() == 0
 		}
 		// Exactly one version stored whole; a version without valid
 		// readings stores nothing, so "none visibly stored" is fine then.
 		if whole == 1 || (whole == 0 && anyEmpty) {
-			for _, v := range g.vers {
+			for _, v := range vers {
 				if present[v] == v.valid() {
 					c.Required += present[v]
 					c.Stored += present[v]
@@ -348,9 +384,8 @@ func (l *DeviceLedger) Check(rows []Row) (c Counts, detail []string) {
 			continue
 		}
 		c.AmbiguousFailed++
-		note("seq %d: %d versions sent, %d stored whole (want exactly 1)", g.vers[0].Seq, len(g.vers), max(whole, 0))
+		note("seq %d: %d versions sent, %d stored whole (want exactly 1)", vers[0].Seq, len(vers), max(whole, 0))
 	}
-	return c, detail
 }
 
 // why says what made a batch version required.

@@ -141,6 +141,27 @@ type Conn struct {
 // server's hello. A refused upgrade is a *HandshakeError; a close before
 // hello (for example 1013 rate_limited) a *CloseError.
 func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, error) {
+	o = dialDefaults(o)
+	wsURL, _, err := Endpoints(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	nc, br, err := upgrade(dctx, wsURL, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := newConn(nc, br, o)
+	hello, err := c.awaitHello(ctx, o.Timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, hello, nil
+}
+
+// dialDefaults fills the zero fields of o with their defaults.
+func dialDefaults(o DialOptions) DialOptions {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultDialTimeout
 	}
@@ -153,12 +174,12 @@ func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, e
 	if o.Rand == nil {
 		o.Rand = rand.Uint32
 	}
-	wsURL, _, err := Endpoints(url)
-	if err != nil {
-		return nil, nil, err
-	}
-	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
+	return o
+}
+
+// upgrade connects and performs the WebSocket handshake within dctx. A
+// refused upgrade is a *HandshakeError carrying the server's Retry-After.
+func upgrade(dctx context.Context, wsURL string, o DialOptions) (net.Conn, *bufio.Reader, error) {
 	var retryAfter time.Duration
 	dialer := ws.Dialer{
 		Timeout:        o.Timeout,
@@ -177,6 +198,12 @@ func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, e
 		}
 		return nil, nil, fmt.Errorf("meridian: dial %s: %w", wsURL, err)
 	}
+	return nc, br, nil
+}
+
+// newConn wraps an upgraded connection. br is the handshake's reader (nil
+// when it buffered nothing); it goes back to its pool.
+func newConn(nc net.Conn, br *bufio.Reader, o DialOptions) *Conn {
 	c := &Conn{nc: nc, opt: o, maxFrame: o.MaxServerFrame, rbuf: make([]byte, 0, 512)}
 	if br != nil {
 		// Bytes the handshake reader buffered (often the hello) come first.
@@ -186,20 +213,27 @@ func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, e
 		}
 		ws.PutReader(br)
 	}
+	return c
+}
+
+// awaitHello reads the server's hello, waiting at most timeout. On any
+// error the socket is closed.
+func (c *Conn) awaitHello(ctx context.Context, timeout time.Duration) (*wire.Hello, error) {
+	nc := c.nc
 	// The first data frame is hello (docs/protocol.md 1). A cancelled ctx
 	// ends the wait: the past deadline wakes the read.
-	deadline := time.Now().Add(o.Timeout)
+	deadline := time.Now().Add(timeout)
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var hello *wire.Hello
 	for hello == nil {
 		if err := ctx.Err(); err != nil {
 			_ = nc.Close()
-			return nil, nil, fmt.Errorf("meridian: waiting for hello: %w", err)
+			return nil, fmt.Errorf("meridian: waiting for hello: %w", err)
 		}
 		if !time.Now().Before(deadline) {
 			_ = nc.Close()
-			return nil, nil, ErrNoHello
+			return nil, ErrNoHello
 		}
 		err := c.Poll(deadline, func(typ string, p []byte) error {
 			if typ != wire.TypeHello {
@@ -216,10 +250,10 @@ func Dial(ctx context.Context, url string, o DialOptions) (*Conn, *wire.Hello, e
 		})
 		if err != nil {
 			_ = nc.Close()
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return c, hello, nil
+	return hello, nil
 }
 
 // WriteMessage sends p as one masked binary frame (RFC 6455 5.3). p is
