@@ -129,111 +129,17 @@ var errQueryMemory = errors.New("out of memory (storage.sqlite.query_heap_limit)
 // before it runs.
 func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) (storage.QueryResult, error) {
 	var res storage.QueryResult
-	timeout := opts.Timeout
-	if timeout <= 0 {
-		timeout = defaultQueryTimeout
-	}
-	maxRows := opts.MaxRows
-	if maxRows <= 0 {
-		maxRows = defaultQueryRows
-	}
-	maxBytes := opts.MaxBytes
-	if maxBytes <= 0 {
-		maxBytes = storage.DefaultQueryMaxBytes
-	}
+	timeout, maxRows, maxBytes := queryLimits(opts)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var deniedRead string
 	err := s.withQuery(ctx, maxBytes, &deniedRead, func(c *sqlite3.Conn, objects map[string]bool) error {
-		// The authorizer trusts reads made inside a public view by the
-		// view's name, which a CTE of the same name would also carry.
-		for _, name := range cteNames(q) {
-			if objects[name] {
-				return fmt.Errorf("%w: a WITH query may not be named %q like a table or view", storage.ErrNotAllowed, name)
-			}
-		}
-		st, tail, err := c.Prepare(q)
-		if errors.Is(err, sqlite3.AUTH) {
-			if deniedRead != "" {
-				return fmt.Errorf("%w: %s is not part of the public schema (docs/sql.md): %v", storage.ErrNotAllowed, deniedRead, err)
-			}
-			return fmt.Errorf("%w: %v", storage.ErrReadOnly, err)
-		}
+		st, err := prepareQuery(c, q, objects, &deniedRead)
 		if err != nil {
 			return err
 		}
-		if st == nil {
-			return errors.New("empty statement")
-		}
 		defer st.Close()
-		if strings.TrimSpace(tail) != "" {
-			// The tail may be only comments; then preparing it gives nil.
-			extra, _, err := c.Prepare(tail)
-			if err != nil || extra != nil {
-				extra.Close()
-				return errors.New("only one statement may be run at a time")
-			}
-		}
-		if !st.ReadOnly() {
-			return storage.ErrReadOnly
-		}
-		n := st.ColumnCount()
-		res.Columns = make([]string, n)
-		for i := range n {
-			res.Columns[i] = st.ColumnName(i)
-		}
-		res.Rows = [][]any{}
-		var size int64
-	rows:
-		for st.Step() {
-			if len(res.Rows) == maxRows {
-				res.Truncated, res.TruncatedBy = true, storage.TruncatedRows
-				break
-			}
-			row := make([]any, n)
-			for i := range n {
-				// Check a value's length on the wasm side (RawText and
-				// RawBlob do not copy) before copying it out.
-				switch st.ColumnType(i) {
-				case sqlite3.INTEGER:
-					row[i] = st.ColumnInt64(i)
-				case sqlite3.FLOAT:
-					row[i] = st.ColumnFloat(i)
-				case sqlite3.TEXT:
-					if size+int64(len(st.ColumnRawText(i))) > maxBytes {
-						res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
-						break rows
-					}
-					row[i] = st.ColumnText(i)
-				case sqlite3.BLOB:
-					if size+2*int64(len(st.ColumnRawBlob(i))) > maxBytes {
-						res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
-						break rows
-					}
-					row[i] = st.ColumnBlob(i, nil)
-				default:
-					row[i] = nil
-				}
-				size += storage.ValueSize(row[i])
-			}
-			if size > maxBytes {
-				res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
-				break
-			}
-			res.Rows = append(res.Rows, row)
-		}
-		if err := st.Err(); err != nil {
-			switch {
-			case errors.Is(err, sqlite3.READONLY):
-				return errors.Join(storage.ErrReadOnly, err)
-			case errors.Is(err, sqlite3.NOMEM):
-				return fmt.Errorf("%w: %w", errQueryMemory, err)
-			case errors.Is(err, sqlite3.TOOBIG):
-				return fmt.Errorf("a value is larger than the query byte cap (%d bytes): %w", maxBytes, err)
-			}
-			return err
-		}
-		return nil
+		return readQueryRows(st, maxRows, maxBytes, &res)
 	})
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, sqlite3.INTERRUPT) {
@@ -242,6 +148,130 @@ func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) 
 		return storage.QueryResult{}, fmt.Errorf("query: %w", err)
 	}
 	return res, nil
+}
+
+// queryLimits is opts with the defaults in place of zeros.
+func queryLimits(opts storage.QueryOptions) (timeout time.Duration, maxRows int, maxBytes int64) {
+	timeout = opts.Timeout
+	if timeout <= 0 {
+		timeout = defaultQueryTimeout
+	}
+	maxRows = opts.MaxRows
+	if maxRows <= 0 {
+		maxRows = defaultQueryRows
+	}
+	maxBytes = opts.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = storage.DefaultQueryMaxBytes
+	}
+	return timeout, maxRows, maxBytes
+}
+
+// prepareQuery prepares q, the single read-only statement of an ad-hoc
+// query, under the query authorizer (which records a denied read in
+// *deniedRead), and refuses it before it runs when it is not one.
+func prepareQuery(c *sqlite3.Conn, q string, objects map[string]bool, deniedRead *string) (*sqlite3.Stmt, error) {
+	// The authorizer trusts reads made inside a public view by the
+	// view's name, which a CTE of the same name would also carry.
+	for _, name := range cteNames(q) {
+		if objects[name] {
+			return nil, fmt.Errorf("%w: a WITH query may not be named %q like a table or view", storage.ErrNotAllowed, name)
+		}
+	}
+	st, tail, err := c.Prepare(q)
+	if errors.Is(err, sqlite3.AUTH) {
+		if *deniedRead != "" {
+			return nil, fmt.Errorf("%w: %s is not part of the public schema (docs/sql.md): %v", storage.ErrNotAllowed, *deniedRead, err)
+		}
+		return nil, fmt.Errorf("%w: %v", storage.ErrReadOnly, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, errors.New("empty statement")
+	}
+	if strings.TrimSpace(tail) != "" {
+		// The tail may be only comments; then preparing it gives nil.
+		extra, _, err := c.Prepare(tail)
+		if err != nil || extra != nil {
+			extra.Close()
+			st.Close()
+			return nil, errors.New("only one statement may be run at a time")
+		}
+	}
+	if !st.ReadOnly() {
+		st.Close()
+		return nil, storage.ErrReadOnly
+	}
+	return st, nil
+}
+
+// readQueryRows steps st into res, stopping (and marking res truncated)
+// before the row past maxRows or the row that would take the result past
+// maxBytes.
+func readQueryRows(st *sqlite3.Stmt, maxRows int, maxBytes int64, res *storage.QueryResult) error {
+	n := st.ColumnCount()
+	res.Columns = make([]string, n)
+	for i := range n {
+		res.Columns[i] = st.ColumnName(i)
+	}
+	res.Rows = [][]any{}
+	var size int64
+	for st.Step() {
+		if len(res.Rows) == maxRows {
+			res.Truncated, res.TruncatedBy = true, storage.TruncatedRows
+			break
+		}
+		row, fits := readQueryRow(st, n, &size, maxBytes)
+		if !fits || size > maxBytes {
+			res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
+			break
+		}
+		res.Rows = append(res.Rows, row)
+	}
+	if err := st.Err(); err != nil {
+		switch {
+		case errors.Is(err, sqlite3.READONLY):
+			return errors.Join(storage.ErrReadOnly, err)
+		case errors.Is(err, sqlite3.NOMEM):
+			return fmt.Errorf("%w: %w", errQueryMemory, err)
+		case errors.Is(err, sqlite3.TOOBIG):
+			return fmt.Errorf("a value is larger than the query byte cap (%d bytes): %w", maxBytes, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// readQueryRow copies the current row of st out, adding the values' sizes
+// to *size. It returns false, without copying, when a text or blob value
+// would take *size past maxBytes: their length is checked on the wasm side
+// (RawText and RawBlob do not copy) before they are copied out.
+func readQueryRow(st *sqlite3.Stmt, n int, size *int64, maxBytes int64) ([]any, bool) {
+	row := make([]any, n)
+	for i := range n {
+		switch st.ColumnType(i) {
+		case sqlite3.INTEGER:
+			row[i] = st.ColumnInt64(i)
+		case sqlite3.FLOAT:
+			row[i] = st.ColumnFloat(i)
+		case sqlite3.TEXT:
+			if *size+int64(len(st.ColumnRawText(i))) > maxBytes {
+				return nil, false
+			}
+			row[i] = st.ColumnText(i)
+		case sqlite3.BLOB:
+			if *size+2*int64(len(st.ColumnRawBlob(i))) > maxBytes {
+				return nil, false
+			}
+			row[i] = st.ColumnBlob(i, nil)
+		default:
+			row[i] = nil
+		}
+		*size += storage.ValueSize(row[i])
+	}
+	return row, true
 }
 
 // queryAuthorizer returns the authorizer of one ad-hoc query: what
