@@ -438,25 +438,7 @@ func (s *Store) bucketed(c *sqlite3.Conn, dev, met, from, to int64, points int, 
 	width := ceilTo(ceilDiv(to-origin, int64(points)), srcWidth)
 	out.Source = source
 	out.Bucket = time.Duration(width) * time.Millisecond
-
-	var aggs []*bucketAgg
-	fold := func(bucketStart, t int64, min, max, sum float64, count int64, last float64) {
-		b := origin + floorDiv(bucketStart-origin, width)*width
-		var a *bucketAgg
-		if n := len(aggs); n > 0 && aggs[n-1].bucket == b {
-			a = aggs[n-1]
-		} else {
-			a = &bucketAgg{bucket: b, min: math.Inf(1), max: math.Inf(-1), lastT: math.MinInt64}
-			aggs = append(aggs, a)
-		}
-		a.min = math.Min(a.min, min)
-		a.max = math.Max(a.max, max)
-		a.sum += sum
-		a.count += count
-		if t >= a.lastT {
-			a.last, a.lastT = last, t
-		}
-	}
+	f := &bucketFolder{origin: origin, width: width}
 
 	// Rollup rows are final for buckets wholly before the last refresh;
 	// later readings come from the raw table.
@@ -472,52 +454,87 @@ func (s *Store) bucketed(c *sqlite3.Conn, dev, met, from, to int64, points int, 
 			if source == "1h" {
 				table = "rollup_1h"
 			}
-			// table is one of two constants above, never input.
-			st, _, err := c.Prepare(`SELECT bucket, min, max, sum, count, last, last_t FROM ` + table + `
-				WHERE device_id = ? AND metric_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket`)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			st.BindInt64(1, dev)
-			st.BindInt64(2, met)
-			st.BindInt64(3, origin)
-			st.BindInt64(4, split)
-			for st.Step() {
-				fold(st.ColumnInt64(0), st.ColumnInt64(6), st.ColumnFloat(1), st.ColumnFloat(2), st.ColumnFloat(3), st.ColumnInt64(4), st.ColumnFloat(5))
-			}
-			if err := st.Err(); err != nil {
+			if err := foldRollup(c, table, dev, met, origin, split, f); err != nil {
 				return err
 			}
 			rawFrom = max(from, split)
 		}
 	}
 	if rawFrom < to {
-		st, _, err := c.Prepare(`SELECT t_ms, value FROM readings
-			WHERE device_id = ? AND t_ms >= ? AND t_ms < ? AND metric_id = ? ORDER BY t_ms`)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		st.BindInt64(1, dev)
-		st.BindInt64(2, rawFrom)
-		st.BindInt64(3, to)
-		st.BindInt64(4, met)
-		for st.Step() {
-			t, v := st.ColumnInt64(0), st.ColumnFloat(1)
-			fold(t, t, v, v, v, 1, v)
-		}
-		if err := st.Err(); err != nil {
+		if err := foldRaw(c, dev, met, rawFrom, to, f); err != nil {
 			return err
 		}
 	}
-	for _, a := range aggs {
+	for _, a := range f.aggs {
 		out.Points = append(out.Points, storage.SeriesPoint{
 			Time: time.UnixMilli(a.bucket).UTC(), Min: a.min, Max: a.max,
 			Avg: a.sum / float64(a.count), Last: a.last, Count: a.count,
 		})
 	}
 	return nil
+}
+
+// bucketFolder merges rows arriving in time order (rollup buckets or single
+// readings) into output buckets of width starting at origin.
+type bucketFolder struct {
+	origin, width int64
+	aggs          []*bucketAgg
+}
+
+func (f *bucketFolder) fold(bucketStart, t int64, min, max, sum float64, count int64, last float64) {
+	b := f.origin + floorDiv(bucketStart-f.origin, f.width)*f.width
+	var a *bucketAgg
+	if n := len(f.aggs); n > 0 && f.aggs[n-1].bucket == b {
+		a = f.aggs[n-1]
+	} else {
+		a = &bucketAgg{bucket: b, min: math.Inf(1), max: math.Inf(-1), lastT: math.MinInt64}
+		f.aggs = append(f.aggs, a)
+	}
+	a.min = math.Min(a.min, min)
+	a.max = math.Max(a.max, max)
+	a.sum += sum
+	a.count += count
+	if t >= a.lastT {
+		a.last, a.lastT = last, t
+	}
+}
+
+// foldRollup folds the rollup rows of [origin, split) into f. table is one
+// of two constants chosen by bucketed, never input.
+func foldRollup(c *sqlite3.Conn, table string, dev, met, origin, split int64, f *bucketFolder) error {
+	st, _, err := c.Prepare(`SELECT bucket, min, max, sum, count, last, last_t FROM ` + table + `
+		WHERE device_id = ? AND metric_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket`)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	st.BindInt64(1, dev)
+	st.BindInt64(2, met)
+	st.BindInt64(3, origin)
+	st.BindInt64(4, split)
+	for st.Step() {
+		f.fold(st.ColumnInt64(0), st.ColumnInt64(6), st.ColumnFloat(1), st.ColumnFloat(2), st.ColumnFloat(3), st.ColumnInt64(4), st.ColumnFloat(5))
+	}
+	return st.Err()
+}
+
+// foldRaw folds the raw readings of [from, to) into f.
+func foldRaw(c *sqlite3.Conn, dev, met, from, to int64, f *bucketFolder) error {
+	st, _, err := c.Prepare(`SELECT t_ms, value FROM readings
+		WHERE device_id = ? AND t_ms >= ? AND t_ms < ? AND metric_id = ? ORDER BY t_ms`)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	st.BindInt64(1, dev)
+	st.BindInt64(2, from)
+	st.BindInt64(3, to)
+	st.BindInt64(4, met)
+	for st.Step() {
+		t, v := st.ColumnInt64(0), st.ColumnFloat(1)
+		f.fold(t, t, v, v, v, 1, v)
+	}
+	return st.Err()
 }
 
 // refreshedTo reads how far the rollups are complete (Unix ms);
