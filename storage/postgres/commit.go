@@ -31,12 +31,38 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 	if len(batches) == 0 {
 		return out, nil
 	}
-	var devices, metrics []string
+	devices, metrics, err := batchNames(batches)
+	if err != nil {
+		return nil, err
+	}
+	// Names are registered outside the transaction: registration is
+	// idempotent and must not hold locks while the batch commits.
+	devIDs, err := s.resolveNames(ctx, &s.deviceIDs, deviceNames, devices)
+	if err != nil {
+		return nil, fmt.Errorf("commit: register devices: %w", dataError(err))
+	}
+	metricIDs, err := s.resolveNames(ctx, &s.metricIDs, metricNames, metrics)
+	if err != nil {
+		return nil, fmt.Errorf("commit: register metrics: %w", dataError(err))
+	}
+
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return s.commitTx(ctx, tx, batches, out, devices, devIDs, metricIDs)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", dataError(err))
+	}
+	return out, nil
+}
+
+// batchNames checks the batches' seqs and returns their distinct devices
+// (sorted: the order lockDevices takes their locks in) and metrics.
+func batchNames(batches []telemetry.Batch) (devices, metrics []string, err error) {
 	seenDev := map[string]bool{}
 	seenMetric := map[string]bool{}
 	for _, b := range batches {
 		if b.Seq == 0 || b.Seq > math.MaxInt64 {
-			return nil, fmt.Errorf("commit: device %s: seq %d out of range 1..2^63-1: %w", b.Device, b.Seq, telemetry.ErrInvalidData)
+			return nil, nil, fmt.Errorf("commit: device %s: seq %d out of range 1..2^63-1: %w", b.Device, b.Seq, telemetry.ErrInvalidData)
 		}
 		if !seenDev[b.Device] {
 			seenDev[b.Device] = true
@@ -50,82 +76,91 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 		}
 	}
 	slices.Sort(devices)
-	// Names are registered outside the transaction: registration is
-	// idempotent and must not hold locks while the batch commits.
-	devIDs, err := s.resolveNames(ctx, &s.deviceIDs, deviceNames, devices)
-	if err != nil {
-		return nil, fmt.Errorf("commit: register devices: %w", dataError(err))
-	}
-	metricIDs, err := s.resolveNames(ctx, &s.metricIDs, metricNames, metrics)
-	if err != nil {
-		return nil, fmt.Errorf("commit: register metrics: %w", dataError(err))
-	}
+	return devices, metrics, nil
+}
 
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		marks, err := lockDevices(ctx, tx, devices)
-		if err != nil {
-			return err
+// commitTx is Commit's transaction: lock the devices' rows, decide
+// duplicates against the locked watermarks, COPY the readings of the rest,
+// then move the watermarks and mark late hours in one round trip.
+func (s *Store) commitTx(ctx context.Context, tx pgx.Tx, batches []telemetry.Batch, out []telemetry.Outcome,
+	devices []string, devIDs, metricIDs map[string]int32) error {
+	marks, err := lockDevices(ctx, tx, devices)
+	if err != nil {
+		return err
+	}
+	src := &readingSource{devIDs: devIDs, metricIDs: metricIDs}
+	moved := map[string]bool{}
+	for i, b := range batches {
+		if b.Seq <= marks[b.Device] {
+			out[i].Duplicate = true
+			continue
 		}
-		src := &readingSource{devIDs: devIDs, metricIDs: metricIDs}
-		moved := map[string]bool{}
-		for i, b := range batches {
-			if b.Seq <= marks[b.Device] {
-				out[i].Duplicate = true
-				continue
+		marks[b.Device] = b.Seq
+		moved[b.Device] = true
+		src.batches = append(src.batches, b)
+	}
+	if len(src.batches) == 0 {
+		return nil
+	}
+	late := lateHours(src.batches, s.now().Add(-lateAfter).UnixMilli())
+	if n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, []string{"time", "device_id", "metric_id", "value"}, src); err != nil {
+		return fmt.Errorf("copy readings: %w", err)
+	} else if n != int64(src.total()) {
+		return fmt.Errorf("copy readings: stored %d of %d", n, src.total())
+	}
+	var pb pgx.Batch
+	queueWatermarks(&pb, devices, moved, marks)
+	queueDirtyHours(&pb, late)
+	if err := tx.SendBatch(ctx, &pb).Close(); err != nil {
+		return fmt.Errorf("update watermarks: %w", err)
+	}
+	return nil
+}
+
+// lateHours returns the starts (Unix ms) of the hours holding readings older
+// than lateBefore.
+func lateHours(batches []telemetry.Batch, lateBefore int64) map[int64]bool {
+	late := map[int64]bool{}
+	for _, b := range batches {
+		for _, r := range b.Readings {
+			if r.Time < lateBefore {
+				late[r.Time-mod(r.Time, time.Hour.Milliseconds())] = true
 			}
-			marks[b.Device] = b.Seq
-			moved[b.Device] = true
-			src.batches = append(src.batches, b)
 		}
-		if len(src.batches) == 0 {
-			return nil
+	}
+	return late
+}
+
+// queueWatermarks queues the update of the moved devices' watermarks, in
+// device order.
+func queueWatermarks(pb *pgx.Batch, devices []string, moved map[string]bool, marks map[string]uint64) {
+	var wmDev []string
+	var wmSeq []int64
+	for _, d := range devices {
+		if moved[d] {
+			wmDev, wmSeq = append(wmDev, d), append(wmSeq, int64(marks[d]))
 		}
-		lateBefore := s.now().Add(-lateAfter).UnixMilli()
-		late := map[int64]bool{}
-		for _, b := range src.batches {
-			for _, r := range b.Readings {
-				if r.Time < lateBefore {
-					late[r.Time-mod(r.Time, time.Hour.Milliseconds())] = true
-				}
-			}
-		}
-		if n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, []string{"time", "device_id", "metric_id", "value"}, src); err != nil {
-			return fmt.Errorf("copy readings: %w", err)
-		} else if n != int64(src.total()) {
-			return fmt.Errorf("copy readings: stored %d of %d", n, src.total())
-		}
-		var wmDev []string
-		var wmSeq []int64
-		for _, d := range devices {
-			if moved[d] {
-				wmDev, wmSeq = append(wmDev, d), append(wmSeq, int64(marks[d]))
-			}
-		}
-		var pb pgx.Batch
-		pb.Queue(`UPDATE devices d SET acked_seq = v.seq
+	}
+	pb.Queue(`UPDATE devices d SET acked_seq = v.seq
 			FROM unnest($1::text[], $2::bigint[]) AS v(device, seq)
 			WHERE d.device = v.device`, wmDev, wmSeq)
-		if len(late) > 0 {
-			hours := make([]time.Time, 0, len(late))
-			for h := range late {
-				hours = append(hours, time.UnixMilli(h).UTC())
-			}
-			// Sorted, so concurrent commits take the marks' row locks in
-			// the same order.
-			slices.SortFunc(hours, func(a, b time.Time) int { return a.Compare(b) })
-			pb.Queue(`INSERT INTO rollup_dirty (hour, gen)
+}
+
+// queueDirtyHours queues the marks of the late hours, if any, for Maintain
+// to refresh.
+func queueDirtyHours(pb *pgx.Batch, late map[int64]bool) {
+	if len(late) > 0 {
+		hours := make([]time.Time, 0, len(late))
+		for h := range late {
+			hours = append(hours, time.UnixMilli(h).UTC())
+		}
+		// Sorted, so concurrent commits take the marks' row locks in
+		// the same order.
+		slices.SortFunc(hours, func(a, b time.Time) int { return a.Compare(b) })
+		pb.Queue(`INSERT INTO rollup_dirty (hour, gen)
 				SELECT h, nextval('rollup_dirty_gen') FROM unnest($1::timestamptz[]) AS h ORDER BY h
 				ON CONFLICT (hour) DO UPDATE SET gen = excluded.gen`, hours)
-		}
-		if err := tx.SendBatch(ctx, &pb).Close(); err != nil {
-			return fmt.Errorf("update watermarks: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("commit: %w", dataError(err))
 	}
-	return out, nil
 }
 
 // dataError marks err with telemetry.ErrInvalidData when PostgreSQL refused

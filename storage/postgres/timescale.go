@@ -123,47 +123,7 @@ func (s *Store) maintainTimescale(ctx context.Context, conn *pgx.Conn, now time.
 		return err
 	}
 	refresh := func(lo, hi time.Time, expired bool) error {
-		if !lo.Before(hi) {
-			return nil
-		}
-		if expired {
-			// Refreshing where raw chunks were dropped would empty the
-			// buckets; only fill hours that were never materialised. Ask
-			// the materialized table: the view's real-time part would
-			// answer from the very readings not yet rolled up.
-			var exists bool
-			if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+mat1m+` WHERE bucket >= $1 AND bucket < $2)`, lo, hi).Scan(&exists); err != nil {
-				return fmt.Errorf("check rollups [%s, %s): %w", lo.Format(time.RFC3339), hi.Format(time.RFC3339), err)
-			}
-			if exists {
-				return nil
-			}
-		}
-		busy := false
-		for _, c := range caggs {
-			l, h := lo.Truncate(c.width), ceilTo(hi, c.width)
-			if end := now.Truncate(c.width); h.After(end) {
-				h = end
-			}
-			if !l.Before(h) {
-				continue
-			}
-			_, err := conn.Exec(ctx, `CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)`,
-				pgx.QueryExecModeSimpleProtocol, c.view, l, h)
-			if isCode(err, sqlLockNotAvailable) {
-				s.log.Info("continuous aggregate refresh skipped, another refresh is running", "view", c.view,
-					"from", l, "to", h, "err", err)
-				busy = true
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("refresh %s [%s, %s): %w", c.view, l.Format(time.RFC3339), h.Format(time.RFC3339), err)
-			}
-		}
-		if busy {
-			return errRefreshBusy
-		}
-		return nil
+		return s.refreshCaggs(ctx, conn, mat1m, now, lo, hi, expired)
 	}
 	if err := s.refreshDirty(ctx, conn, rawCutoff, refresh); err != nil {
 		return err
@@ -188,6 +148,61 @@ func (s *Store) maintainTimescale(ctx context.Context, conn *pgx.Conn, now time.
 			return err
 		}
 	}
+	return s.dropExpiredChunks(ctx, conn, now, rawCutoff)
+}
+
+// refreshCaggs refreshes the continuous aggregates over [lo, hi), each
+// widened to whole buckets and cut at its last complete bucket before now.
+// expired says raw chunks of the range may have been dropped (mat1m is the
+// 1m aggregate's materialized table). A refresh that overlaps one already
+// running is skipped and reported as errRefreshBusy after the others ran.
+func (s *Store) refreshCaggs(ctx context.Context, conn *pgx.Conn, mat1m string, now, lo, hi time.Time, expired bool) error {
+	if !lo.Before(hi) {
+		return nil
+	}
+	if expired {
+		// Refreshing where raw chunks were dropped would empty the
+		// buckets; only fill hours that were never materialised. Ask
+		// the materialized table: the view's real-time part would
+		// answer from the very readings not yet rolled up.
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+mat1m+` WHERE bucket >= $1 AND bucket < $2)`, lo, hi).Scan(&exists); err != nil {
+			return fmt.Errorf("check rollups [%s, %s): %w", lo.Format(time.RFC3339), hi.Format(time.RFC3339), err)
+		}
+		if exists {
+			return nil
+		}
+	}
+	busy := false
+	for _, c := range caggs {
+		l, h := lo.Truncate(c.width), ceilTo(hi, c.width)
+		if end := now.Truncate(c.width); h.After(end) {
+			h = end
+		}
+		if !l.Before(h) {
+			continue
+		}
+		_, err := conn.Exec(ctx, `CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)`,
+			pgx.QueryExecModeSimpleProtocol, c.view, l, h)
+		if isCode(err, sqlLockNotAvailable) {
+			s.log.Info("continuous aggregate refresh skipped, another refresh is running", "view", c.view,
+				"from", l, "to", h, "err", err)
+			busy = true
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("refresh %s [%s, %s): %w", c.view, l.Format(time.RFC3339), h.Format(time.RFC3339), err)
+		}
+	}
+	if busy {
+		return errRefreshBusy
+	}
+	return nil
+}
+
+// dropExpiredChunks drops the readings chunks older than rawCutoff (none
+// when it is zero) and the rollup chunks past rollup retention.
+func (s *Store) dropExpiredChunks(ctx context.Context, conn *pgx.Conn, now, rawCutoff time.Time) error {
 	if !rawCutoff.IsZero() {
 		_, err := conn.Exec(ctx, `SELECT drop_chunks('readings', older_than => $1::timestamptz)`,
 			pgx.QueryExecModeSimpleProtocol, rawCutoff)

@@ -120,20 +120,18 @@ func (cs *commitStmts) close() {
 
 type dirtyKey struct{ device, hour int64 }
 
+// commitTx is Commit's transaction on the writer connection: reuse (or
+// prepare) the statements, BEGIN IMMEDIATE, insert the batches, move the
+// watermarks, mark late rollup hours, COMMIT, and only then publish the new
+// ids to the caches. Any error before COMMIT succeeds rolls back.
 func (s *Store) commitTx(ctx context.Context, c *sqlite3.Conn, batches []telemetry.Batch, out []telemetry.Outcome) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if s.stmts == nil || s.stmts.conn != c {
-		if s.stmts != nil {
-			// database/sql replaced the connection; these belong to the old one.
-			s.stmts.close()
-		}
-		if s.stmts, err = prepareCommit(c); err != nil {
-			return err
-		}
+	cs, err := s.commitStatements(c)
+	if err != nil {
+		return err
 	}
-	cs := s.stmts
 	if err := c.Exec("BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
@@ -148,72 +146,15 @@ func (s *Store) commitTx(ctx context.Context, c *sqlite3.Conn, batches []telemet
 		}
 	}()
 
-	now := fmtTime(time.Now())
-	late := s.lateBefore.Load()
-	type devState struct {
-		id    int64
-		acked int64
-		moved bool
+	st, err := s.insertBatches(c, cs, batches, out)
+	if err != nil {
+		return err
 	}
-	devs := map[string]*devState{}
-	newDevices := map[string]int64{}
-	newMetrics := map[string]int64{}
-	dirty := map[dirtyKey]struct{}{}
-
-	for i, b := range batches {
-		d := devs[b.Device]
-		if d == nil {
-			d = &devState{}
-			if d.acked, err = s.registerDevice(c, cs, b.Device, now); err != nil {
-				return err
-			}
-			if d.id, err = s.deviceID(c, cs, b.Device, newDevices); err != nil {
-				return err
-			}
-			devs[b.Device] = d
-		}
-		seq := int64(b.Seq)
-		if seq <= d.acked {
-			out[i].Duplicate = true
-			continue
-		}
-		for _, r := range b.Readings {
-			mid, ok := s.metricIDs[r.Metric] // writer-side read: see Store.mu
-			if !ok {
-				if mid, err = metricID(c, cs, r.Metric, now, newMetrics); err != nil {
-					return err
-				}
-			}
-			st := cs.insReading
-			st.BindInt64(1, r.Time)
-			st.BindInt64(2, d.id)
-			st.BindInt64(3, mid)
-			st.BindFloat(4, r.Value)
-			if err := st.Exec(); err != nil {
-				return fmt.Errorf("insert readings of %s: %w", b.Device, err)
-			}
-			if r.Time < late {
-				dirty[dirtyKey{d.id, floorDiv(r.Time, hourMs) * hourMs}] = struct{}{}
-			}
-		}
-		d.acked, d.moved = seq, true
+	if err := updateWatermarks(cs, st.devs); err != nil {
+		return err
 	}
-	for name, d := range devs {
-		if !d.moved {
-			continue
-		}
-		cs.updAcked.BindInt64(1, d.acked)
-		cs.updAcked.BindText(2, name)
-		if err := cs.updAcked.Exec(); err != nil {
-			return fmt.Errorf("update watermark of %s: %w", name, err)
-		}
-	}
-	for k := range dirty {
-		cs.insDirty.BindInt64(1, k.device)
-		cs.insDirty.BindInt64(2, k.hour)
-		if err := cs.insDirty.Exec(); err != nil {
-			return fmt.Errorf("mark late rollup buckets: %w", err)
-		}
+	if err := markDirty(cs, st.dirty); err != nil {
+		return err
 	}
 	// Past this point the outcome of COMMIT is the outcome of the call, so
 	// it must not be interrupted half-way: check ctx first, then commit
@@ -228,6 +169,138 @@ func (s *Store) commitTx(ctx context.Context, c *sqlite3.Conn, batches []telemet
 		return fmt.Errorf("commit transaction: %w", err)
 	}
 	done = true
+	s.publishIDs(st.newDevices, st.newMetrics)
+	return nil
+}
+
+// commitStatements returns the prepared write statements of connection c,
+// preparing them when c is not the connection they were prepared on.
+func (s *Store) commitStatements(c *sqlite3.Conn) (*commitStmts, error) {
+	if s.stmts == nil || s.stmts.conn != c {
+		if s.stmts != nil {
+			// database/sql replaced the connection; these belong to the old one.
+			s.stmts.close()
+		}
+		var err error
+		if s.stmts, err = prepareCommit(c); err != nil {
+			return nil, err
+		}
+	}
+	return s.stmts, nil
+}
+
+// commitDev is one device's state during a commit.
+type commitDev struct {
+	id    int64
+	acked int64
+	moved bool
+}
+
+// commitState is what a commit's inserts leave for its later steps: the
+// devices touched, the ids registered (published to the caches only after
+// COMMIT) and the late rollup hours to mark dirty.
+type commitState struct {
+	devs       map[string]*commitDev
+	newDevices map[string]int64
+	newMetrics map[string]int64
+	dirty      map[dirtyKey]struct{}
+}
+
+// insertBatches decides each batch against its device's watermark (read
+// once per device, inside the transaction) and inserts the readings of the
+// batches that are not duplicates, in order.
+func (s *Store) insertBatches(c *sqlite3.Conn, cs *commitStmts, batches []telemetry.Batch, out []telemetry.Outcome) (*commitState, error) {
+	now := fmtTime(time.Now())
+	late := s.lateBefore.Load()
+	st := &commitState{
+		devs:       map[string]*commitDev{},
+		newDevices: map[string]int64{},
+		newMetrics: map[string]int64{},
+		dirty:      map[dirtyKey]struct{}{},
+	}
+	var err error
+	for i, b := range batches {
+		d := st.devs[b.Device]
+		if d == nil {
+			d = &commitDev{}
+			if d.acked, err = s.registerDevice(c, cs, b.Device, now); err != nil {
+				return nil, err
+			}
+			if d.id, err = s.deviceID(c, cs, b.Device, st.newDevices); err != nil {
+				return nil, err
+			}
+			st.devs[b.Device] = d
+		}
+		seq := int64(b.Seq)
+		if seq <= d.acked {
+			out[i].Duplicate = true
+			continue
+		}
+		if err := s.insertReadings(c, cs, b, d.id, now, late, st); err != nil {
+			return nil, err
+		}
+		d.acked, d.moved = seq, true
+	}
+	return st, nil
+}
+
+// insertReadings inserts one batch's readings for device id dev, noting the
+// hours of readings older than late (already rolled up) as dirty.
+func (s *Store) insertReadings(c *sqlite3.Conn, cs *commitStmts, b telemetry.Batch, dev int64, now string, late int64, st *commitState) error {
+	var err error
+	for _, r := range b.Readings {
+		mid, ok := s.metricIDs[r.Metric] // writer-side read: see Store.mu
+		if !ok {
+			if mid, err = metricID(c, cs, r.Metric, now, st.newMetrics); err != nil {
+				return err
+			}
+		}
+		ins := cs.insReading
+		ins.BindInt64(1, r.Time)
+		ins.BindInt64(2, dev)
+		ins.BindInt64(3, mid)
+		ins.BindFloat(4, r.Value)
+		if err := ins.Exec(); err != nil {
+			return fmt.Errorf("insert readings of %s: %w", b.Device, err)
+		}
+		if r.Time < late {
+			st.dirty[dirtyKey{dev, floorDiv(r.Time, hourMs) * hourMs}] = struct{}{}
+		}
+	}
+	return nil
+}
+
+// updateWatermarks stores the new watermark of every device that moved.
+func updateWatermarks(cs *commitStmts, devs map[string]*commitDev) error {
+	for name, d := range devs {
+		if !d.moved {
+			continue
+		}
+		cs.updAcked.BindInt64(1, d.acked)
+		cs.updAcked.BindText(2, name)
+		if err := cs.updAcked.Exec(); err != nil {
+			return fmt.Errorf("update watermark of %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// markDirty records the rollup hours that received late readings, for
+// Maintain to recompute.
+func markDirty(cs *commitStmts, dirty map[dirtyKey]struct{}) error {
+	for k := range dirty {
+		cs.insDirty.BindInt64(1, k.device)
+		cs.insDirty.BindInt64(2, k.hour)
+		if err := cs.insDirty.Exec(); err != nil {
+			return fmt.Errorf("mark late rollup buckets: %w", err)
+		}
+	}
+	return nil
+}
+
+// publishIDs adds the ids a committed transaction registered to the caches;
+// before COMMIT they could still be rolled back.
+func (s *Store) publishIDs(newDevices, newMetrics map[string]int64) {
 	if len(newDevices)+len(newMetrics) > 0 {
 		s.mu.Lock()
 		for k, v := range newDevices {
@@ -238,7 +311,6 @@ func (s *Store) commitTx(ctx context.Context, c *sqlite3.Conn, batches []telemet
 		}
 		s.mu.Unlock()
 	}
-	return nil
 }
 
 // registerDevice returns the device's watermark, creating its registry row

@@ -193,30 +193,43 @@ func refreshDevice(c *sqlite3.Conn, device, from, to int64) error {
 	if from != math.MinInt64 {
 		from = floorDiv(from, minuteMs) * minuteMs
 	}
+	done, err := minuteBuckets(c, device, from, to)
+	if err != nil {
+		return err
+	}
+	if err := writeMinutes(c, device, from, to, done); err != nil {
+		return err
+	}
+	return rollUpHours(c, device, from, to)
+}
+
+// metricAgg is one metric's finished 1-minute bucket.
+type metricAgg struct {
+	metric int64
+	agg    bucketAgg
+}
+
+// minuteBuckets aggregates the device's raw readings in [from, to) into
+// 1-minute buckets per metric.
+func minuteBuckets(c *sqlite3.Conn, device, from, to int64) ([]metricAgg, error) {
 	sel, _, err := c.Prepare(`SELECT t_ms, metric_id, value FROM readings
 		WHERE device_id = ? AND t_ms >= ? AND t_ms < ? ORDER BY t_ms`)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer sel.Close()
 	sel.BindInt64(1, device)
 	sel.BindInt64(2, from)
 	sel.BindInt64(3, to)
 	open := map[int64]*bucketAgg{} // metric -> bucket being filled
-	var done []struct {
-		metric int64
-		agg    bucketAgg
-	}
+	var done []metricAgg
 	for sel.Step() {
 		t, m, v := sel.ColumnInt64(0), sel.ColumnInt64(1), sel.ColumnFloat(2)
 		b := floorDiv(t, minuteMs) * minuteMs
 		a := open[m]
 		if a == nil || a.bucket != b {
 			if a != nil {
-				done = append(done, struct {
-					metric int64
-					agg    bucketAgg
-				}{m, *a})
+				done = append(done, metricAgg{m, *a})
 			}
 			a = &bucketAgg{bucket: b}
 			open[m] = a
@@ -224,15 +237,17 @@ func refreshDevice(c *sqlite3.Conn, device, from, to int64) error {
 		a.add(t, v)
 	}
 	if err := sel.Err(); err != nil {
-		return fmt.Errorf("read readings: %w", err)
+		return nil, fmt.Errorf("read readings: %w", err)
 	}
 	for m, a := range open {
-		done = append(done, struct {
-			metric int64
-			agg    bucketAgg
-		}{m, *a})
+		done = append(done, metricAgg{m, *a})
 	}
+	return done, nil
+}
 
+// writeMinutes replaces the device's 1-minute rollups in [from, to) with
+// done.
+func writeMinutes(c *sqlite3.Conn, device, from, to int64, done []metricAgg) error {
 	if err := execArgs(c, `DELETE FROM rollup_1m WHERE device_id = ? AND bucket >= ? AND bucket < ?`, device, from, to); err != nil {
 		return fmt.Errorf("clear 1m rollups: %w", err)
 	}
@@ -257,7 +272,12 @@ func refreshDevice(c *sqlite3.Conn, device, from, to int64) error {
 			return fmt.Errorf("write 1m rollups: %w", err)
 		}
 	}
+	return nil
+}
 
+// rollUpHours recomputes the device's 1-hour rollups of the hours that
+// [from, to) touches from its 1-minute rollups.
+func rollUpHours(c *sqlite3.Conn, device, from, to int64) error {
 	hFrom := from
 	if hFrom != math.MinInt64 {
 		hFrom = floorDiv(from, hourMs) * hourMs

@@ -129,111 +129,17 @@ var errQueryMemory = errors.New("out of memory (storage.sqlite.query_heap_limit)
 // before it runs.
 func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) (storage.QueryResult, error) {
 	var res storage.QueryResult
-	timeout := opts.Timeout
-	if timeout <= 0 {
-		timeout = defaultQueryTimeout
-	}
-	maxRows := opts.MaxRows
-	if maxRows <= 0 {
-		maxRows = defaultQueryRows
-	}
-	maxBytes := opts.MaxBytes
-	if maxBytes <= 0 {
-		maxBytes = storage.DefaultQueryMaxBytes
-	}
+	timeout, maxRows, maxBytes := queryLimits(opts)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var deniedRead string
 	err := s.withQuery(ctx, maxBytes, &deniedRead, func(c *sqlite3.Conn, objects map[string]bool) error {
-		// The authorizer trusts reads made inside a public view by the
-		// view's name, which a CTE of the same name would also carry.
-		for _, name := range cteNames(q) {
-			if objects[name] {
-				return fmt.Errorf("%w: a WITH query may not be named %q like a table or view", storage.ErrNotAllowed, name)
-			}
-		}
-		st, tail, err := c.Prepare(q)
-		if errors.Is(err, sqlite3.AUTH) {
-			if deniedRead != "" {
-				return fmt.Errorf("%w: %s is not part of the public schema (docs/sql.md): %v", storage.ErrNotAllowed, deniedRead, err)
-			}
-			return fmt.Errorf("%w: %v", storage.ErrReadOnly, err)
-		}
+		st, err := prepareQuery(c, q, objects, &deniedRead)
 		if err != nil {
 			return err
 		}
-		if st == nil {
-			return errors.New("empty statement")
-		}
 		defer st.Close()
-		if strings.TrimSpace(tail) != "" {
-			// The tail may be only comments; then preparing it gives nil.
-			extra, _, err := c.Prepare(tail)
-			if err != nil || extra != nil {
-				extra.Close()
-				return errors.New("only one statement may be run at a time")
-			}
-		}
-		if !st.ReadOnly() {
-			return storage.ErrReadOnly
-		}
-		n := st.ColumnCount()
-		res.Columns = make([]string, n)
-		for i := range n {
-			res.Columns[i] = st.ColumnName(i)
-		}
-		res.Rows = [][]any{}
-		var size int64
-	rows:
-		for st.Step() {
-			if len(res.Rows) == maxRows {
-				res.Truncated, res.TruncatedBy = true, storage.TruncatedRows
-				break
-			}
-			row := make([]any, n)
-			for i := range n {
-				// Check a value's length on the wasm side (RawText and
-				// RawBlob do not copy) before copying it out.
-				switch st.ColumnType(i) {
-				case sqlite3.INTEGER:
-					row[i] = st.ColumnInt64(i)
-				case sqlite3.FLOAT:
-					row[i] = st.ColumnFloat(i)
-				case sqlite3.TEXT:
-					if size+int64(len(st.ColumnRawText(i))) > maxBytes {
-						res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
-						break rows
-					}
-					row[i] = st.ColumnText(i)
-				case sqlite3.BLOB:
-					if size+2*int64(len(st.ColumnRawBlob(i))) > maxBytes {
-						res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
-						break rows
-					}
-					row[i] = st.ColumnBlob(i, nil)
-				default:
-					row[i] = nil
-				}
-				size += storage.ValueSize(row[i])
-			}
-			if size > maxBytes {
-				res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
-				break
-			}
-			res.Rows = append(res.Rows, row)
-		}
-		if err := st.Err(); err != nil {
-			switch {
-			case errors.Is(err, sqlite3.READONLY):
-				return errors.Join(storage.ErrReadOnly, err)
-			case errors.Is(err, sqlite3.NOMEM):
-				return fmt.Errorf("%w: %w", errQueryMemory, err)
-			case errors.Is(err, sqlite3.TOOBIG):
-				return fmt.Errorf("a value is larger than the query byte cap (%d bytes): %w", maxBytes, err)
-			}
-			return err
-		}
-		return nil
+		return readQueryRows(st, maxRows, maxBytes, &res)
 	})
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, sqlite3.INTERRUPT) {
@@ -242,6 +148,130 @@ func (s *Store) Query(ctx context.Context, q string, opts storage.QueryOptions) 
 		return storage.QueryResult{}, fmt.Errorf("query: %w", err)
 	}
 	return res, nil
+}
+
+// queryLimits is opts with the defaults in place of zeros.
+func queryLimits(opts storage.QueryOptions) (timeout time.Duration, maxRows int, maxBytes int64) {
+	timeout = opts.Timeout
+	if timeout <= 0 {
+		timeout = defaultQueryTimeout
+	}
+	maxRows = opts.MaxRows
+	if maxRows <= 0 {
+		maxRows = defaultQueryRows
+	}
+	maxBytes = opts.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = storage.DefaultQueryMaxBytes
+	}
+	return timeout, maxRows, maxBytes
+}
+
+// prepareQuery prepares q, the single read-only statement of an ad-hoc
+// query, under the query authorizer (which records a denied read in
+// *deniedRead), and refuses it before it runs when it is not one.
+func prepareQuery(c *sqlite3.Conn, q string, objects map[string]bool, deniedRead *string) (*sqlite3.Stmt, error) {
+	// The authorizer trusts reads made inside a public view by the
+	// view's name, which a CTE of the same name would also carry.
+	for _, name := range cteNames(q) {
+		if objects[name] {
+			return nil, fmt.Errorf("%w: a WITH query may not be named %q like a table or view", storage.ErrNotAllowed, name)
+		}
+	}
+	st, tail, err := c.Prepare(q)
+	if errors.Is(err, sqlite3.AUTH) {
+		if *deniedRead != "" {
+			return nil, fmt.Errorf("%w: %s is not part of the public schema (docs/sql.md): %v", storage.ErrNotAllowed, *deniedRead, err)
+		}
+		return nil, fmt.Errorf("%w: %v", storage.ErrReadOnly, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, errors.New("empty statement")
+	}
+	if strings.TrimSpace(tail) != "" {
+		// The tail may be only comments; then preparing it gives nil.
+		extra, _, err := c.Prepare(tail)
+		if err != nil || extra != nil {
+			extra.Close()
+			st.Close()
+			return nil, errors.New("only one statement may be run at a time")
+		}
+	}
+	if !st.ReadOnly() {
+		st.Close()
+		return nil, storage.ErrReadOnly
+	}
+	return st, nil
+}
+
+// readQueryRows steps st into res, stopping (and marking res truncated)
+// before the row past maxRows or the row that would take the result past
+// maxBytes.
+func readQueryRows(st *sqlite3.Stmt, maxRows int, maxBytes int64, res *storage.QueryResult) error {
+	n := st.ColumnCount()
+	res.Columns = make([]string, n)
+	for i := range n {
+		res.Columns[i] = st.ColumnName(i)
+	}
+	res.Rows = [][]any{}
+	var size int64
+	for st.Step() {
+		if len(res.Rows) == maxRows {
+			res.Truncated, res.TruncatedBy = true, storage.TruncatedRows
+			break
+		}
+		row, fits := readQueryRow(st, n, &size, maxBytes)
+		if !fits || size > maxBytes {
+			res.Truncated, res.TruncatedBy = true, storage.TruncatedBytes
+			break
+		}
+		res.Rows = append(res.Rows, row)
+	}
+	if err := st.Err(); err != nil {
+		switch {
+		case errors.Is(err, sqlite3.READONLY):
+			return errors.Join(storage.ErrReadOnly, err)
+		case errors.Is(err, sqlite3.NOMEM):
+			return fmt.Errorf("%w: %w", errQueryMemory, err)
+		case errors.Is(err, sqlite3.TOOBIG):
+			return fmt.Errorf("a value is larger than the query byte cap (%d bytes): %w", maxBytes, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// readQueryRow copies the current row of st out, adding the values' sizes
+// to *size. It returns false, without copying, when a text or blob value
+// would take *size past maxBytes: their length is checked on the wasm side
+// (RawText and RawBlob do not copy) before they are copied out.
+func readQueryRow(st *sqlite3.Stmt, n int, size *int64, maxBytes int64) ([]any, bool) {
+	row := make([]any, n)
+	for i := range n {
+		switch st.ColumnType(i) {
+		case sqlite3.INTEGER:
+			row[i] = st.ColumnInt64(i)
+		case sqlite3.FLOAT:
+			row[i] = st.ColumnFloat(i)
+		case sqlite3.TEXT:
+			if *size+int64(len(st.ColumnRawText(i))) > maxBytes {
+				return nil, false
+			}
+			row[i] = st.ColumnText(i)
+		case sqlite3.BLOB:
+			if *size+2*int64(len(st.ColumnRawBlob(i))) > maxBytes {
+				return nil, false
+			}
+			row[i] = st.ColumnBlob(i, nil)
+		default:
+			row[i] = nil
+		}
+		*size += storage.ValueSize(row[i])
+	}
+	return row, true
 }
 
 // queryAuthorizer returns the authorizer of one ad-hoc query: what
@@ -408,25 +438,7 @@ func (s *Store) bucketed(c *sqlite3.Conn, dev, met, from, to int64, points int, 
 	width := ceilTo(ceilDiv(to-origin, int64(points)), srcWidth)
 	out.Source = source
 	out.Bucket = time.Duration(width) * time.Millisecond
-
-	var aggs []*bucketAgg
-	fold := func(bucketStart, t int64, min, max, sum float64, count int64, last float64) {
-		b := origin + floorDiv(bucketStart-origin, width)*width
-		var a *bucketAgg
-		if n := len(aggs); n > 0 && aggs[n-1].bucket == b {
-			a = aggs[n-1]
-		} else {
-			a = &bucketAgg{bucket: b, min: math.Inf(1), max: math.Inf(-1), lastT: math.MinInt64}
-			aggs = append(aggs, a)
-		}
-		a.min = math.Min(a.min, min)
-		a.max = math.Max(a.max, max)
-		a.sum += sum
-		a.count += count
-		if t >= a.lastT {
-			a.last, a.lastT = last, t
-		}
-	}
+	f := &bucketFolder{origin: origin, width: width}
 
 	// Rollup rows are final for buckets wholly before the last refresh;
 	// later readings come from the raw table.
@@ -442,52 +454,87 @@ func (s *Store) bucketed(c *sqlite3.Conn, dev, met, from, to int64, points int, 
 			if source == "1h" {
 				table = "rollup_1h"
 			}
-			// table is one of two constants above, never input.
-			st, _, err := c.Prepare(`SELECT bucket, min, max, sum, count, last, last_t FROM ` + table + `
-				WHERE device_id = ? AND metric_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket`)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			st.BindInt64(1, dev)
-			st.BindInt64(2, met)
-			st.BindInt64(3, origin)
-			st.BindInt64(4, split)
-			for st.Step() {
-				fold(st.ColumnInt64(0), st.ColumnInt64(6), st.ColumnFloat(1), st.ColumnFloat(2), st.ColumnFloat(3), st.ColumnInt64(4), st.ColumnFloat(5))
-			}
-			if err := st.Err(); err != nil {
+			if err := foldRollup(c, table, dev, met, origin, split, f); err != nil {
 				return err
 			}
 			rawFrom = max(from, split)
 		}
 	}
 	if rawFrom < to {
-		st, _, err := c.Prepare(`SELECT t_ms, value FROM readings
-			WHERE device_id = ? AND t_ms >= ? AND t_ms < ? AND metric_id = ? ORDER BY t_ms`)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		st.BindInt64(1, dev)
-		st.BindInt64(2, rawFrom)
-		st.BindInt64(3, to)
-		st.BindInt64(4, met)
-		for st.Step() {
-			t, v := st.ColumnInt64(0), st.ColumnFloat(1)
-			fold(t, t, v, v, v, 1, v)
-		}
-		if err := st.Err(); err != nil {
+		if err := foldRaw(c, dev, met, rawFrom, to, f); err != nil {
 			return err
 		}
 	}
-	for _, a := range aggs {
+	for _, a := range f.aggs {
 		out.Points = append(out.Points, storage.SeriesPoint{
 			Time: time.UnixMilli(a.bucket).UTC(), Min: a.min, Max: a.max,
 			Avg: a.sum / float64(a.count), Last: a.last, Count: a.count,
 		})
 	}
 	return nil
+}
+
+// bucketFolder merges rows arriving in time order (rollup buckets or single
+// readings) into output buckets of width starting at origin.
+type bucketFolder struct {
+	origin, width int64
+	aggs          []*bucketAgg
+}
+
+func (f *bucketFolder) fold(bucketStart, t int64, min, max, sum float64, count int64, last float64) {
+	b := f.origin + floorDiv(bucketStart-f.origin, f.width)*f.width
+	var a *bucketAgg
+	if n := len(f.aggs); n > 0 && f.aggs[n-1].bucket == b {
+		a = f.aggs[n-1]
+	} else {
+		a = &bucketAgg{bucket: b, min: math.Inf(1), max: math.Inf(-1), lastT: math.MinInt64}
+		f.aggs = append(f.aggs, a)
+	}
+	a.min = math.Min(a.min, min)
+	a.max = math.Max(a.max, max)
+	a.sum += sum
+	a.count += count
+	if t >= a.lastT {
+		a.last, a.lastT = last, t
+	}
+}
+
+// foldRollup folds the rollup rows of [origin, split) into f. table is one
+// of two constants chosen by bucketed, never input.
+func foldRollup(c *sqlite3.Conn, table string, dev, met, origin, split int64, f *bucketFolder) error {
+	st, _, err := c.Prepare(`SELECT bucket, min, max, sum, count, last, last_t FROM ` + table + `
+		WHERE device_id = ? AND metric_id = ? AND bucket >= ? AND bucket < ? ORDER BY bucket`)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	st.BindInt64(1, dev)
+	st.BindInt64(2, met)
+	st.BindInt64(3, origin)
+	st.BindInt64(4, split)
+	for st.Step() {
+		f.fold(st.ColumnInt64(0), st.ColumnInt64(6), st.ColumnFloat(1), st.ColumnFloat(2), st.ColumnFloat(3), st.ColumnInt64(4), st.ColumnFloat(5))
+	}
+	return st.Err()
+}
+
+// foldRaw folds the raw readings of [from, to) into f.
+func foldRaw(c *sqlite3.Conn, dev, met, from, to int64, f *bucketFolder) error {
+	st, _, err := c.Prepare(`SELECT t_ms, value FROM readings
+		WHERE device_id = ? AND t_ms >= ? AND t_ms < ? AND metric_id = ? ORDER BY t_ms`)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	st.BindInt64(1, dev)
+	st.BindInt64(2, from)
+	st.BindInt64(3, to)
+	st.BindInt64(4, met)
+	for st.Step() {
+		t, v := st.ColumnInt64(0), st.ColumnFloat(1)
+		f.fold(t, t, v, v, v, 1, v)
+	}
+	return st.Err()
 }
 
 // refreshedTo reads how far the rollups are complete (Unix ms);
