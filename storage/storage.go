@@ -124,16 +124,23 @@ type QueryOptions struct {
 // of a small host.
 const DefaultQueryMaxBytes = 16 << 20
 
+// valueOverhead is what holding one value costs in memory beyond its bytes:
+// the row's interface slot and a string or slice header. Counting it keeps
+// a result of many tiny values (1,000 one-character columns) as bounded in
+// memory as one of a few large ones.
+const valueOverhead = 32
+
 // ValueSize is what one result value counts against QueryOptions.MaxBytes:
-// about its length as JSON or CSV text (blobs as hex).
+// about its length as JSON or CSV text (blobs as hex), plus what holding it
+// costs (valueOverhead).
 func ValueSize(v any) int64 {
 	switch x := v.(type) {
 	case nil:
 		return 4
 	case string:
-		return int64(len(x)) + 2
+		return int64(len(x)) + valueOverhead
 	case []byte:
-		return 2*int64(len(x)) + 4
+		return 2*int64(len(x)) + valueOverhead
 	case time.Time:
 		return 32
 	default:

@@ -177,6 +177,7 @@ func (s *Store) checkQueryRole(ctx context.Context) error {
 		        WHERE p.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program', 'pg_read_all_data')
 		          AND pg_has_role(current_user, p.oid, 'MEMBER')),
 		coalesce(has_table_privilege(to_regclass('api_keys'), 'SELECT'), false)
+		  OR coalesce(has_table_privilege(to_regclass('device_tokens'), 'SELECT'), false)
 		FROM pg_roles r WHERE r.rolname = current_user`).Scan(&role, &super, &repl, &files, &secrets)
 	if err != nil {
 		return fmt.Errorf("check the query role: %w", err)
@@ -189,8 +190,12 @@ func (s *Store) checkQueryRole(ctx context.Context) error {
 		why = "has the REPLICATION attribute"
 	case files:
 		why = "may read or write server files (pg_read_server_files and friends)"
-	case s.cfg.QueryURL != "" && secrets:
-		why = "can read the api_keys table"
+	case secrets:
+		// The service's own role owns the tables: without a query role a
+		// viewer could read key and token hashes, and terminate the
+		// service's connections (pg_terminate_backend works on one's own
+		// role's backends even in a read-only transaction).
+		why = "can read the api_keys or device_tokens tables"
 	}
 	if why == "" {
 		s.queryRoleOK.Store(true)

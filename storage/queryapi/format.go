@@ -52,8 +52,15 @@ func isNumber(v any) bool {
 	return false
 }
 
+// maxCellWidth bounds one table cell, in characters. Every cell of a column
+// is padded to its widest, so one long value times many rows would cost
+// far more than the result's byte cap (a 8 MB value in a 10,000-row result
+// becomes 80 GB of padding); longer values end in "…" — csv and json show
+// them whole.
+const maxCellWidth = 256
+
 // WriteTable prints an aligned table like psql: numbers right-aligned,
-// a row count at the end.
+// a row count at the end. Cells longer than maxCellWidth are cut.
 func WriteTable(w io.Writer, res storage.QueryResult) error {
 	cells := make([][]string, len(res.Rows))
 	width := make([]int, len(res.Columns))
@@ -68,6 +75,9 @@ func WriteTable(w io.Writer, res storage.QueryResult) error {
 				v = row[i]
 			}
 			s := strings.NewReplacer("\n", `\n`, "\t", `\t`).Replace(cell(v, "NULL"))
+			if utf8.RuneCountInString(s) > maxCellWidth {
+				s = string([]rune(s)[:maxCellWidth-1]) + "…"
+			}
 			cells[r][i] = s
 			width[i] = max(width[i], utf8.RuneCountInString(s))
 		}

@@ -601,11 +601,11 @@ func cteNames(sql string) []string {
 				b.WriteByte(sql[j])
 				j++
 			}
-			if ch == '\'' {
-				toks = append(toks, token{punct: '\''}) // a string literal
-			} else {
-				toks = append(toks, token{word: strings.ToLower(b.String())})
-			}
+			// A single-quoted string is a word too: SQLite's grammar
+			// accepts a string literal as a name (WITH 'telemetry' AS
+			// ...), so it may name a CTE. Taking every string for a word
+			// can only add names to check, never hide one.
+			toks = append(toks, token{word: strings.ToLower(b.String())})
 			i = j + 1
 		case ch == '_' || ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= 0x80:
 			j := i

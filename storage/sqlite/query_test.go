@@ -45,6 +45,7 @@ func TestQueryPublicSchemaOnly(t *testing.T) {
 		"SELECT count(*) FROM telemetry, api_keys",
 		"WITH telemetry_1m AS (SELECT * FROM api_keys) SELECT * FROM telemetry_1m",
 		"WITH \"Telemetry\"(a, b) AS MATERIALIZED (SELECT id, hash FROM api_keys) SELECT * FROM telemetry",
+		"WITH 'telemetry' AS (SELECT id, hash, role FROM api_keys) SELECT * FROM telemetry",
 		"SELECT (WITH telemetry AS (SELECT hash FROM api_keys) SELECT * FROM telemetry), x.* FROM telemetry x",
 		"WITH x AS (SELECT 1), [devices] AS (SELECT hash FROM device_tokens) SELECT * FROM devices",
 		"SELECT (SELECT count(*) FROM device_tokens) FROM telemetry",
@@ -133,6 +134,8 @@ func TestCTENames(t *testing.T) {
 		{"SELECT 'telemetry AS (' FROM t -- telemetry AS (\n/* devices AS ( */", ""},
 		{"WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT CAST(x AS INTEGER) FROM n", "n"},
 		{"SELECT sum(x) OVER w FROM t WINDOW w AS (ORDER BY x)", "w"},
+		// SQLite takes a string literal for a name: a CTE named 'telemetry'.
+		{"WITH 'telemetry' AS (SELECT id, hash, role FROM api_keys) SELECT * FROM telemetry", "telemetry"},
 	}
 	for _, c := range cases {
 		if got := strings.Join(cteNames(c.sql), ","); got != c.want {
