@@ -88,3 +88,28 @@ func TestTableEmptyAndTruncated(t *testing.T) {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }
+
+// TestTableCellsCapped: one long value in a many-row result must not make
+// every row as wide as it (the padding would multiply a result the byte cap
+// allowed); the table cuts it, csv keeps it whole.
+func TestTableCellsCapped(t *testing.T) {
+	long := strings.Repeat("a", 100_000)
+	res := storage.QueryResult{Columns: []string{"a", "b"}}
+	for i := range 1000 {
+		v := ""
+		if i == 0 {
+			v = long
+		}
+		res.Rows = append(res.Rows, []any{v, int64(i)})
+	}
+	var b strings.Builder
+	if err := WriteTable(&b, res); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Len(); n > 1000*(maxCellWidth*3+20) {
+		t.Fatalf("table of 1,000 rows is %d bytes: cells are not capped", n)
+	}
+	if !strings.Contains(b.String(), strings.Repeat("a", maxCellWidth-1)+"…") {
+		t.Fatal("the long value is not shown cut with an ellipsis")
+	}
+}
