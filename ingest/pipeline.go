@@ -70,6 +70,11 @@ type pipeline struct {
 	// abort is closed when the drain deadline passed: writers stop retrying.
 	abortOnce sync.Once
 	abort     chan struct{}
+	// abortCtx ends with abort: commit attempts run under it, so a commit
+	// hung at the drain deadline is cancelled instead of holding Shutdown
+	// for its own 30 s timeout.
+	abortCtx    context.Context
+	abortCommit context.CancelFunc
 
 	inflight sync.WaitGroup // items submitted and not yet done
 
@@ -109,14 +114,16 @@ func newPipeline(cfg Config, store Store, log *slog.Logger, m *metrics, committe
 		pending:      make(map[string]int),
 		idle:         make(map[string]chan struct{}),
 	}
-	// A shard channel holds at most QueueReadings items (each weighs >= 1
-	// against the budget), so a send after a successful acquire never blocks
-	// for long; its capacity only needs to cover a flush or two (the next
-	// flush accumulates here while the current one commits).
-	capacity := max(cfg.FlushSize, cfg.MaxBatch) * 2
+	// Every queued item holds at least one reading of the budget, so all
+	// shards together never hold more than QueueReadings items: with that
+	// capacity a send after a successful acquire never blocks (a blocked
+	// send would hold p.mu's read lock and ignore the session's context,
+	// and drain could not take the write lock). 200,000 slots are 1.6 MB
+	// of pointers per writer.
 	for i := range p.shards {
-		p.shards[i] = make(chan *item, min(capacity, cfg.QueueReadings))
+		p.shards[i] = make(chan *item, cfg.QueueReadings)
 	}
+	p.abortCtx, p.abortCommit = context.WithCancel(context.Background())
 	return p
 }
 
@@ -306,7 +313,7 @@ func (p *pipeline) commit(shard int, items []*item) {
 		h.attemptStart.Store(start.UnixNano())
 		// Each attempt gets its own deadline so a hung connection cannot
 		// stall the writer forever; 30 s is far above a healthy flush.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(p.abortCtx, 30*time.Second)
 		outcomes, err := p.store.Commit(ctx, batches)
 		cancel()
 		h.attemptStart.Store(0)
@@ -423,6 +430,9 @@ func (p *pipeline) waitIdle(ctx context.Context, device string) error {
 // drain stops intake, lets writers commit everything queued, and waits for
 // that until ctx ends; then it aborts retries and waits for writers to exit.
 func (p *pipeline) drain(ctx context.Context) error {
+	// The deadline aborts even while this waits for the lock below.
+	stop := context.AfterFunc(ctx, p.abortNow)
+	defer stop()
 	p.mu.Lock()
 	if !p.draining {
 		p.draining = true
@@ -435,8 +445,17 @@ func (p *pipeline) drain(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		p.abortOnce.Do(func() { close(p.abort) })
+		p.abortNow()
 		<-done
 		return ctx.Err()
 	}
+}
+
+// abortNow stops every writer's retries and cancels a commit in progress:
+// after the drain deadline nothing more may commit.
+func (p *pipeline) abortNow() {
+	p.abortOnce.Do(func() {
+		close(p.abort)
+		p.abortCommit()
+	})
 }

@@ -93,9 +93,9 @@ func TestPipelineBackpressure(t *testing.T) {
 	var acked sync.WaitGroup
 	var ackCount sync.Map
 	submitted := make(chan uint64, 1000)
+	acked.Add(50) // before the goroutine, so Wait cannot return early
 	go func() {
 		for seq := uint64(1); seq <= 50; seq++ {
-			acked.Add(1)
 			rs := make([]telemetry.Reading, 10)
 			b := telemetry.Batch{Device: "d", Seq: seq, Readings: rs}
 			if err := p.submit(context.Background(), b, func(telemetry.Outcome, error) { ackCount.Store(seq, true); acked.Done() }); err != nil {
@@ -402,5 +402,72 @@ func TestReadyWhileCommitsFail(t *testing.T) {
 	}
 	if err := srv.Ready(context.Background()); err != nil {
 		t.Fatalf("not ready after the commit succeeded: %v", err)
+	}
+}
+
+// TestDrainDeadlineWithStoreDown: the store is down, the writer retries, and
+// many one-reading batches are queued (more than a flush or two): drain must
+// still return at its deadline, not wait for the store to come back.
+func TestDrainDeadlineWithStoreDown(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Writers = 1
+	cfg.FlushSize = 10
+	cfg.MaxBatch = 10
+	cfg.QueueReadings = 1000
+	store := newMemStore()
+	store.commitFailing = true
+	p := newPipeline(cfg, store, slog.New(slog.DiscardHandler), newMetrics(nil), nil)
+	p.start()
+	var submits sync.WaitGroup
+	for i := 1; i <= 40; i++ {
+		submits.Add(1)
+		go func() {
+			defer submits.Done()
+			_ = p.submit(context.Background(), telemetry.Batch{Device: "d", Seq: uint64(i),
+				Readings: []telemetry.Reading{{Metric: "m", Time: 1, Value: 1}}}, func(telemetry.Outcome, error) {})
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := p.drain(ctx); err == nil {
+		t.Fatal("drain with the store down reported success")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("drain took %s past a 300 ms deadline", d)
+	}
+	submits.Wait() // every submit returned (queued or refused), none is stuck
+}
+
+// hangingStore's Commit blocks until its context ends (a partitioned
+// network, a lock wait).
+type hangingStore struct{ memStore }
+
+func (h *hangingStore) Commit(ctx context.Context, _ []telemetry.Batch) ([]telemetry.Outcome, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestDrainDeadlineCancelsHungCommit: a commit in progress at the drain
+// deadline is cancelled, so drain returns at once instead of after the
+// commit's own 30 s timeout.
+func TestDrainDeadlineCancelsHungCommit(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Writers = 1
+	store := &hangingStore{memStore: *newMemStore()}
+	p := newPipeline(cfg, store, slog.New(slog.DiscardHandler), newMetrics(nil), nil)
+	p.start()
+	if err := p.submit(context.Background(), telemetry.Batch{Device: "d", Seq: 1,
+		Readings: []telemetry.Reading{{Metric: "m", Time: 1, Value: 1}}}, func(telemetry.Outcome, error) {}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the commit is hanging
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_ = p.drain(ctx)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("drain took %s with a hung commit; want about its 200 ms deadline", d)
 	}
 }
