@@ -282,7 +282,16 @@ func (lc *liveConn) pump() {
 				}
 				var done func()
 				if last {
-					done = func() { lc.written <- struct{}{} }
+					// Never blocks: once the client is done pump may have
+					// returned, and a blocked callback would hold the
+					// core's writer (no close frame, no cleanup, a leaked
+					// socket).
+					done = func() {
+						select {
+						case lc.written <- struct{}{}:
+						default:
+						}
+					}
 				}
 				if !lc.conn.SendData(msg, done) {
 					return // closing: Closed detaches
@@ -295,6 +304,9 @@ func (lc *liveConn) pump() {
 			select {
 			case <-lc.written:
 			case <-lc.c.done:
+				code, msg := closeCode(lc.c.closeReason())
+				lc.conn.Close(wsconn.Error{Code: code, Kind: lc.c.closeReason(), Reason: msg})
+				return
 			}
 		case <-lc.c.done:
 			code, msg := closeCode(lc.c.closeReason())

@@ -101,6 +101,7 @@ type Config struct {
 type outFrame struct {
 	b    []byte
 	done func() // called once written or dropped; may be nil
+	pong bool   // a pong, which a newer one replaces while queued (sendPong)
 }
 
 // Conn is one WebSocket connection driven by an Engine.
@@ -114,6 +115,11 @@ type Conn struct {
 	one [1]byte // the blocking reader waits on this, not on a buffer
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
+	// inHandler is set while Handler.Message runs. A handler may block on
+	// purpose (the device's queue is full, storage is slow, the device is
+	// paced): the peer's pongs then wait unread in the socket, and the
+	// idle check must not take that for silence.
+	inHandler atomic.Bool
 	lastPing int64        // wheel-owned
 	due      int64        // wheel tick number; wheel-owned
 	slot     int          // wheel slot; wheel-owned
@@ -296,7 +302,11 @@ func (c *Conn) readSome() bool {
 			return false
 		}
 		if payload != nil {
-			if e := c.h.Message(op, payload); e != nil {
+			c.inHandler.Store(true)
+			e := c.h.Message(op, payload)
+			c.lastRead.Store(time.Now().UnixNano())
+			c.inHandler.Store(false)
+			if e != nil {
 				c.end(*e)
 				return false
 			}
@@ -361,7 +371,7 @@ func (c *Conn) readMessage(br *bufio.Reader) (ws.OpCode, []byte, error) {
 			ws.Cipher(p, h.Mask, 0)
 			switch h.OpCode {
 			case ws.OpPing:
-				c.Send(ws.OpPong, p, nil)
+				c.sendPong(p)
 			case ws.OpClose:
 				return 0, nil, errPeerClosed
 			}
@@ -378,7 +388,9 @@ func (c *Conn) readMessage(br *bufio.Reader) (ws.OpCode, []byte, error) {
 		case h.OpCode != ws.OpText && h.OpCode != ws.OpBinary && h.OpCode != ws.OpContinuation:
 			return 0, nil, &Error{Code: CloseProtocol, Kind: KindBadFrame, Reason: fmt.Sprintf("unknown opcode %d", h.OpCode)}
 		}
-		if int64(len(msg))+h.Length > c.cfg.MaxMessage {
+		// Compared without adding: a header may claim up to 2^63-1 bytes,
+		// and len(msg)+h.Length would wrap negative and pass.
+		if h.Length < 0 || h.Length > c.cfg.MaxMessage-int64(len(msg)) {
 			return 0, nil, &Error{Code: CloseTooBig, Kind: KindTooBig, Reason: fmt.Sprintf("message exceeds %d bytes", c.cfg.MaxMessage)}
 		}
 		if msg == nil {
@@ -400,13 +412,38 @@ func (c *Conn) readMessage(br *bufio.Reader) (ws.OpCode, []byte, error) {
 // Send queues a frame; done (optional) runs once it was written or dropped.
 // It reports false, without calling done, once the connection is closing.
 func (c *Conn) Send(op ws.OpCode, payload []byte, done func()) bool {
-	b := appendFrame(make([]byte, 0, headerLen(len(payload))+len(payload)), op, payload)
+	return c.enqueue(outFrame{b: appendFrame(make([]byte, 0, headerLen(len(payload))+len(payload)), op, payload), done: done})
+}
+
+// sendPong answers a ping. A pong still queued is replaced rather than
+// joined by another: a peer that floods pings without reading its socket
+// gets one pending pong instead of a queue growing with every ping
+// (RFC 6455 5.5.3: answering only the most recent ping is allowed).
+func (c *Conn) sendPong(payload []byte) {
+	c.enqueue(outFrame{b: appendFrame(make([]byte, 0, headerLen(len(payload))+len(payload)), ws.OpPong, payload), pong: true})
+}
+
+// enqueue adds f to the write queue (or, for a pong, replaces a queued
+// pong) and starts the writer if none runs.
+func (c *Conn) enqueue(f outFrame) bool {
 	c.mu.Lock()
 	if c.closing != nil {
 		c.mu.Unlock()
 		return false
 	}
-	c.queue = append(c.queue, outFrame{b: b, done: done})
+	replaced := false
+	if f.pong {
+		for i := len(c.queue) - 1; i >= 0; i-- {
+			if c.queue[i].pong {
+				c.queue[i].b = f.b
+				replaced = true
+				break
+			}
+		}
+	}
+	if !replaced {
+		c.queue = append(c.queue, f)
+	}
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
@@ -595,7 +632,7 @@ func (c *Conn) tick(now int64) int64 {
 	if c.Closing() {
 		return 0
 	}
-	if c.cfg.Idle > 0 && now-c.lastRead.Load() >= int64(c.cfg.Idle) {
+	if c.cfg.Idle > 0 && !c.inHandler.Load() && now-c.lastRead.Load() >= int64(c.cfg.Idle) {
 		c.end(Error{Code: CloseGoingAway, Kind: KindTimeout, Reason: "no frame or pong for two heartbeat intervals"})
 		return 0
 	}

@@ -36,6 +36,10 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add(frame(masked(ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))))
 	f.Add(frame(masked(ws.OpBinary, true, bytes.Repeat([]byte("x"), 300))))
 	f.Add([]byte{0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0})
+	// A fragment, then a continuation claiming 2^63-1 bytes: the sum with
+	// the fragment's length must not wrap past the size check.
+	f.Add(append(frame(masked(ws.OpBinary, false, []byte("x"))),
+		0x80, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e := &Engine{}
 		c := &Conn{e: e, t: discard{}, cfg: &Config{MaxMessage: 256}, h: &echo{}, fd: -1, readDone: make(chan struct{})}
