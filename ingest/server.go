@@ -85,6 +85,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session // by device id; one live session per device
+	// every holds every registered session until its cleanup, including
+	// taken-over ones still writing their last acks: Shutdown aborts these.
+	every    map[*session]struct{}
 	draining atomic.Bool
 
 	conns atomic.Int64 // live WebSocket sessions (MaxConnections)
@@ -140,6 +143,7 @@ func New(cfg Config, store Store, auth Authenticator, opts Options) (*Server, er
 		m:        newMetrics(opts.Registerer),
 		now:      opts.Now,
 		sessions: make(map[string]*session),
+		every:    make(map[*session]struct{}),
 		stopped:  make(chan struct{}),
 		adm:      newAdmission(cfg.MaxHandshakes),
 		httpBody: make(map[*http.ResponseController]struct{}),
@@ -311,12 +315,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			// Peers that do not take our writes: close their sockets now,
-			// and bound the store writes of their cleanup.
-			for _, sess := range s.liveSessions() {
-				sess.conn.Abort()
-			}
+			// and bound the store writes of their cleanup — armed first,
+			// because Abort runs a session's cleanup on this goroutine and
+			// with the store hung each would wait for its own timeout.
 			margin := time.AfterFunc(shutdownMargin/2, s.lifeStop)
 			defer margin.Stop()
+			for _, sess := range s.registeredSessions() {
+				sess.conn.Abort()
+			}
 		}
 		if waitFor(done, shutdownMargin) && s.eng.Load() != nil {
 			s.eng.Load().Close() // every attached connection has finished
@@ -363,6 +369,18 @@ func (s *Server) liveSessions() []*session {
 	return all
 }
 
+// registeredSessions is every session not yet cleaned up, taken-over ones
+// included.
+func (s *Server) registeredSessions() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	all := make([]*session, 0, len(s.every))
+	for sess := range s.every {
+		all = append(all, sess)
+	}
+	return all
+}
+
 // register makes sess the device's live session, closing an older one with
 // 1008 (one session per device) and returning it. It fails while draining.
 func (s *Server) register(sess *session) (*session, bool) {
@@ -373,6 +391,7 @@ func (s *Server) register(sess *session) (*session, bool) {
 	}
 	old := s.sessions[sess.device]
 	s.sessions[sess.device] = sess
+	s.every[sess] = struct{}{}
 	sess.registered = true
 	s.sessWG.Add(1)
 	s.mu.Unlock()
@@ -390,6 +409,7 @@ func (s *Server) unregister(sess *session) bool {
 	if last {
 		delete(s.sessions, sess.device)
 	}
+	delete(s.every, sess)
 	s.mu.Unlock()
 	s.sessWG.Done()
 	return last
