@@ -333,6 +333,11 @@ func (lc *liveConn) Ending(e wsconn.Error) {
 		lc.d.m.disconnects.WithLabelValues(reason).Inc()
 	}
 	code, msg := closeCode(lc.c.closeReason())
+	if e.Kind == wsconn.KindPeerClosed {
+		// The browser closed: answer its close frame (RFC 6455 5.5.1), so
+		// it sees a clean 1000 rather than 1006.
+		code, msg = wsconn.CloseNormal, ""
+	}
 	lc.conn.Close(wsconn.Error{Code: code, Kind: reason, Reason: msg})
 }
 

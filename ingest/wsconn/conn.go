@@ -120,9 +120,9 @@ type Conn struct {
 	// paced): the peer's pongs then wait unread in the socket, and the
 	// idle check must not take that for silence.
 	inHandler atomic.Bool
-	lastPing int64        // wheel-owned
-	due      int64        // wheel tick number; wheel-owned
-	slot     int          // wheel slot; wheel-owned
+	lastPing  int64 // wheel-owned
+	due       int64 // wheel tick number; wheel-owned
+	slot      int   // wheel slot; wheel-owned
 
 	mu         sync.Mutex
 	fd         int // registered with the poller, or -1

@@ -2,6 +2,7 @@ package queryapi
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 
