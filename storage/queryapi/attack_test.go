@@ -219,6 +219,16 @@ func TestConcurrentQueriesBounded(t *testing.T) {
 	if a.status != http.StatusTooManyRequests || a.header.Get("Retry-After") == "" || time.Since(start) > time.Second {
 		t.Errorf("third query: status %d after %v: %s", a.status, time.Since(start), a.body)
 	}
+	// /v1/series shares the slots: a viewer cannot get around the bound
+	// with series requests (on SQLite they read the lookups' pool).
+	resp, err := http.Get(srv.URL + "/v1/series?device=d&metric=m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("series while the slots are taken: status %d, want 429", resp.StatusCode)
+	}
 	wg.Wait()
 	if a := query(t, srv, "SELECT 1"); a.status != 200 {
 		t.Errorf("after the slow ones: status %d: %s", a.status, a.body)

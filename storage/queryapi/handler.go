@@ -106,7 +106,8 @@ func Handler(r Reader, o Options) http.Handler {
 type handler struct {
 	r Reader
 	o Options
-	// slots holds one token per /v1/query running (MaxConcurrent).
+	// slots holds one token per /v1/query or /v1/series running
+	// (MaxConcurrent).
 	slots chan struct{}
 }
 
@@ -141,14 +142,10 @@ func (h *handler) query(w http.ResponseWriter, r *http.Request) {
 		}
 		maxRows = min(n, h.o.MaxRows)
 	}
-	select {
-	case h.slots <- struct{}{}:
-		defer func() { <-h.slots }()
-	default:
-		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusTooManyRequests, "too many concurrent queries (at most %d); retry later", h.o.MaxConcurrent)
+	if !h.acquire(w) {
 		return
 	}
+	defer func() { <-h.slots }()
 	// One deadline for the whole request: the statement gets what is left
 	// of it, and writing the answer to a slow client ends at it too.
 	deadline := time.Now().Add(h.o.Timeout)
@@ -204,6 +201,20 @@ func parseTime(key, s string) (time.Time, error) {
 	return t, nil
 }
 
+// acquire takes one of the MaxConcurrent slots /v1/query and /v1/series
+// share, or answers 429: a viewer's reads must not hold every database
+// connection operators and devices need.
+func (h *handler) acquire(w http.ResponseWriter) bool {
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	default:
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusTooManyRequests, "too many concurrent queries (at most %d); retry later", h.o.MaxConcurrent)
+		return false
+	}
+}
+
 func (h *handler) series(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	req := storage.SeriesRequest{Device: q.Get("device"), Metric: q.Get("metric"), Points: 500}
@@ -244,6 +255,10 @@ func (h *handler) series(w http.ResponseWriter, r *http.Request) {
 		}
 		req.Points = n
 	}
+	if !h.acquire(w) {
+		return
+	}
+	defer func() { <-h.slots }()
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.Timeout)
 	defer cancel()
 	res, err := h.r.Series(ctx, req)
