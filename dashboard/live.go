@@ -197,6 +197,7 @@ type liveConn struct {
 	c       *client
 	conn    *wsconn.Conn
 	tok     string
+	key     string        // the bearer API key, for streams opened with one
 	written chan struct{} // a burst was written
 	pumped  chan struct{} // closed when pump returned
 }
@@ -238,7 +239,7 @@ func (d *Dashboard) serveLive(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close()
 		return
 	}
-	lc := &liveConn{d: d, c: c, tok: tok, written: make(chan struct{}, 1), pumped: make(chan struct{})}
+	lc := &liveConn{d: d, c: c, tok: tok, key: bearer(r), written: make(chan struct{}, 1), pumped: make(chan struct{})}
 	lc.conn = eng.Attach(conn, pre, &liveConfig, lc)
 	lc.conn.SendData(appendHello(nil, d.cfg.MaxUpdatesPerSecond), nil)
 	go lc.pump()
@@ -353,11 +354,34 @@ func (lc *liveConn) Closed(e wsconn.Error) {
 }
 
 // Tick implements wsconn.Ticker: at every ping, a cookie session that
-// ended (logout, expiry) ends its live connection.
+// ended (logout, expiry) or an API key revoked since the stream opened ends
+// its live connection.
 func (lc *liveConn) Tick() {
 	if lc.tok != "" && !lc.d.sessions.exists(lc.tok) {
 		lc.d.hub.dropAsync(lc.c, reasonSession)
 	}
+	lc.d.recheckKey(lc.key, lc.c)
+}
+
+// keyRecheckTimeout bounds one re-check of a live stream's API key.
+const keyRecheckTimeout = 5 * time.Second
+
+// recheckKey drops c if key (a bearer stream's API key; "" for cookie
+// streams) no longer authenticates. It runs off the caller's goroutine —
+// the timer wheel's or the SSE loop's — because the lookup may wait for
+// the store; the devices credential cache makes it cheap and sees a
+// revocation at once.
+func (d *Dashboard) recheckKey(key string, c *client) {
+	if key == "" {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), keyRecheckTimeout)
+		defer cancel()
+		if _, err := d.auth.AuthenticateOperator(ctx, key); isUnauthorized(err) {
+			d.hub.dropAsync(c, reasonSession)
+		}
+	}()
 }
 
 // parseClientMsg decodes and checks a browser's message; the error text is
@@ -489,6 +513,7 @@ func (d *Dashboard) sseLoop(w http.ResponseWriter, r *http.Request, c *client, t
 				d.hub.dropAsync(c, reasonSession)
 				continue
 			}
+			d.recheckKey(bearer(r), c)
 			if !send([]byte(": ping\n\n")) {
 				d.hub.dropAsync(c, reasonWrite)
 				return reasonWrite

@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
@@ -51,5 +52,34 @@ func TestPumpEndsWhenHubDropsClient(t *testing.T) {
 		}
 		b.Close()
 		eng.Close()
+	}
+}
+
+// TestLiveKeyRevokedEndsStream: a live stream opened with a bearer API key
+// ends at the next check after the key is revoked (the check the WebSocket
+// ping and the SSE heartbeat run).
+func TestLiveKeyRevokedEndsStream(t *testing.T) {
+	e := newTestEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := e.d.hub.attach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.d.recheckKey(viewerKey, c)
+	select {
+	case <-c.done:
+		t.Fatal("a valid key's stream was dropped")
+	case <-time.After(200 * time.Millisecond):
+	}
+	e.auth.revoke(viewerKey)
+	e.d.recheckKey(viewerKey, c)
+	select {
+	case <-c.done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the stream of a revoked key is still open")
+	}
+	if r := c.closeReason(); r != reasonSession {
+		t.Fatalf("close reason %q, want %q", r, reasonSession)
 	}
 }
