@@ -665,23 +665,30 @@ func TestNoCommandBeforeHello(t *testing.T) {
 	c1.send(batch(1, wire.Reading{T: now(), Metric: "m", Value: 1.0}))
 	time.Sleep(50 * time.Millisecond) // the batch is in the stalled pipeline
 
+	ts.srv.mu.Lock()
+	first := ts.srv.sessions["cmdfirst"]
+	ts.srv.mu.Unlock()
 	c2, err := ts.tryDial("tok-cmdfirst", wire.Subprotocol) // takes over; hello waits for the batch
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Once the new session is registered (its hello still waiting for the
+	// stalled batch), a command must be answered offline.
 	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		err := ts.srv.SendCommand("cmdfirst", telemetry.Command{ID: "early", Name: "reboot"})
-		if !errors.Is(err, telemetry.ErrOffline) {
-			t.Fatalf("SendCommand before hello: %v, want ErrOffline", err)
-		}
+	for {
 		ts.srv.mu.Lock()
-		_, registered := ts.srv.sessions["cmdfirst"]
+		cur := ts.srv.sessions["cmdfirst"]
 		ts.srv.mu.Unlock()
-		if registered {
-			break // the new session is registered and still has no hello
+		if cur != nil && cur != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second session never registered")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	if err := ts.srv.SendCommand("cmdfirst", telemetry.Command{ID: "early", Name: "reboot"}); !errors.Is(err, telemetry.ErrOffline) {
+		t.Fatalf("SendCommand before hello: %v, want ErrOffline", err)
 	}
 	ts.store.resume()
 	if typ, _ := c2.next(); typ != wire.TypeHello {

@@ -50,6 +50,10 @@ type session struct {
 	// one: online is reported after hello only if cleanup has not begun.
 	presenceMu sync.Mutex
 	cleanedUp  bool
+	// opened is closed once the session-open record was handed over: the
+	// close record waits for it, so a close can never reach the session
+	// log ahead of its open (a row left open forever).
+	opened chan struct{}
 
 	ctx    context.Context // ends when the session starts closing (unblocks submit)
 	cancel context.CancelFunc
@@ -218,6 +222,7 @@ func (s *Server) newSession(conn net.Conn, pre []byte, sessID, device, remote st
 		ctx:      ctx,
 		cancel:   stop,
 		started:  s.now(),
+		opened:   make(chan struct{}),
 	}
 	sess.conn = s.engine().Attach(conn, pre, &s.wsCfg, sess)
 	return sess
@@ -228,6 +233,7 @@ func (s *Server) newSession(conn net.Conn, pre []byte, sessID, device, remote st
 func (s *Server) startSession(sess *session, old *session, release func()) {
 	device, sessID := sess.device, sess.id
 	s.recordOpen(sess)
+	close(sess.opened)
 
 	// hello.acked must cover every batch an earlier session of this device
 	// (or an HTTP post) already put into the pipeline: otherwise a device
@@ -251,7 +257,13 @@ func (s *Server) startSession(sess *session, old *session, release func()) {
 	// Online only now: the bridge delivers queued commands on this, and
 	// they must follow hello.
 	sess.presenceMu.Lock()
-	if !sess.cleanedUp && s.opts.Presence != nil {
+	// Only the device's current session, not already closing, reports
+	// online: a session taken over while it prepared hello must not mark
+	// the device online after its successor reported it offline.
+	s.mu.Lock()
+	current := s.sessions[device] == sess
+	s.mu.Unlock()
+	if !sess.cleanedUp && current && sess.pending.Load() == nil && s.opts.Presence != nil {
 		s.opts.Presence(telemetry.Presence{Device: device, Online: true, At: s.now().UnixMilli()})
 	}
 	sess.presenceMu.Unlock()
@@ -528,6 +540,10 @@ func (s *Server) recordClose(sess *session, e wsconn.Error) {
 	info.CloseReason = fmt.Sprintf("%d %s", e.Code, e.Reason)
 	ctx, cancel := context.WithTimeout(s.life, 5*time.Second)
 	defer cancel()
+	select {
+	case <-sess.opened:
+	case <-ctx.Done():
+	}
 	if err := s.opts.Sessions.SessionClosed(ctx, info); err != nil {
 		s.log.Warn("record session close", "device", sess.device, "session", sess.id, "err", err)
 	}
