@@ -45,9 +45,16 @@ import (
 //
 //	MERIDIAN_BENCH_CONNS=1 go test -run '^$' -bench IdleConnections -benchtime 1x -timeout 30m ./firmware-sim/
 //
+// The server runs with the shipped defaults (embedded MQTT broker and
+// dashboard on; only the listen addresses, the data dir and the admin key are
+// set), because what a connection costs includes what those keep per online
+// device.
+//
 // Env: MERIDIAN_BENCH_CONNS_N (default "10000,19000"), MERIDIAN_BENCH_CONNS_RUNS
-// (default 3), MERIDIAN_BENCH_BIN (a prebuilt meridian binary; otherwise one
-// is built), MERIDIAN_BENCH_GOGC (GOGC for the server, default unset),
+// (default 3), MERIDIAN_BENCH_BIN (a prebuilt meridian binary, or several
+// separated by commas: each run then starts each binary in turn, so a before
+// and an after are measured in the same run, alternating; otherwise one is
+// built), MERIDIAN_BENCH_GOGC (GOGC for the server, default unset),
 // MERIDIAN_BENCH_CONNS_TLS=1 (the server terminates TLS itself, with a
 // throwaway self-signed certificate this process trusts via SSL_CERT_FILE).
 func BenchmarkIdleConnections(b *testing.B) {
@@ -70,17 +77,20 @@ func BenchmarkIdleConnections(b *testing.B) {
 	if limit < uint64(maxN)+100 {
 		b.Fatalf("open-file limit %d is too low for %d connections", limit, maxN)
 	}
-	bin := os.Getenv("MERIDIAN_BENCH_BIN")
-	if bin == "" {
-		bin = filepath.Join(b.TempDir(), "meridian")
+	var bins []string
+	if v := os.Getenv("MERIDIAN_BENCH_BIN"); v != "" {
+		bins = strings.Split(v, ",")
+	} else {
+		bin := filepath.Join(b.TempDir(), "meridian")
 		out, err := exec.Command("go", "build", "-o", bin, "../cmd/meridian").CombinedOutput()
 		if err != nil {
 			b.Fatalf("build meridian: %v\n%s", err, out)
 		}
+		bins = []string{bin}
 	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	env := connBenchEnv{bin: bin, dataDir: b.TempDir(), adminKey: "mak_" + hex.EncodeToString(key)}
+	env := connBenchEnv{bin: bins[0], dataDir: b.TempDir(), adminKey: "mak_" + hex.EncodeToString(key)}
 	if os.Getenv("MERIDIAN_BENCH_CONNS_TLS") == "1" {
 		env.certFile, env.keyFile = selfSignedLoopback(b, b.TempDir())
 		b.Setenv("SSL_CERT_FILE", env.certFile) // read once, at the first TLS use
@@ -106,25 +116,53 @@ func BenchmarkIdleConnections(b *testing.B) {
 
 	for _, n := range ns {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
-			var perConn, rssPerConn, stackPerConn, hps []float64
+			type series struct{ perConn, rssPerConn, stackPerConn, hps []float64 }
+			all := make([]series, len(bins))
 			for r := range runs {
-				res := env.run(b, toks[:n])
-				b.Logf("run %d: n=%d heap %+.0f B stack %+.0f B goroutines %+d rss %+.0f B -> heap+stack %.0f B/conn (stack %.0f), rss %.0f B/conn; connect %v = %.0f handshakes/s (%d retries)",
-					r+1, n, res.dHeap, res.dStack, res.dGoroutines, res.dRSS,
-					(res.dHeap+res.dStack)/float64(n), res.dStack/float64(n), res.dRSS/float64(n),
-					res.connect.Round(time.Millisecond), float64(n)/res.connect.Seconds(), res.retries)
-				perConn = append(perConn, (res.dHeap+res.dStack)/float64(n))
-				stackPerConn = append(stackPerConn, res.dStack/float64(n))
-				rssPerConn = append(rssPerConn, res.dRSS/float64(n))
-				hps = append(hps, float64(n)/res.connect.Seconds())
+				for i, bin := range bins {
+					env := env
+					env.bin = bin
+					res := env.run(b, toks[:n])
+					b.Logf("run %d %s: n=%d heap %+.0f B stack %+.0f B goroutines %+d rss %+.0f B -> heap+stack %.0f B/conn (stack %.0f), rss %.0f B/conn; connect %v = %.0f handshakes/s (%d retries); load average %s",
+						r+1, filepath.Base(bin), n, res.dHeap, res.dStack, res.dGoroutines, res.dRSS,
+						(res.dHeap+res.dStack)/float64(n), res.dStack/float64(n), res.dRSS/float64(n),
+						res.connect.Round(time.Millisecond), float64(n)/res.connect.Seconds(), res.retries, loadAverage())
+					s := &all[i]
+					s.perConn = append(s.perConn, (res.dHeap+res.dStack)/float64(n))
+					s.stackPerConn = append(s.stackPerConn, res.dStack/float64(n))
+					s.rssPerConn = append(s.rssPerConn, res.dRSS/float64(n))
+					s.hps = append(s.hps, float64(n)/res.connect.Seconds())
+				}
 			}
-			b.ReportMetric(median(perConn), "heap+stack-B/conn")
-			b.ReportMetric(median(stackPerConn), "stack-B/conn")
-			b.ReportMetric(median(rssPerConn), "rss-B/conn")
-			b.ReportMetric(median(hps), "handshakes/s")
+			for i, s := range all {
+				// One binary keeps the plain units; with several, each
+				// metric is prefixed by its binary's file name.
+				prefix := ""
+				if len(bins) > 1 {
+					prefix = filepath.Base(bins[i]) + ":"
+				}
+				b.ReportMetric(median(s.perConn), prefix+"heap+stack-B/conn")
+				b.ReportMetric(median(s.stackPerConn), prefix+"stack-B/conn")
+				b.ReportMetric(median(s.rssPerConn), prefix+"rss-B/conn")
+				b.ReportMetric(median(s.hps), prefix+"handshakes/s")
+			}
 			b.ReportMetric(0, "ns/op") // one invocation of many runs: ns/op means nothing
 		})
 	}
+}
+
+// loadAverage is the 1-minute load average, for the log: figures from a
+// loaded machine are read with it in mind.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 type connBenchEnv struct {
@@ -185,7 +223,13 @@ func (e connBenchEnv) start(tb testing.TB) *connBenchServer {
 		tb.Fatal(err)
 	}
 	addr := ln.Addr().String()
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	mqttAddr := mln.Addr().String()
 	ln.Close()
+	mln.Close()
 	logf, err := os.OpenFile(filepath.Join(e.dataDir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		tb.Fatal(err)
@@ -194,8 +238,7 @@ func (e connBenchEnv) start(tb testing.TB) *connBenchServer {
 	cmd.Env = append(os.Environ(),
 		"MERIDIAN_SERVER_DATA_DIR="+e.dataDir,
 		"MERIDIAN_SERVER_LISTEN="+addr,
-		"MERIDIAN_MQTT_EMBEDDED_ENABLED=false",
-		"MERIDIAN_DASHBOARD_ENABLED=false",
+		"MERIDIAN_MQTT_EMBEDDED_LISTEN="+mqttAddr, // 1884 may be taken
 		"MERIDIAN_DEVICES_ADMIN_KEY="+e.adminKey,
 		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
 		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",

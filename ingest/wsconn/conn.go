@@ -105,36 +105,42 @@ type outFrame struct {
 }
 
 // Conn is one WebSocket connection driven by an Engine.
+//
+// Its fields are ordered and sized to keep an idle connection small (it is
+// most of what one costs): the wheel slot and the fd are narrow integers, the
+// flags sit together, and the ReadStopped channel exists only once somebody
+// asks for it.
 type Conn struct {
 	e   *Engine
 	t   Transport
 	cfg *Config
 	h   Handler
 
-	pre []byte  // bytes read past the handshake (or the byte waited on), consumed first
-	one [1]byte // the blocking reader waits on this, not on a buffer
+	pre []byte // bytes read past the handshake (or the byte waited on), consumed first
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
+	lastPing int64        // wheel-owned
+	due      int64        // wheel tick number; wheel-owned
+
+	mu   sync.Mutex
+	fd   int32   // registered with the poller, or -1
+	pgen uint32  // the poller registration's generation (poll_linux.go)
+	slot uint8   // wheel slot (wheelSlots); wheel-owned
+	one  [1]byte // the blocking reader waits on this, not on a buffer
 	// inHandler is set while Handler.Message runs. A handler may block on
 	// purpose (the device's queue is full, storage is slow, the device is
 	// paced): the peer's pongs then wait unread in the socket, and the
 	// idle check must not take that for silence.
-	inHandler atomic.Bool
-	lastPing  int64 // wheel-owned
-	due       int64 // wheel tick number; wheel-owned
-	slot      int   // wheel slot; wheel-owned
-
-	mu         sync.Mutex
-	fd         int // registered with the poller, or -1
-	queue      []outFrame
+	inHandler  atomic.Bool
 	writing    bool
 	reading    bool
 	stopRead   bool
 	readerGone bool
-	closing    *Error
 	closed     bool // transport closed
 	finished   bool
-	readDone   chan struct{}
+	queue      []outFrame
+	closing    *Error
+	readDone   chan struct{} // made by ReadStopped; closed when the reader is gone
 }
 
 // rawReader is what the pooled bufio.Reader reads from: the pending bytes
@@ -154,8 +160,19 @@ func (r *rawReader) Read(p []byte) (int, error) {
 }
 
 // ReadStopped is closed when the reader has stopped for good (after
-// StopReading or Close): no Message call happens after it.
-func (c *Conn) ReadStopped() <-chan struct{} { return c.readDone }
+// StopReading or Close): no Message call happens after it. The channel is
+// made on the first call: most connections never need it.
+func (c *Conn) ReadStopped() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.readDone == nil {
+		c.readDone = make(chan struct{})
+		if c.readerGone {
+			close(c.readDone)
+		}
+	}
+	return c.readDone
+}
 
 // Polled reports whether the connection is readiness-driven (no reader
 // goroutine while idle).
@@ -267,7 +284,9 @@ func (c *Conn) markReaderGone() bool {
 		return false
 	}
 	c.readerGone = true
-	close(c.readDone)
+	if c.readDone != nil {
+		close(c.readDone)
+	}
 	return c.closed && !c.finished
 }
 

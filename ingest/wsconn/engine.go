@@ -63,7 +63,7 @@ func (e *Engine) Mode() string {
 // Attach wraps an upgraded connection; pre holds bytes already read past
 // the handshake. Call Start when h is ready for messages, or Close.
 func (e *Engine) Attach(t Transport, pre []byte, cfg *Config, h Handler) *Conn {
-	c := &Conn{e: e, t: t, cfg: cfg, h: h, fd: -1, readDone: make(chan struct{})}
+	c := &Conn{e: e, t: t, cfg: cfg, h: h, fd: -1}
 	if len(pre) > 0 {
 		c.pre = append([]byte(nil), pre...)
 	}

@@ -42,7 +42,7 @@ func FuzzReadMessage(f *testing.F) {
 		0x80, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e := &Engine{}
-		c := &Conn{e: e, t: discard{}, cfg: &Config{MaxMessage: 256}, h: &echo{}, fd: -1, readDone: make(chan struct{})}
+		c := &Conn{e: e, t: discard{}, cfg: &Config{MaxMessage: 256}, h: &echo{}, fd: -1}
 		br := bufio.NewReader(bytes.NewReader(data))
 		for range 64 {
 			_, p, err := c.readMessage(br)

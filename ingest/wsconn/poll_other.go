@@ -11,7 +11,7 @@ type poller struct{}
 var errUnsupported = errors.New("readiness polling not supported")
 
 func newPoller(*Engine) (*poller, error) { return nil, errUnsupported }
-func rawFD(Transport) int                { return -1 }
+func rawFD(Transport) int32              { return -1 }
 func (*poller) add(*Conn) error          { return errUnsupported }
 func (*poller) arm(*Conn) error          { return errUnsupported }
 func (*poller) remove(*Conn)             {}

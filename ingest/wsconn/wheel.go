@@ -20,7 +20,8 @@ type wheel struct {
 }
 
 // wheelSlots: with a 1 s tick a full turn is ~4 minutes, longer than any
-// heartbeat, so most connections are looked at once per deadline.
+// heartbeat, so most connections are looked at once per deadline. A slot
+// number fits Conn.slot's byte.
 const wheelSlots = 256
 
 func newWheel(tick time.Duration) *wheel {
@@ -50,7 +51,7 @@ func (w *wheel) file(c *Conn, at int64) {
 		t = w.cur + 1
 	}
 	c.due = t
-	c.slot = int(t % wheelSlots)
+	c.slot = uint8(t % wheelSlots)
 	w.slots[c.slot][c] = struct{}{}
 }
 

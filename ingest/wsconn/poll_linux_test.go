@@ -1,0 +1,116 @@
+//go:build linux
+
+package wsconn
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestStaleEventAfterFDReuse: an epoll event returned for a connection that
+// then closed must not start a reader on the next connection that gets the
+// same fd number (it would park a goroutine on an idle connection). The
+// event is replayed through dispatch, as wait would handle it if it was
+// still in its batch when the fd was reused.
+func TestStaleEventAfterFDReuse(t *testing.T) {
+	eng, err := NewEngine(EngineConfig{Tick: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eng.poll == nil {
+		t.Skip("no epoll")
+	}
+	defer eng.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	// The first connection, registered and then closed: its fd number is
+	// free again, and the event below is its registration's.
+	oldSrv, oldCl := tcpPair(t, ln)
+	defer oldCl.Close()
+	first := &echo{msgs: make(chan []byte, 1), closed: make(chan Error, 1)}
+	first.c = eng.Attach(oldSrv, nil, &baseCfg, first)
+	first.c.Start()
+	first.c.mu.Lock()
+	fd := first.c.fd
+	stale := *first.c.event()
+	first.c.mu.Unlock()
+	first.c.Abort()
+	<-first.closed
+
+	// A new connection on the same fd number: the kernel hands out the
+	// lowest free fd, so one end of a new pair gets it; that end is the
+	// "server" side here.
+	var sv, cl net.Conn
+	for range 20 {
+		a, b := tcpPair(t, ln)
+		switch fd {
+		case connFD(t, a):
+			sv, cl = a, b
+		case connFD(t, b):
+			sv, cl = b, a
+		default:
+			a.Close()
+			b.Close()
+			continue
+		}
+		break
+	}
+	if sv == nil {
+		t.Skip("the fd number was not reused (other goroutines opened files)")
+	}
+	defer cl.Close()
+	h := &echo{msgs: make(chan []byte, 1), closed: make(chan Error, 1)}
+	h.c = eng.Attach(sv, nil, &baseCfg, h)
+	h.c.Start()
+	defer func() { h.c.Abort(); <-h.closed }()
+
+	eng.poll.dispatch(stale)
+	h.c.mu.Lock()
+	reading := h.c.reading
+	h.c.mu.Unlock()
+	if reading {
+		t.Fatal("a stale event of the fd's previous connection started a reader on the new one")
+	}
+
+	// The new registration's own events still work.
+	cur := func() unix.EpollEvent { h.c.mu.Lock(); defer h.c.mu.Unlock(); return *h.c.event() }()
+	if cur.Pad == stale.Pad {
+		t.Fatalf("both registrations have generation %d", cur.Pad)
+	}
+	eng.poll.dispatch(cur)
+	h.c.mu.Lock()
+	reading = h.c.reading
+	h.c.mu.Unlock()
+	if !reading {
+		t.Fatal("the connection's own event did not start a reader")
+	}
+}
+
+func tcpPair(t *testing.T, ln net.Listener) (server, client net.Conn) {
+	t.Helper()
+	cl, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sv, cl
+}
+
+func connFD(t *testing.T, c net.Conn) int32 {
+	t.Helper()
+	fd := rawFD(c)
+	if fd < 0 {
+		t.Fatal("no fd")
+	}
+	return fd
+}
