@@ -37,11 +37,25 @@ type session struct {
 	remote string
 	conn   *wsconn.Conn
 
-	// inflight bounds batches read and not yet acked (SessionQueue): a slot
-	// is taken before submit and given back once the ack is written. A full
-	// channel blocks Message, so reading pauses and TCP pushes back.
-	inflight chan struct{}
+	// mu guards inflight, slotFree, stop and opened. An idle session is
+	// mostly this struct (docs/benchmarks.md, "Connections"), so what it
+	// waits on is made only when something waits: no channel or context
+	// per session otherwise.
+	mu sync.Mutex
+	// inflight counts batches read and not yet acked (SessionQueue): a slot
+	// is taken before submit and given back once the ack is written. With
+	// every slot taken Message waits on slotFree, so reading pauses and TCP
+	// pushes back.
+	inflight int32
 	cmds     atomic.Int32 // commands queued and not yet written
+	slotFree chan struct{}
+	// stop fires when the session starts closing: it ends ctx(), which
+	// unblocks a submit waiting for queue budget and pacing.
+	stop latch
+	// opened fires once the session-open record was handed over: the close
+	// record waits for it, so a close can never reach the session log ahead
+	// of its open (a row left open forever).
+	opened latch
 	// helloSent is set once hello is queued: before it SendCommand answers
 	// offline, so hello is always the first data frame (docs/protocol.md)
 	// and a command is never written to a session that then fails its hello.
@@ -50,21 +64,115 @@ type session struct {
 	// one: online is reported after hello only if cleanup has not begun.
 	presenceMu sync.Mutex
 	cleanedUp  bool
-	// opened is closed once the session-open record was handed over: the
-	// close record waits for it, so a close can never reach the session
-	// log ahead of its open (a row left open forever).
-	opened chan struct{}
-
-	ctx    context.Context // ends when the session starts closing (unblocks submit)
-	cancel context.CancelFunc
-
-	closeOnce  sync.Once
-	pending    atomic.Pointer[wsconn.Error] // close requested; waits for acks
 	registered bool
+
+	pending atomic.Pointer[wsconn.Error] // close requested; waits for acks
 
 	lastSeq  uint64
 	readings atomic.Int64
-	started  time.Time
+	started  int64 // unix nanos: a time.Time would take 24 bytes
+}
+
+// latch is a one-shot event whose channel is made only once somebody waits
+// for it. Its owner's mutex guards it.
+type latch struct {
+	ch    chan struct{}
+	fired bool
+}
+
+// fire reports whether this call fired it.
+func (l *latch) fire() bool {
+	if l.fired {
+		return false
+	}
+	l.fired = true
+	if l.ch != nil {
+		close(l.ch)
+	}
+	return true
+}
+
+func (l *latch) wait() <-chan struct{} {
+	if l.ch == nil {
+		l.ch = make(chan struct{})
+		if l.fired {
+			close(l.ch)
+		}
+	}
+	return l.ch
+}
+
+// stopCtx is a session as the context of its submits and pacing: done once
+// the session starts closing. (context.WithCancel per session would keep
+// ~100 bytes and, once waited on, a channel on every idle session.)
+type stopCtx session
+
+func (c *stopCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *stopCtx) Value(any) any               { return nil }
+
+func (c *stopCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stop.wait()
+}
+
+func (c *stopCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stop.fired {
+		return context.Canceled
+	}
+	return nil
+}
+
+// ctx ends when the session starts closing.
+func (sess *session) ctx() context.Context { return (*stopCtx)(sess) }
+
+// stopping fires the stop latch; it reports whether this call did.
+func (sess *session) stopping() bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.stop.fire()
+}
+
+// markOpened lets a waiting close record go ahead.
+func (sess *session) markOpened() {
+	sess.mu.Lock()
+	sess.opened.fire()
+	sess.mu.Unlock()
+}
+
+// acquire takes an in-flight slot, waiting while all SessionQueue are
+// taken, until the session stops.
+func (sess *session) acquire() error {
+	for {
+		sess.mu.Lock()
+		if sess.stop.fired {
+			sess.mu.Unlock()
+			return context.Canceled
+		}
+		if int(sess.inflight) < sess.srv.cfg.SessionQueue {
+			sess.inflight++
+			sess.mu.Unlock()
+			return nil
+		}
+		if sess.slotFree == nil {
+			sess.slotFree = make(chan struct{})
+		}
+		free, stop := sess.slotFree, sess.stop.wait()
+		sess.mu.Unlock()
+		select {
+		case <-free:
+		case <-stop:
+		}
+	}
+}
+
+// inFlight is the number of batches read and not yet acked.
+func (sess *session) inFlight() int {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return int(sess.inflight)
 }
 
 // commandSlots bounds commands queued to one device.
@@ -212,17 +320,12 @@ func (s *Server) upgradeDevice(w http.ResponseWriter, r *http.Request, device st
 // newSession builds the session for an upgraded socket and attaches it to
 // the connection core.
 func (s *Server) newSession(conn net.Conn, pre []byte, sessID, device, remote string) *session {
-	ctx, stop := context.WithCancel(context.Background())
 	sess := &session{
-		srv:      s,
-		id:       sessID,
-		device:   device,
-		remote:   remote,
-		inflight: make(chan struct{}, s.cfg.SessionQueue),
-		ctx:      ctx,
-		cancel:   stop,
-		started:  s.now(),
-		opened:   make(chan struct{}),
+		srv:     s,
+		id:      sessID,
+		device:  device,
+		remote:  remote,
+		started: s.now().UnixNano(),
 	}
 	sess.conn = s.engine().Attach(conn, pre, &s.wsCfg, sess)
 	return sess
@@ -233,7 +336,7 @@ func (s *Server) newSession(conn net.Conn, pre []byte, sessID, device, remote st
 func (s *Server) startSession(sess *session, old *session, release func()) {
 	device, sessID := sess.device, sess.id
 	s.recordOpen(sess)
-	close(sess.opened)
+	sess.markOpened()
 
 	// hello.acked must cover every batch an earlier session of this device
 	// (or an HTTP post) already put into the pipeline: otherwise a device
@@ -288,24 +391,33 @@ func rejectUpgraded(conn net.Conn, timeout time.Duration, code int, errCode, msg
 // its ack queued (or at WriteTimeout), so a device closed for any reason
 // still learns which batches were committed. 1006 (socket gone) closes now.
 func (sess *session) close(e wsconn.Error) {
-	sess.closeOnce.Do(func() {
-		sess.srv.m.closes.WithLabelValues(strconv.Itoa(e.Code)).Inc()
-		sess.pending.Store(&e)
-		sess.cancel() // unblock a submit waiting for queue budget
-		sess.conn.StopReading()
-		if e.Code == wsconn.CloseAbnormal || len(sess.inflight) == 0 {
-			sess.conn.Close(e)
-			return
-		}
-		time.AfterFunc(sess.srv.cfg.WriteTimeout, func() { sess.conn.Close(e) })
-	})
+	// pending is stored before the stop latch fires, so whoever sees the
+	// session stopped also sees why; a session whose socket died first
+	// (Closed fired the latch) has nothing left to close.
+	if !sess.pending.CompareAndSwap(nil, &e) || !sess.stopping() {
+		return
+	}
+	sess.srv.m.closes.WithLabelValues(strconv.Itoa(e.Code)).Inc()
+	sess.conn.StopReading()
+	if e.Code == wsconn.CloseAbnormal || sess.inFlight() == 0 {
+		sess.conn.Close(e)
+		return
+	}
+	time.AfterFunc(sess.srv.cfg.WriteTimeout, func() { sess.conn.Close(e) })
 }
 
 // release gives back an in-flight slot once its ack is written (or can
 // no longer be); the last one lets a pending close proceed.
 func (sess *session) release() {
-	<-sess.inflight
-	if e := sess.pending.Load(); e != nil && len(sess.inflight) == 0 {
+	sess.mu.Lock()
+	sess.inflight--
+	n := sess.inflight
+	if sess.slotFree != nil {
+		close(sess.slotFree)
+		sess.slotFree = nil
+	}
+	sess.mu.Unlock()
+	if e := sess.pending.Load(); e != nil && n == 0 {
 		sess.conn.Close(*e)
 	}
 }
@@ -342,10 +454,9 @@ func (sess *session) Farewell(e wsconn.Error) []byte {
 // is closed and the reader gone.
 func (sess *session) Closed(e wsconn.Error) {
 	s := sess.srv
-	sess.closeOnce.Do(func() { // normally Ending got there first
+	if sess.stopping() { // normally Ending got there first
 		s.m.closes.WithLabelValues(strconv.Itoa(e.Code)).Inc()
-		sess.cancel()
-	})
+	}
 	if !sess.registered {
 		return
 	}
@@ -422,12 +533,10 @@ func (sess *session) handle(payload []byte) error {
 		batch, ack := s.accept(sess.device, msg)
 		sess.readings.Add(int64(len(batch.Readings)))
 		// Take an in-flight slot (bounded per session), then queue budget.
-		select {
-		case sess.inflight <- struct{}{}:
-		case <-sess.ctx.Done():
-			return sess.ctx.Err()
+		if err := sess.acquire(); err != nil {
+			return err
 		}
-		err := s.pipe.submit(sess.ctx, batch, func(o telemetry.Outcome, err error) {
+		err := s.pipe.submit(sess.ctx(), batch, func(o telemetry.Outcome, err error) {
 			if err != nil {
 				sess.release() // never acked: the device resends after reconnect
 				if pe := (*wire.ProtocolError)(nil); errors.As(err, &pe) {
@@ -477,6 +586,7 @@ func (sess *session) pace(n int) error {
 		return nil
 	}
 	s.m.ratePaused.Inc()
+	ctx := sess.ctx()
 	start := time.Now()
 	wait := paceFirst
 	t := time.NewTimer(wait)
@@ -484,8 +594,8 @@ func (sess *session) pace(n int) error {
 	for {
 		select {
 		case <-t.C:
-		case <-sess.ctx.Done():
-			return sess.ctx.Err()
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		if lim.AllowReadings(sess.device, n) {
 			s.m.ratePausedSeconds.Add(time.Since(start).Seconds())
@@ -540,8 +650,11 @@ func (s *Server) recordClose(sess *session, e wsconn.Error) {
 	info.CloseReason = fmt.Sprintf("%d %s", e.Code, e.Reason)
 	ctx, cancel := context.WithTimeout(s.life, 5*time.Second)
 	defer cancel()
+	sess.mu.Lock()
+	opened := sess.opened.wait()
+	sess.mu.Unlock()
 	select {
-	case <-sess.opened:
+	case <-opened:
 	case <-ctx.Done():
 	}
 	if err := s.opts.Sessions.SessionClosed(ctx, info); err != nil {
@@ -551,5 +664,5 @@ func (s *Server) recordClose(sess *session, e wsconn.Error) {
 
 func (sess *session) info() SessionInfo {
 	return SessionInfo{ID: sess.id, Device: sess.device, Node: sess.srv.cfg.Node, RemoteAddr: sess.remote,
-		Transport: "ws", Started: sess.started, Readings: sess.readings.Load()}
+		Transport: "ws", Started: time.Unix(0, sess.started), Readings: sess.readings.Load()}
 }

@@ -120,18 +120,19 @@ type Conn struct {
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
 	lastPing int64        // wheel-owned
-	due      int64        // wheel tick number; wheel-owned
+	due      int64        // wheel tick number; under wheel.mu
 
 	mu   sync.Mutex
-	fd   int32   // registered with the poller, or -1
-	pgen uint32  // the poller registration's generation (poll_linux.go)
-	slot uint8   // wheel slot (wheelSlots); wheel-owned
-	one  [1]byte // the blocking reader waits on this, not on a buffer
+	fd   int32  // registered with the poller, or -1
+	pgen uint32 // the poller registration's generation (poll_linux.go)
+	wpos int32  // index+1 in its wheel slot, 0 if not filed; under wheel.mu
 	// inHandler is set while Handler.Message runs. A handler may block on
 	// purpose (the device's queue is full, storage is slow, the device is
 	// paced): the peer's pongs then wait unread in the socket, and the
 	// idle check must not take that for silence.
 	inHandler  atomic.Bool
+	slot       uint8   // wheel slot (wheelSlots); under wheel.mu
+	one        [1]byte // the blocking reader waits on this, not on a buffer
 	writing    bool
 	reading    bool
 	stopRead   bool
@@ -583,16 +584,29 @@ func (c *Conn) dataOp() ws.OpCode {
 	return ws.OpBinary
 }
 
-// write sends frames with one writev under the write timeout.
+// write sends frames with one writev under the write timeout; a single
+// frame (hello, an ack, a ping: the common case) with a plain write, because
+// a socket that did one writev keeps its iovec array for the rest of its
+// life (internal/poll caches it per fd), tens of bytes per idle connection.
 func (c *Conn) write(q []outFrame) error {
-	bufs := make(net.Buffers, len(q))
-	for i, f := range q {
-		bufs[i] = f.b
-	}
 	if c.cfg.WriteTimeout > 0 {
 		_ = c.t.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
 	}
-	_, err := bufs.WriteTo(c.t)
+	var err error
+	if len(q) == 1 {
+		_, err = c.t.Write(q[0].b)
+	} else {
+		bufs := make(net.Buffers, len(q))
+		for i, f := range q {
+			bufs[i] = f.b
+		}
+		_, err = bufs.WriteTo(c.t)
+	}
+	if c.cfg.WriteTimeout > 0 && err == nil {
+		// Disarm it: a deadline left set is a runtime timer per recently
+		// written connection, and the timer heap keeps its peak size.
+		_ = c.t.SetWriteDeadline(time.Time{})
+	}
 	return err
 }
 

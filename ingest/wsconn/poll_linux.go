@@ -102,10 +102,11 @@ func (p *poller) add(c *Conn) error {
 	return nil
 }
 
-// forget drops c from conns unless the fd already belongs to another.
+// forget drops c from conns unless the fd already belongs to another (or
+// c was never added: a connection closed before Start).
 func (p *poller) forget(c *Conn) {
 	p.mu.Lock()
-	if p.conns[c.fd] == c {
+	if int(c.fd) < len(p.conns) && p.conns[c.fd] == c {
 		p.conns[c.fd] = nil
 	}
 	p.mu.Unlock()

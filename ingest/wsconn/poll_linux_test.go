@@ -114,3 +114,26 @@ func connFD(t *testing.T, c net.Conn) int32 {
 	}
 	return fd
 }
+
+// TestCloseBeforeStart: a polled connection closed before it was ever
+// registered (a session refused after the upgrade) leaves cleanly.
+func TestCloseBeforeStart(t *testing.T) {
+	eng, err := NewEngine(EngineConfig{Tick: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sv, cl := tcpPair(t, ln)
+	defer cl.Close()
+	h := &echo{msgs: make(chan []byte, 1), closed: make(chan Error, 1)}
+	h.c = eng.Attach(sv, nil, &baseCfg, h)
+	h.c.Close(Error{Code: CloseGoingAway, Kind: "shutdown", Reason: "server shutting down"})
+	if e := <-h.closed; e.Code != CloseGoingAway {
+		t.Fatalf("closed %+v", e)
+	}
+}

@@ -10,10 +10,14 @@ import (
 // A connection sits in the slot of its next due tick; activity does not move
 // it (that would take the lock per frame): when it comes due, tick checks
 // the real deadlines and re-files it.
+//
+// A slot is a slice and a connection knows its index in it (Conn.wpos), so
+// filing costs a pointer per connection; a map per slot cost several times
+// that (docs/benchmarks.md, "Connections").
 type wheel struct {
 	tick  time.Duration
 	mu    sync.Mutex
-	slots []map[*Conn]struct{}
+	slots [wheelSlots][]*Conn
 	cur   int64 // ticks since the epoch, last processed
 	done  chan struct{}
 	wg    sync.WaitGroup
@@ -25,23 +29,28 @@ type wheel struct {
 const wheelSlots = 256
 
 func newWheel(tick time.Duration) *wheel {
-	w := &wheel{tick: tick, slots: make([]map[*Conn]struct{}, wheelSlots), done: make(chan struct{})}
-	for i := range w.slots {
-		w.slots[i] = make(map[*Conn]struct{})
-	}
+	w := &wheel{tick: tick, done: make(chan struct{})}
 	w.cur = time.Now().UnixNano() / int64(tick)
 	w.wg.Add(1)
 	go w.run()
 	return w
 }
 
-// add files c to come due at unix-nano time at (0: never).
+// add files c to come due at unix-nano time at (0: never), unless c has
+// finished meanwhile (the wheel ticked it while it closed): a finished
+// connection filed again would stay in the wheel for good. Lock order:
+// wheel.mu, then Conn.mu (finish takes them one after the other).
 func (w *wheel) add(c *Conn, at int64) {
 	if at == 0 {
 		return
 	}
 	w.mu.Lock()
-	w.file(c, at)
+	c.mu.Lock()
+	fin := c.finished
+	c.mu.Unlock()
+	if !fin && c.wpos == 0 {
+		w.file(c, at)
+	}
 	w.mu.Unlock()
 }
 
@@ -52,12 +61,28 @@ func (w *wheel) file(c *Conn, at int64) {
 	}
 	c.due = t
 	c.slot = uint8(t % wheelSlots)
-	w.slots[c.slot][c] = struct{}{}
+	w.slots[c.slot] = append(w.slots[c.slot], c)
+	c.wpos = int32(len(w.slots[c.slot]))
+}
+
+// unfile takes c out of its slot: the slot's last connection moves into
+// its place. Called with w.mu held.
+func (w *wheel) unfile(c *Conn) {
+	if c.wpos == 0 {
+		return
+	}
+	s := w.slots[c.slot]
+	i, last := c.wpos-1, len(s)-1
+	s[i] = s[last]
+	s[i].wpos = i + 1
+	s[last] = nil
+	w.slots[c.slot] = s[:last]
+	c.wpos = 0
 }
 
 func (w *wheel) remove(c *Conn) {
 	w.mu.Lock()
-	delete(w.slots[c.slot], c)
+	w.unfile(c)
 	w.mu.Unlock()
 }
 
@@ -75,9 +100,12 @@ func (w *wheel) run() {
 			w.mu.Lock()
 			for w.cur < target {
 				w.cur++
-				for c := range w.slots[w.cur%wheelSlots] {
-					if c.due <= w.cur {
-						delete(w.slots[w.cur%wheelSlots], c)
+				// Backwards: unfile moves the slot's last connection,
+				// already looked at, into the hole.
+				s := w.slots[w.cur%wheelSlots]
+				for i := len(s) - 1; i >= 0; i-- {
+					if c := s[i]; c.due <= w.cur {
+						w.unfile(c)
 						due = append(due, c)
 					}
 				}
