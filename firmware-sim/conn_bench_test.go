@@ -48,7 +48,8 @@ import (
 // The server runs with the shipped defaults (embedded MQTT broker and
 // dashboard on; only the listen addresses, the data dir and the admin key are
 // set), because what a connection costs includes what those keep per online
-// device.
+// device. MERIDIAN_BENCH_CONNS_BARE=1 turns both off, as this benchmark did
+// before (the connection core and the device endpoint alone).
 //
 // Env: MERIDIAN_BENCH_CONNS_N (default "10000,19000"), MERIDIAN_BENCH_CONNS_RUNS
 // (default 3), MERIDIAN_BENCH_BIN (a prebuilt meridian binary, or several
@@ -123,9 +124,9 @@ func BenchmarkIdleConnections(b *testing.B) {
 					env := env
 					env.bin = bin
 					res := env.run(b, toks[:n])
-					b.Logf("run %d %s: n=%d heap %+.0f B stack %+.0f B goroutines %+d rss %+.0f B -> heap+stack %.0f B/conn (stack %.0f), rss %.0f B/conn; connect %v = %.0f handshakes/s (%d retries); load average %s",
-						r+1, filepath.Base(bin), n, res.dHeap, res.dStack, res.dGoroutines, res.dRSS,
-						(res.dHeap+res.dStack)/float64(n), res.dStack/float64(n), res.dRSS/float64(n),
+					b.Logf("run %d %s: n=%d heap %+.0f B stack %+.0f B other %+.0f B goroutines %+d rss %+.0f B -> heap+stack %.0f B/conn (stack %.0f, other runtime %.0f), rss %.0f B/conn; connect %v = %.0f handshakes/s (%d retries); load average %s",
+						r+1, filepath.Base(bin), n, res.dHeap, res.dStack, res.dOther, res.dGoroutines, res.dRSS,
+						(res.dHeap+res.dStack)/float64(n), res.dStack/float64(n), res.dOther/float64(n), res.dRSS/float64(n),
 						res.connect.Round(time.Millisecond), float64(n)/res.connect.Seconds(), res.retries, loadAverage())
 					s := &all[i]
 					s.perConn = append(s.perConn, (res.dHeap+res.dStack)/float64(n))
@@ -210,9 +211,12 @@ type connBenchServer struct {
 
 type connBenchResult struct {
 	dHeap, dStack, dRSS float64
-	dGoroutines         int
-	connect             time.Duration
-	retries             int64
+	// dOther is the runtime's other_sys: off-heap memory such as the
+	// netpoller's descriptor per socket (runtime pollDesc).
+	dOther      float64
+	dGoroutines int
+	connect     time.Duration
+	retries     int64
 }
 
 // start runs `meridian serve` on a free loopback port and waits for /healthz.
@@ -243,6 +247,9 @@ func (e connBenchEnv) start(tb testing.TB) *connBenchServer {
 		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
 		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",
 	)
+	if os.Getenv("MERIDIAN_BENCH_CONNS_BARE") == "1" {
+		cmd.Env = append(cmd.Env, "MERIDIAN_MQTT_EMBEDDED_ENABLED=false", "MERIDIAN_DASHBOARD_ENABLED=false")
+	}
 	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
 		cmd.Env = append(cmd.Env, "GOGC="+g)
 	}
@@ -288,9 +295,14 @@ func (s *connBenchServer) stop(tb testing.TB) {
 	http.DefaultClient.CloseIdleConnections()
 }
 
-// sample reads heap in use, stack in use and goroutines from /metrics and
-// VmRSS from /proc.
-func (s *connBenchServer) sample(tb testing.TB) (heap, stack, rss float64, goroutines int) {
+type connBenchSample struct {
+	heap, stack, other, rss float64
+	goroutines              int
+}
+
+// sample reads heap in use, stack in use, other_sys and goroutines from
+// /metrics and VmRSS from /proc.
+func (s *connBenchServer) sample(tb testing.TB) (m connBenchSample) {
 	tb.Helper()
 	req, _ := http.NewRequest(http.MethodGet, s.base+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+s.key)
@@ -311,11 +323,13 @@ func (s *connBenchServer) sample(tb testing.TB) (heap, stack, rss float64, gorou
 		v, _ := strconv.ParseFloat(f[1], 64)
 		switch f[0] {
 		case "go_memstats_heap_inuse_bytes":
-			heap = v
+			m.heap = v
 		case "go_memstats_stack_inuse_bytes":
-			stack = v
+			m.stack = v
+		case "go_memstats_other_sys_bytes":
+			m.other = v
 		case "go_goroutines":
-			goroutines = int(v)
+			m.goroutines = int(v)
 		}
 	}
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
@@ -323,11 +337,11 @@ func (s *connBenchServer) sample(tb testing.TB) (heap, stack, rss float64, gorou
 		for _, line := range strings.Split(string(status), "\n") {
 			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-				rss = kb * 1024
+				m.rss = kb * 1024
 			}
 		}
 	}
-	return heap, stack, rss, goroutines
+	return m
 }
 
 // run starts a fresh server, samples it idle, connects one device per token
@@ -338,7 +352,7 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 	srv := e.start(tb)
 	defer srv.stop(tb)
 	time.Sleep(3 * time.Second)
-	h0, s0, r0, g0 := srv.sample(tb)
+	m0 := srv.sample(tb)
 
 	url := "ws" + strings.TrimPrefix(srv.base, "http") + "/v1/device"
 	var (
@@ -398,9 +412,10 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 	}
 	// Let handshake garbage age and any per-connection timers settle.
 	time.Sleep(10 * time.Second)
-	h1, s1, r1, g1 := srv.sample(tb)
+	m1 := srv.sample(tb)
 	return connBenchResult{
-		dHeap: h1 - h0, dStack: s1 - s0, dRSS: r1 - r0, dGoroutines: g1 - g0,
+		dHeap: m1.heap - m0.heap, dStack: m1.stack - m0.stack, dOther: m1.other - m0.other,
+		dRSS: m1.rss - m0.rss, dGoroutines: m1.goroutines - m0.goroutines,
 		connect: connect, retries: retries.Load(),
 	}
 }
