@@ -98,16 +98,39 @@ func tcpSetup() setup {
 			t.Fatal(err)
 		}
 		defer l.Close()
-		cl, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		sv, err := l.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return sv, cl
+		return tcpPair(t, l)
 	}}
+}
+
+// tcpPair connects to ln and returns both ends.
+func tcpPair(t *testing.T, ln net.Listener) (server, client net.Conn) {
+	t.Helper()
+	cl, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sv, cl
+}
+
+// pollEngine is an engine with the readiness poller (where there is one)
+// and a loopback listener; both close when the test ends.
+func pollEngine(t *testing.T, tick time.Duration) (*Engine, net.Listener) {
+	t.Helper()
+	eng, err := NewEngine(EngineConfig{Tick: tick})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(eng.Close)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return eng, ln
 }
 
 func start(t *testing.T, s setup, cfg Config) (*echo, *peer, *Engine) {

@@ -16,19 +16,10 @@ import (
 // event is replayed through dispatch, as wait would handle it if it was
 // still in its batch when the fd was reused.
 func TestStaleEventAfterFDReuse(t *testing.T) {
-	eng, err := NewEngine(EngineConfig{Tick: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, ln := pollEngine(t, 20*time.Millisecond)
 	if eng.poll == nil {
 		t.Skip("no epoll")
 	}
-	defer eng.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 
 	// The first connection, registered and then closed: its fd number is
 	// free again, and the event below is its registration's.
@@ -93,19 +84,6 @@ func TestStaleEventAfterFDReuse(t *testing.T) {
 	}
 }
 
-func tcpPair(t *testing.T, ln net.Listener) (server, client net.Conn) {
-	t.Helper()
-	cl, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sv, cl
-}
-
 func connFD(t *testing.T, c net.Conn) int32 {
 	t.Helper()
 	fd := rawFD(c)
@@ -118,16 +96,7 @@ func connFD(t *testing.T, c net.Conn) int32 {
 // TestCloseBeforeStart: a polled connection closed before it was ever
 // registered (a session refused after the upgrade) leaves cleanly.
 func TestCloseBeforeStart(t *testing.T) {
-	eng, err := NewEngine(EngineConfig{Tick: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	eng, ln := pollEngine(t, 20*time.Millisecond)
 	sv, cl := tcpPair(t, ln)
 	defer cl.Close()
 	h := &echo{msgs: make(chan []byte, 1), closed: make(chan Error, 1)}

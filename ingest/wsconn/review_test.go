@@ -27,16 +27,7 @@ func (h *slowHandler) Closed(Error)          {}
 // TestNotIdleWhileHandlerBlocks: a peer that keeps sending while its handler
 // is blocked (its frames wait unread in the socket) is not closed as idle.
 func TestNotIdleWhileHandlerBlocks(t *testing.T) {
-	eng, err := NewEngine(EngineConfig{Tick: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	eng, ln := pollEngine(t, 10*time.Millisecond)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
