@@ -584,6 +584,12 @@ func (c *Conn) dataOp() ws.OpCode {
 	return ws.OpBinary
 }
 
+// vectorWriter is a Transport that writes several buffers with one
+// syscall (rawconn_linux.go; a net.Conn does it inside net.Buffers.WriteTo).
+type vectorWriter interface {
+	writev(bufs [][]byte) (int, error)
+}
+
 // write sends frames with one writev under the write timeout; a single
 // frame (hello, an ack, a ping: the common case) with a plain write, because
 // a socket that did one writev keeps its iovec array for the rest of its
@@ -600,7 +606,11 @@ func (c *Conn) write(q []outFrame) error {
 		for i, f := range q {
 			bufs[i] = f.b
 		}
-		_, err = bufs.WriteTo(c.t)
+		if vw, ok := c.t.(vectorWriter); ok {
+			_, err = vw.writev(bufs)
+		} else {
+			_, err = bufs.WriteTo(c.t)
+		}
 	}
 	if c.cfg.WriteTimeout > 0 && err == nil {
 		// Disarm it: a deadline left set is a runtime timer per recently

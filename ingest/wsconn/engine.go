@@ -68,7 +68,14 @@ func (e *Engine) Attach(t Transport, pre []byte, cfg *Config, h Handler) *Conn {
 		c.pre = append([]byte(nil), pre...)
 	}
 	if e.poll != nil {
-		c.fd = rawFD(t)
+		// A plain TCP socket becomes a bare fd (rawconn_linux.go): the
+		// *net.TCPConn's own state would outweigh the rest of an idle
+		// connection. Other sockets keep their net.Conn.
+		if rc, fd := ownFD(t); rc != nil {
+			c.t, c.fd = rc, fd
+		} else {
+			c.fd = rawFD(t)
+		}
 	}
 	e.conns.Add(1)
 	return c

@@ -36,29 +36,35 @@ func TestStaleEventAfterFDReuse(t *testing.T) {
 	<-first.closed
 
 	// A new connection on the same fd number: the kernel hands out the
-	// lowest free fd, so one end of a new pair gets it; that end is the
-	// "server" side here.
-	var sv, cl net.Conn
+	// lowest free fd, so soon one attached end of a new pair has it.
+	// The other candidates stay open (and unstarted) until the end:
+	// closing one would make its peer, perhaps the chosen one, readable.
+	var h *echo
+	var others []*echo
+	defer func() {
+		for _, e := range others {
+			e.c.Abort()
+			<-e.closed
+		}
+	}()
 	for range 20 {
 		a, b := tcpPair(t, ln)
-		switch fd {
-		case connFD(t, a):
-			sv, cl = a, b
-		case connFD(t, b):
-			sv, cl = b, a
-		default:
-			a.Close()
-			b.Close()
-			continue
+		for _, x := range []net.Conn{a, b} {
+			e := &echo{msgs: make(chan []byte, 1), closed: make(chan Error, 1)}
+			e.c = eng.Attach(x, nil, &baseCfg, e)
+			if e.c.fd == fd && h == nil {
+				h = e
+			} else {
+				others = append(others, e)
+			}
 		}
-		break
+		if h != nil {
+			break
+		}
 	}
-	if sv == nil {
+	if h == nil {
 		t.Skip("the fd number was not reused (other goroutines opened files)")
 	}
-	defer cl.Close()
-	h := &echo{msgs: make(chan []byte, 1), closed: make(chan Error, 1)}
-	h.c = eng.Attach(sv, nil, &baseCfg, h)
 	h.c.Start()
 	defer func() { h.c.Abort(); <-h.closed }()
 
@@ -82,15 +88,6 @@ func TestStaleEventAfterFDReuse(t *testing.T) {
 	if !reading {
 		t.Fatal("the connection's own event did not start a reader")
 	}
-}
-
-func connFD(t *testing.T, c net.Conn) int32 {
-	t.Helper()
-	fd := rawFD(c)
-	if fd < 0 {
-		t.Fatal("no fd")
-	}
-	return fd
 }
 
 // TestCloseBeforeStart: a polled connection closed before it was ever
