@@ -19,7 +19,9 @@
 //     goroutine per connection, but it waits on a 1-byte array inside Conn
 //     and takes the pooled buffer only once a frame starts (crypto/tls
 //     decrypts in its own buffers, so readiness of the socket says nothing
-//     about a readable record).
+//     about a readable record). Those plain TCP sockets are owned as a
+//     bare fd, not a *net.TCPConn (rawconn_linux.go): the runtime netpoller
+//     sees one only while a read or write waits.
 //   - writes are queued; a writer goroutine exists only while the queue is
 //     non-empty and writes everything queued with one writev.
 //   - heartbeats and idle deadlines come from one timer wheel per Engine,
