@@ -36,8 +36,8 @@ type rawConn struct {
 	refs     int32 // reads and writes in progress
 	closed   bool  // Close was called
 	fdClosed bool
-	rd, wd   time.Time // deadlines
-	rw, ww   *os.File  // waiters while a read or write waits
+	rd, wd   int64    // deadlines, unix nanos; 0: none (a time.Time is 24 bytes)
+	rw, ww   *os.File // waiters while a read or write waits
 }
 
 // ownFD takes a plain TCP connection's socket over as a rawConn: a dup of
@@ -87,7 +87,21 @@ func (r *rawConn) closeFD() {
 	}
 }
 
-func expired(d time.Time) bool { return !d.IsZero() && !time.Now().Before(d) }
+func expired(d int64) bool { return d != 0 && time.Now().UnixNano() >= d }
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func deadline(d int64) time.Time {
+	if d == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, d)
+}
 
 func (r *rawConn) Read(p []byte) (int, error) {
 	if err := r.acquire(); err != nil {
@@ -194,8 +208,8 @@ func (r *rawConn) wait(slot **os.File, op func(*os.File) (int, error)) (int, err
 	// The dup shares the socket's non-blocking mode, so os.NewFile
 	// registers it with the runtime netpoller.
 	f := os.NewFile(uintptr(fd), "")
-	_ = f.SetReadDeadline(r.rd)
-	_ = f.SetWriteDeadline(r.wd)
+	_ = f.SetReadDeadline(deadline(r.rd))
+	_ = f.SetWriteDeadline(deadline(r.wd))
 	*slot = f
 	r.mu.Unlock()
 	n, err := op(f)
@@ -211,7 +225,7 @@ func (r *rawConn) wait(slot **os.File, op func(*os.File) (int, error)) (int, err
 func (r *rawConn) SetReadDeadline(t time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.rd = t
+	r.rd = nanos(t)
 	if r.rw != nil {
 		_ = r.rw.SetReadDeadline(t)
 	}
@@ -221,7 +235,7 @@ func (r *rawConn) SetReadDeadline(t time.Time) error {
 func (r *rawConn) SetWriteDeadline(t time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.wd = t
+	r.wd = nanos(t)
 	if r.ww != nil {
 		_ = r.ww.SetWriteDeadline(t)
 	}
