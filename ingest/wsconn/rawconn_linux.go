@@ -223,21 +223,20 @@ func (r *rawConn) wait(slot **os.File, op func(*os.File) (int, error)) (int, err
 }
 
 func (r *rawConn) SetReadDeadline(t time.Time) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rd = nanos(t)
-	if r.rw != nil {
-		_ = r.rw.SetReadDeadline(t)
-	}
-	return nil
+	return r.setDeadline(&r.rd, &r.rw, t, (*os.File).SetReadDeadline)
 }
 
 func (r *rawConn) SetWriteDeadline(t time.Time) error {
+	return r.setDeadline(&r.wd, &r.ww, t, (*os.File).SetWriteDeadline)
+}
+
+// setDeadline stores a deadline and moves a waiter's along with it.
+func (r *rawConn) setDeadline(d *int64, waiter **os.File, t time.Time, set func(*os.File, time.Time) error) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.wd = nanos(t)
-	if r.ww != nil {
-		_ = r.ww.SetWriteDeadline(t)
+	*d = nanos(t)
+	if *waiter != nil {
+		_ = set(*waiter, t)
 	}
 	return nil
 }
