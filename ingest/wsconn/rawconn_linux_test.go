@@ -5,6 +5,7 @@ package wsconn
 import (
 	"bufio"
 	"bytes"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -74,6 +75,19 @@ func TestRawConnPieces(t *testing.T) {
 	fdsBackTo(t, before)
 }
 
+// smallBuffers shrinks both ends' socket buffers, so that a few megabytes
+// the peer does not read really block the writer (loopback buffers can
+// otherwise grow to hold them).
+func smallBuffers(t *testing.T, sv, cl net.Conn) {
+	t.Helper()
+	if err := sv.(*net.TCPConn).SetWriteBuffer(8 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.(*net.TCPConn).SetReadBuffer(8 << 10); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRawConnCloseWhileWaiting: Close (here an Abort at shutdown) ends a
 // reader waiting mid-frame and a writer waiting on a peer that does not
 // read.
@@ -82,6 +96,7 @@ func TestRawConnCloseWhileWaiting(t *testing.T) {
 	before := openFDs(t)
 	sv, cl := tcpPair(t, ln)
 	defer cl.Close()
+	smallBuffers(t, sv, cl)
 	h := &echo{msgs: make(chan []byte, 4), closed: make(chan Error, 1)}
 	h.c = eng.Attach(sv, nil, &Config{MaxMessage: 1 << 20, WriteTimeout: time.Minute}, h)
 	h.c.Start()
@@ -110,6 +125,7 @@ func TestRawConnWriteTimeout(t *testing.T) {
 	eng, ln := pollEngine(t, 20*time.Millisecond)
 	sv, cl := tcpPair(t, ln)
 	defer cl.Close()
+	smallBuffers(t, sv, cl)
 	h := &echo{msgs: make(chan []byte, 4), closed: make(chan Error, 1)}
 	h.c = eng.Attach(sv, nil, &Config{MaxMessage: 1 << 20, WriteTimeout: 200 * time.Millisecond}, h)
 	h.c.Start()
