@@ -18,8 +18,10 @@ import (
 )
 
 // Devices is what the bridge needs from the device endpoint of this node
-// (ingest.Server fits). Both methods must return quickly without blocking:
-// they are called from the bridge's single command worker.
+// (ingest.Server fits). Its methods must return quickly without blocking:
+// they are called from the bridge's single worker goroutine, and
+// SendCommand also from Send and the HTTP handler for a device on this
+// node.
 type Devices interface {
 	// SendCommand queues c for the device's live session on this node. It
 	// returns an error wrapping telemetry.ErrOffline when the device has no
@@ -75,14 +77,10 @@ type Options struct {
 //   - cluster (cluster.go): node membership, device ownership and kicks;
 //   - router (router.go, http.go): commands, their queue, results, waiters.
 //
-// Lock order: there is none to keep, because no lock nests. cluster.mu,
-// router.mu, link.connMu and the ring's mu are each held only inside their
-// own part's methods, which call no other part, no Devices method, no paho
-// call and no callback while holding it. A part that needs another (the
-// router asks the cluster who holds a device, the publisher takes the
-// cluster's records) calls it with its own lock released. subIndex.mu,
-// statusTable.mu and authHook.mu are leaves taken inside the embedded
-// broker's hooks.
+// Lock order: none to keep, because no two of the parts' locks are ever
+// held at once (the package comment says how); a part that needs another
+// (the router asks the cluster who holds a device, the publisher takes the
+// cluster's records) calls it with its own lock released.
 type Bridge struct {
 	cfg  Config
 	opts Options
@@ -151,10 +149,11 @@ func New(cfg Config, devs Devices, opts Options) (*Bridge, error) {
 	// returned (Presence, Run).
 	b.cluster = newCluster(node, opts.Now, b.log, func() { b.pub.notify() })
 	b.link = newLink(cfg, node, clientID, b.log, b.m, linkHooks{
-		receive:    b.receive,
-		wantRemote: b.wantRemote,
-		ready:      func() { b.pub.linkUp() },
-	}, opts.Authenticate)
+		receive:      b.receive,
+		wantRemote:   b.wantRemote,
+		ready:        func() { b.pub.linkUp() },
+		authenticate: opts.Authenticate,
+	})
 	b.pub = newPublisher(cfg, node, telem, b.link, b.cluster, b.m, b.log)
 	b.cmds = newRouter(cfg.CommandQueue, devs, b.cluster, b.pub, b.link, opts.Now, b.m, b.log)
 	return b, nil

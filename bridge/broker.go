@@ -136,12 +136,12 @@ func (h *authHook) authenticate(pk packets.Packet) Access {
 	if pk.Connect.ClientIdentifier == l.clientID {
 		return AccessNone
 	}
-	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 || l.authenticate == nil {
+	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 || l.hooks.authenticate == nil {
 		return AccessNone
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, authTimeout)
 	defer cancel()
-	switch a := l.authenticate(ctx, user, string(pk.Connect.Password)); a {
+	switch a := l.hooks.authenticate(ctx, user, string(pk.Connect.Password)); a {
 	case AccessRead, AccessCommand:
 		return a
 	}

@@ -46,6 +46,9 @@ type linkHooks struct {
 	// reports itself connected: the publisher resynchronises the node's
 	// state.
 	ready func()
+	// authenticate checks an operator's key on the embedded broker
+	// (Options.Authenticate; nil refuses everyone).
+	authenticate func(ctx context.Context, username, password string) Access
 }
 
 // link is the bridge's way to its broker: a paho client to an external
@@ -61,9 +64,6 @@ type link struct {
 	log      *slog.Logger
 	m        *metrics
 	hooks    linkHooks
-	// authenticate checks an operator's key on the embedded broker
-	// (Options.Authenticate).
-	authenticate func(ctx context.Context, username, password string) Access
 
 	// subs tells whether any of the embedded broker's network clients could
 	// receive telemetry; statuses holds its retained device statuses. Both
@@ -76,7 +76,6 @@ type link struct {
 	// context of their own and stop waiting when it ends.
 	ctx        context.Context
 	client     paho.Client  // external broker only
-	brokerURL  string       // the URL the client dials
 	inproc     *mqtt.Server // the embedded broker; nil with an external one
 	ctok       paho.Token   // the first connect, external broker only
 	brokerAddr atomic.Value // string: the embedded broker's listen address
@@ -86,17 +85,16 @@ type link struct {
 	connCh    chan struct{} // closed while connected; replaced when lost
 }
 
-func newLink(cfg Config, node, clientID string, log *slog.Logger, m *metrics, hooks linkHooks, auth func(context.Context, string, string) Access) *link {
+func newLink(cfg Config, node, clientID string, log *slog.Logger, m *metrics, hooks linkHooks) *link {
 	l := &link{
-		cfg:          cfg,
-		t:            topics{prefix: cfg.TopicPrefix},
-		node:         node,
-		clientID:     clientID,
-		log:          log,
-		m:            m,
-		hooks:        hooks,
-		authenticate: auth,
-		connCh:       make(chan struct{}),
+		cfg:      cfg,
+		t:        topics{prefix: cfg.TopicPrefix},
+		node:     node,
+		clientID: clientID,
+		log:      log,
+		m:        m,
+		hooks:    hooks,
+		connCh:   make(chan struct{}),
 	}
 	if cfg.embedded() {
 		l.subs = newSubIndex(cfg.TopicPrefix)
@@ -111,7 +109,6 @@ func newLink(cfg Config, node, clientID string, log *slog.Logger, m *metrics, ho
 func (l *link) start(ctx context.Context) error {
 	l.ctx = ctx
 	if !l.cfg.embedded() {
-		l.brokerURL = l.cfg.URL
 		l.client = paho.NewClient(l.clientOptions(l.cfg.Username, l.cfg.Password))
 		l.ctok = l.client.Connect() // ConnectRetry: keeps trying in the background
 		return nil
@@ -171,7 +168,7 @@ func (l *link) publishClient(m outMsg, qos byte) paho.Token {
 // clientOptions are the paho settings; docs/mqtt.md explains each choice.
 func (l *link) clientOptions(user, pass string) *paho.ClientOptions {
 	return paho.NewClientOptions().
-		AddBroker(l.brokerURL).
+		AddBroker(l.cfg.URL).
 		SetClientID(l.clientID).
 		SetUsername(user).
 		SetPassword(pass).
@@ -193,12 +190,12 @@ func (l *link) clientOptions(user, pass string) *paho.ClientOptions {
 		SetOnConnectHandler(l.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			l.setConnected(false)
-			l.log.Warn("MQTT connection lost; reconnecting", "broker", redactURL(l.brokerURL), "err", err)
+			l.log.Warn("MQTT connection lost; reconnecting", "broker", redactURL(l.cfg.URL), "err", err)
 		})
 }
 
 func (l *link) onConnect(c paho.Client) {
-	l.log.Info("MQTT connected", "broker", redactURL(l.brokerURL), "client_id", l.clientID)
+	l.log.Info("MQTT connected", "broker", redactURL(l.cfg.URL), "client_id", l.clientID)
 	remote := l.hooks.wantRemote()
 	// paho runs this handler on its own goroutine, so waiting here is fine.
 	// Subscriptions are made on every connect (CleanSession: the broker
