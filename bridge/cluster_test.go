@@ -31,22 +31,22 @@ func startNode(t *testing.T, url, prefix, name string) *node {
 }
 
 func (n *node) knows(peer string) bool {
-	n.b.mu.Lock()
-	defer n.b.mu.Unlock()
-	return n.b.own.nodes[peer]
+	n.b.cluster.mu.Lock()
+	defer n.b.cluster.mu.Unlock()
+	return n.b.cluster.nodes[peer]
 }
 
 func (n *node) echoed(device string) bool {
-	n.b.mu.Lock()
-	defer n.b.mu.Unlock()
-	h := n.b.own.held[device]
+	n.b.cluster.mu.Lock()
+	defer n.b.cluster.mu.Unlock()
+	h := n.b.cluster.held[device]
 	return h != nil && h.echoed
 }
 
 func (n *node) owner(device string) string {
-	n.b.mu.Lock()
-	defer n.b.mu.Unlock()
-	return n.b.own.claims[device].Node
+	n.b.cluster.mu.Lock()
+	defer n.b.cluster.mu.Unlock()
+	return n.b.cluster.claims[device].Node
 }
 
 func noCommand(t *testing.T, n *node, wait time.Duration) {
@@ -212,15 +212,15 @@ func TestTwoNodes(t *testing.T) {
 		eventually(t, "q1 claimed by A", func() bool { return b.owner("q1") == "na" })
 		disconnect(a.b, a.devs, "q1")
 		eventually(t, "q1 released", func() bool {
-			b.b.mu.Lock()
-			defer b.b.mu.Unlock()
-			return !b.b.own.claims["q1"].Online
+			b.b.cluster.mu.Lock()
+			defer b.b.cluster.mu.Unlock()
+			return !b.b.cluster.claims["q1"].Online
 		})
 		publish(t, url, prefix+"/q1/commands", `{"id":"qq","name":"x","payload":{"k":1},"queue":true}`)
 		eventually(t, "A to queue it", func() bool {
-			a.b.mu.Lock()
-			defer a.b.mu.Unlock()
-			return len(a.b.cmdq.queued["q1"]) == 1
+			a.b.cmds.mu.Lock()
+			defer a.b.cmds.mu.Unlock()
+			return len(a.b.cmds.queued["q1"]) == 1
 		})
 		noCommand(t, b, 100*time.Millisecond)
 		connect(b.b, b.devs, "q1")

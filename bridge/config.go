@@ -25,8 +25,8 @@ type Config struct {
 	// Two clients with one id make the broker disconnect each other.
 	ClientID string
 	// Username and Password authenticate to an external broker. Password is
-	// a secret: never logged. Ignored with the embedded broker, where the
-	// bridge uses a random per-process credential.
+	// a secret: never logged. Ignored with the embedded broker, which the
+	// bridge uses in-process, without a connection.
 	Username string
 	Password string
 	// TopicPrefix is the first topic level of everything the bridge

@@ -97,9 +97,9 @@ func TestCommandHTTP(t *testing.T) {
 	// The queued command reaches d2 when it connects.
 	connect(b, devs, "d2")
 	eventually(t, "the queued HTTP command to reach d2", func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return len(b.cmdq.queued["d2"]) == 0
+		b.cmds.mu.Lock()
+		defer b.cmds.mu.Unlock()
+		return len(b.cmds.queued["d2"]) == 0
 	})
 }
 
