@@ -2,11 +2,11 @@ package bridge
 
 import (
 	"fmt"
-	"net"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meridian-iot/meridian/internal/listenaddr"
 )
 
 // Config holds the MQTT bridge settings. The zero value is not valid; start
@@ -156,7 +156,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.embedded() {
-		if err := validListen(c.Embedded.Listen); err != nil {
+		if err := listenaddr.Check(c.Embedded.Listen, `"127.0.0.1:1884" or ":1884"`); err != nil {
 			return fmt.Errorf("mqtt.embedded.listen: %s, got %q", err, c.Embedded.Listen)
 		}
 	}
@@ -211,17 +211,6 @@ func redactURL(s string) string {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
 	}
 	return u.String()
-}
-
-func validListen(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf(`must be host:port such as "127.0.0.1:1884" or ":1884"`)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("port must be a number from 0 to 65535")
-	}
-	return nil
 }
 
 // validLevel: one MQTT topic level that is safe to build topics from.
