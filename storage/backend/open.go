@@ -20,15 +20,21 @@ import (
 // themselves. (The conformance suite's interface, storagetest.Backend,
 // stays in tests: the binary links no test code.)
 type Store interface {
-	ingest.Store                                                  // Commit, Watermark, Ping
-	devices.Repo                                                  // the registry: devices, tokens, API keys, session history
-	devices.SessionWriter                                         // device_sessions and last_seen (devices.SessionLog)
-	queryapi.Reader                                               // /v1/query, /v1/series, `meridian query`
-	storage.Maintainer                                            // partitions, retention, rollups
-	Mode() string                                                 // storage.ModeTimescale, ModePostgres or ModeSQLite; "" until known
-	DatabaseSize(ctx context.Context) (int64, error)              // the system page's storage tile
-	Migrate(ctx context.Context) error                            // apply pending migrations
-	MigrateStatus(ctx context.Context) (migrations.Status, error) // read the schema version, change nothing
+	ingest.Store          // Commit, Watermark, Ping
+	devices.Repo          // the registry: devices, tokens, API keys, session history
+	devices.SessionWriter // device_sessions and last_seen (devices.SessionLog)
+	queryapi.Reader       // /v1/query, /v1/series, `meridian query`
+	storage.Maintainer    // partitions, retention, rollups
+
+	// Mode is storage.ModeTimescale, ModePostgres or ModeSQLite; "" until
+	// the postgres store has reached its database.
+	Mode() string
+	// DatabaseSize is the system page's storage tile.
+	DatabaseSize(ctx context.Context) (int64, error)
+	// Migrate applies the pending migrations (`meridian migrate`).
+	Migrate(ctx context.Context) error
+	// MigrateStatus reads the schema version, changing nothing.
+	MigrateStatus(ctx context.Context) (migrations.Status, error)
 	Close() error
 }
 

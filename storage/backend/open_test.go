@@ -104,3 +104,26 @@ func TestWaitReadyNamesTheStore(t *testing.T) {
 		t.Errorf("WaitReady error = %v", err)
 	}
 }
+
+// TestWaitMigrated: a command that opened an unmigrated store without
+// migrating hears so at once, with the versions and what to run.
+func TestWaitMigrated(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.URL = storagetest.NewPostgresDB(t)
+	st, err := Open(t.Context(), cfg, t.TempDir(), false, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = st.WaitMigrated(ctx)
+	if err == nil || !strings.Contains(err.Error(), "is at schema version 0, this binary needs") ||
+		!strings.Contains(err.Error(), "run `meridian migrate`") {
+		t.Fatalf("WaitMigrated = %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("WaitMigrated waited for the deadline (%v) instead of failing at once", time.Since(start))
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/meridian-iot/meridian/cmd/internal/conf"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
@@ -133,17 +134,22 @@ or the server's /v1/query with --verify-via http.`,
 	f.DurationVar(&cfg.BackoffMax, "backoff-max", cfg.BackoffMax, "reconnect backoff cap")
 	f.DurationVar(&cfg.TryLater, "try-later", cfg.TryLater, "extra wait after close 1013 or HTTP 429")
 
-	f.BoolVar(&chaosAll, "chaos", false, "turn on every kind of chaos at moderate rates (individual --chaos-* flags override)")
-	f.DurationVar(&cfg.Chaos.DisconnectEvery, "chaos-disconnect", 0, "mean time between random disconnects per device (0: off)")
-	f.DurationVar(&cfg.Chaos.StallEvery, "chaos-stall", 0, "mean time between stalls (device stops reading) per device (0: off)")
-	f.DurationVar(&cfg.Chaos.StallFor, "chaos-stall-for", cfg.Chaos.StallFor, "how long a stall lasts")
-	f.DurationVar(&cfg.Chaos.ClockSkew, "chaos-skew", 0, "device clocks off by up to ± this (at most 30m)")
-	f.Float64Var(&cfg.Chaos.InvalidShare, "chaos-invalid", 0, "share of devices sending invalid readings (0..1)")
-	f.Float64Var(&cfg.Chaos.MalformedShare, "chaos-malformed", 0, "share of devices sending undecodable frames (0..1)")
-	f.DurationVar(&cfg.Chaos.MalformedEvery, "chaos-malformed-every", cfg.Chaos.MalformedEvery, "mean time between undecodable frames per such device")
-	f.DurationVar(&cfg.Chaos.RebootEvery, "chaos-reboot", 0, "mean time between reboots (seq counter lost) per device (0: off)")
-	f.BoolVar(&cfg.Chaos.NaiveReboot, "chaos-naive-reboot", false, "after a reboot restart seq at hello.acked+1 (naive firmware) instead of skipping a ring's worth")
+	chaosFlags(f, &cfg.Chaos, &chaosAll)
 	return cmd
+}
+
+// chaosFlags registers --chaos and the --chaos-* flags.
+func chaosFlags(f *pflag.FlagSet, ch *sim.Chaos, all *bool) {
+	f.BoolVar(all, "chaos", false, "turn on every kind of chaos at moderate rates (individual --chaos-* flags override)")
+	f.DurationVar(&ch.DisconnectEvery, "chaos-disconnect", 0, "mean time between random disconnects per device (0: off)")
+	f.DurationVar(&ch.StallEvery, "chaos-stall", 0, "mean time between stalls (device stops reading) per device (0: off)")
+	f.DurationVar(&ch.StallFor, "chaos-stall-for", ch.StallFor, "how long a stall lasts")
+	f.DurationVar(&ch.ClockSkew, "chaos-skew", 0, "device clocks off by up to ± this (at most 30m)")
+	f.Float64Var(&ch.InvalidShare, "chaos-invalid", 0, "share of devices sending invalid readings (0..1)")
+	f.Float64Var(&ch.MalformedShare, "chaos-malformed", 0, "share of devices sending undecodable frames (0..1)")
+	f.DurationVar(&ch.MalformedEvery, "chaos-malformed-every", ch.MalformedEvery, "mean time between undecodable frames per such device")
+	f.DurationVar(&ch.RebootEvery, "chaos-reboot", 0, "mean time between reboots (seq counter lost) per device (0: off)")
+	f.BoolVar(&ch.NaiveReboot, "chaos-naive-reboot", false, "after a reboot restart seq at hello.acked+1 (naive firmware) instead of skipping a ring's worth")
 }
 
 // applyChaosPreset sets moderate chaos for every --chaos-* flag not given.
