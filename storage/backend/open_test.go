@@ -83,20 +83,28 @@ func TestOpenPostgres(t *testing.T) {
 	})
 }
 
-// TestWaitReadyNamesTheStore: a store that cannot become ready (here an
-// unmigrated database opened without migrating) fails naming the store,
-// never its password.
-func TestWaitReadyNamesTheStore(t *testing.T) {
+// openUnmigrated opens a fresh PostgreSQL database without migrating it,
+// closed at cleanup.
+func openUnmigrated(t *testing.T) *Opened {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.URL = storagetest.NewPostgresDB(t)
 	st, err := Open(t.Context(), cfg, t.TempDir(), false, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// TestWaitReadyNamesTheStore: a store that cannot become ready (here an
+// unmigrated database opened without migrating) fails naming the store,
+// never its password.
+func TestWaitReadyNamesTheStore(t *testing.T) {
+	st := openUnmigrated(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
-	err = st.WaitReady(ctx)
+	err := st.WaitReady(ctx)
 	if err == nil {
 		t.Fatal("an unmigrated store opened without migrating became ready")
 	}
@@ -108,17 +116,11 @@ func TestWaitReadyNamesTheStore(t *testing.T) {
 // TestWaitMigrated: a command that opened an unmigrated store without
 // migrating hears so at once, with the versions and what to run.
 func TestWaitMigrated(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.URL = storagetest.NewPostgresDB(t)
-	st, err := Open(t.Context(), cfg, t.TempDir(), false, discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openUnmigrated(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	err = st.WaitMigrated(ctx)
+	err := st.WaitMigrated(ctx)
 	if err == nil || !strings.Contains(err.Error(), "is at schema version 0, this binary needs") ||
 		!strings.Contains(err.Error(), "run `meridian migrate`") {
 		t.Fatalf("WaitMigrated = %v", err)
