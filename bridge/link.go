@@ -11,6 +11,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/meridian-iot/meridian/internal/redact"
 )
 
 // Timing of the connection to an external broker that is not configurable.
@@ -190,12 +192,12 @@ func (l *link) clientOptions(user, pass string) *paho.ClientOptions {
 		SetOnConnectHandler(l.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			l.setConnected(false)
-			l.log.Warn("MQTT connection lost; reconnecting", "broker", redactURL(l.cfg.URL), "err", err)
+			l.log.Warn("MQTT connection lost; reconnecting", "broker", redact.URL(l.cfg.URL), "err", err)
 		})
 }
 
 func (l *link) onConnect(c paho.Client) {
-	l.log.Info("MQTT connected", "broker", redactURL(l.cfg.URL), "client_id", l.clientID)
+	l.log.Info("MQTT connected", "broker", redact.URL(l.cfg.URL), "client_id", l.clientID)
 	remote := l.hooks.wantRemote()
 	// paho runs this handler on its own goroutine, so waiting here is fine.
 	// Subscriptions are made on every connect (CleanSession: the broker
