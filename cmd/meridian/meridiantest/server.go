@@ -35,7 +35,9 @@ type Options struct {
 	AdminKey string
 	// Env holds further settings as MERIDIAN_* variables (or anything else
 	// the child needs, e.g. GOGC). They come after the ones above and win
-	// over them. A setting of MERIDIAN_SERVER_TLS_CERT_FILE makes URL https.
+	// over them; server.listen, server.data_dir and devices.admin_key set
+	// here count as the fields above. A setting of
+	// MERIDIAN_SERVER_TLS_CERT_FILE makes URL https.
 	Env []string
 	// ReadyTimeout bounds each start's wait for readiness; 0 is 60 s.
 	ReadyTimeout time.Duration
@@ -65,6 +67,19 @@ type Server struct {
 // At cleanup the process is stopped if it still runs.
 func NewServer(tb testing.TB, opts Options) *Server {
 	tb.Helper()
+	// The same settings given as variables in Env count as given.
+	for _, o := range []struct {
+		field *string
+		name  string
+	}{
+		{&opts.Listen, "MERIDIAN_SERVER_LISTEN"},
+		{&opts.DataDir, "MERIDIAN_SERVER_DATA_DIR"},
+		{&opts.AdminKey, "MERIDIAN_DEVICES_ADMIN_KEY"},
+	} {
+		if v, ok := lookup(opts.Env, o.name); ok && *o.field == "" {
+			*o.field = v
+		}
+	}
 	s := &Server{opts: opts, bin: opts.Bin, addr: opts.Listen, scheme: "http://", key: opts.AdminKey, logs: &Buffer{}}
 	if s.bin == "" {
 		s.bin = Bin(tb)
@@ -81,10 +96,8 @@ func NewServer(tb testing.TB, opts Options) *Server {
 	if s.opts.StopTimeout == 0 {
 		s.opts.StopTimeout = 20 * time.Second
 	}
-	for _, kv := range opts.Env {
-		if strings.HasPrefix(kv, "MERIDIAN_SERVER_TLS_CERT_FILE=") {
-			s.scheme = "https://"
-		}
+	if v, _ := lookup(opts.Env, "MERIDIAN_SERVER_TLS_CERT_FILE"); v != "" {
+		s.scheme = "https://"
 	}
 	// Its own transport, so no idle keep-alive connection outlives the test
 	// (goleak) and TLS roots are read from SSL_CERT_FILE as set by then.
@@ -97,6 +110,16 @@ func NewServer(tb testing.TB, opts Options) *Server {
 		}
 	})
 	return s
+}
+
+// lookup finds the last setting of name in env, as exec does.
+func lookup(env []string, name string) (string, bool) {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], name+"="); ok {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 // StartServer starts `meridian serve` and returns once it is ready.
@@ -138,7 +161,7 @@ func (s *Server) Launch(tb testing.TB) {
 		env = append(env, "MERIDIAN_DEVICES_ADMIN_KEY="+s.opts.AdminKey)
 	}
 	cmd := exec.Command(s.bin, "serve")
-	cmd.Env = append(append(cleanEnv(), env...), s.opts.Env...)
+	cmd.Env = CleanEnv(append(env, s.opts.Env...)...)
 	cmd.Dir = filepath.Dir(s.opts.DataDir) // relative paths stay in the test's dir
 	cmd.Stdout, cmd.Stderr = s.logs, s.logs
 	if err := cmd.Start(); err != nil {
@@ -157,16 +180,17 @@ func (s *Server) Launch(tb testing.TB) {
 	}
 }
 
-// cleanEnv is this process's environment without any MERIDIAN_* variable:
-// a developer's settings must not leak into the server under test.
-func cleanEnv() []string {
+// CleanEnv is the environment for a child meridian: this process's
+// environment without any MERIDIAN_* variable (a developer's settings must
+// not leak into a test), plus extra.
+func CleanEnv(extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "MERIDIAN_") {
 			env = append(env, kv)
 		}
 	}
-	return env
+	return append(env, extra...)
 }
 
 var (
@@ -301,6 +325,11 @@ func (s *Server) Signal(sig os.Signal) error {
 // Wait waits up to d for the process to exit and returns its exit error
 // (nil for status 0), or an error saying it still runs.
 func (s *Server) Wait(d time.Duration) error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+	}
 	select {
 	case <-s.done:
 		return s.err
