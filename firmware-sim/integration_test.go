@@ -49,14 +49,7 @@ func serveIngest(t testing.TB, store ingest.Store, mut func(*ingest.Config), opt
 	cfg.Linger = 0 // group commit: commit at once
 	cfg.Heartbeat = 3 * time.Second
 	cfg.ShutdownGrace = 5 * time.Second
-	if mut != nil {
-		mut(&cfg)
-	}
-	o := ingest.Options{Logger: testLogger()}
-	for _, f := range opts {
-		f(&o)
-	}
-	s := meridiantest.StartIngest(t, store, cfg, o)
+	s := meridiantest.StartIngest(t, store, cfg, mut, ingest.Options{Logger: testLogger()}, opts...)
 	return &inProcess{srv: s.Server, url: s.URL, http: s.HTTP}
 }
 

@@ -79,14 +79,7 @@ func TestCUnit(t *testing.T) {
 // must finish with nothing pending, and the store must hold every reading
 // exactly once.
 func TestStreamCutAndRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	needTools(t)
-	dir := t.TempDir()
-	example := buildExample(t, dir)
-	srv := startServer(t, dir)
-	token := srv.AddDevice(t, "c-ws")
+	_, example, srv, token := startEndToEnd(t, "c-ws")
 	proxy := meridiantest.NewProxy(t, srv.Addr())
 
 	const count = 4000
@@ -128,14 +121,7 @@ func TestStreamCutAndRestart(t *testing.T) {
 // the ring, and it "loses power" after 300 readings; run 3, on the same
 // state, must send what run 2 left behind, under seqs above run 1's.
 func TestHTTPFallbackReboot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	needTools(t)
-	dir := t.TempDir()
-	example := buildExample(t, dir)
-	srv := startServer(t, dir)
-	token := srv.AddDevice(t, "c-http")
+	dir, example, srv, token := startEndToEnd(t, "c-http")
 	state := filepath.Join(dir, "state")
 	if err := os.Mkdir(state, 0o700); err != nil {
 		t.Fatal(err)
@@ -182,6 +168,20 @@ func TestHTTPFallbackReboot(t *testing.T) {
 		}
 	}
 	t.Logf("%d of run 2's 300 readings were sealed in the ring at the power cut and acked after the reboot", restored)
+}
+
+// startEndToEnd builds the example and starts a server with device
+// registered on it.
+func startEndToEnd(t *testing.T, device string) (dir, example string, srv *meridiantest.Server, token string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	needTools(t)
+	dir = t.TempDir()
+	example = buildExample(t, dir)
+	srv = startServer(t, dir)
+	return dir, example, srv, srv.AddDevice(t, device)
 }
 
 // checkExactlyOnce: every acked value is stored once, nothing is stored

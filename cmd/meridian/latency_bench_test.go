@@ -314,7 +314,7 @@ const latObserver = `(() => {
 //
 //	go test -run '^$' -bench SendToBrowser -benchtime 1x -count 3 ./cmd/meridian/
 func BenchmarkSendToBrowser(b *testing.B) {
-	chromium := meridiantest.Chromium(b)
+	meridiantest.Chromium(b) // missing: skip (fail under CI) before any server starts
 	if _, err := os.Stat("../../dashboard/assets/dist/app.js"); err != nil {
 		if os.Getenv("CI") == "true" {
 			b.Fatal("the dashboard bundle is not built (CI=true): run `make dashboard` first")
@@ -334,22 +334,7 @@ func BenchmarkSendToBrowser(b *testing.B) {
 			s := startLatencyServer(b, tc.backend, tc.env...)
 			dev := dialLatencySender(b, s)
 
-			actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-				chromedp.ExecPath(chromium),
-				chromedp.Flag("headless", true),
-				chromedp.Flag("no-sandbox", true),
-				chromedp.Flag("disable-gpu", true),
-				chromedp.Flag("disable-quic", true),
-				chromedp.Flag("no-first-run", true),
-				chromedp.Flag("disable-background-networking", true),
-				chromedp.Flag("disable-component-update", true),
-				chromedp.Flag("disable-sync", true),
-				chromedp.UserDataDir(b.TempDir()),
-				chromedp.WindowSize(1280, 800),
-			)
-			bctx, cancelCtx := chromedp.NewContext(actx)
-			bctx, cancelTimeout := context.WithTimeout(bctx, 10*time.Minute)
-			b.Cleanup(func() { cancelTimeout(); cancelCtx(); cancelAlloc() })
+			bctx := meridiantest.Browser(b, 10*time.Minute)
 
 			// Log in on the device page; its first batch creates the row.
 			dev.send(b, 1)

@@ -49,14 +49,7 @@ func serve(t testing.TB, st store, mut func(*ingest.Config), opts ...func(*inges
 	cfg := ingest.DefaultConfig()
 	cfg.Heartbeat = 2 * time.Second
 	cfg.ShutdownGrace = 5 * time.Second
-	if mut != nil {
-		mut(&cfg)
-	}
-	o := ingest.Options{Logger: testLogger()}
-	for _, f := range opts {
-		f(&o)
-	}
-	s := meridiantest.StartIngest(t, st, cfg, o)
+	s := meridiantest.StartIngest(t, st, cfg, mut, ingest.Options{Logger: testLogger()}, opts...)
 	return &server{srv: s.Server, url: s.URL, store: st}
 }
 

@@ -76,9 +76,17 @@ type Ingest struct {
 }
 
 // StartIngest runs ingest.New(cfg, store, TokenAuth{}, opts) until cleanup,
-// which stops it (drain, acks) before closing the listener.
-func StartIngest(tb testing.TB, store ingest.Store, cfg ingest.Config, opts ingest.Options) *Ingest {
+// which stops it (drain, acks) before closing the listener. cfg and opts are
+// the calling package's test defaults; mut (if not nil) and each of with
+// then apply one test's changes to them.
+func StartIngest(tb testing.TB, store ingest.Store, cfg ingest.Config, mut func(*ingest.Config), opts ingest.Options, with ...func(*ingest.Options)) *Ingest {
 	tb.Helper()
+	if mut != nil {
+		mut(&cfg)
+	}
+	for _, f := range with {
+		f(&opts)
+	}
 	srv, err := ingest.New(cfg, store, TokenAuth{}, opts)
 	if err != nil {
 		tb.Fatalf("new ingest server: %v", err)
