@@ -54,18 +54,8 @@ func BenchmarkIdleConnections(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	runs, err := strconv.Atoi(envOr("MERIDIAN_BENCH_CONNS_RUNS", "3"))
-	if err != nil || runs < 1 {
-		b.Fatalf("MERIDIAN_BENCH_CONNS_RUNS: want a positive integer")
-	}
-	limit, err := sim.RaiseFileLimit()
-	if err != nil {
-		b.Fatal(err)
-	}
 	maxN := slices.Max(ns)
-	if limit < uint64(maxN)+100 {
-		b.Fatalf("open-file limit %d is too low for %d connections", limit, maxN)
-	}
+	runs := benchRuns(b, "MERIDIAN_BENCH_CONNS_RUNS", maxN)
 	env := benchServerEnv()
 	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
 		env = append(env, "GOGC="+g)
@@ -155,6 +145,38 @@ type connBenchResult struct {
 	dGoroutines         int
 	connect             time.Duration
 	retries             int64
+}
+
+// benchRuns reads how many runs to make from runsVar (default 3) and makes
+// sure this process may open conns connections (and a hundred files more).
+func benchRuns(b *testing.B, runsVar string, conns int) int {
+	b.Helper()
+	runs, err := strconv.Atoi(envOr(runsVar, "3"))
+	if err != nil || runs < 1 {
+		b.Fatalf("%s: want a positive integer", runsVar)
+	}
+	limit, err := sim.RaiseFileLimit()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if limit < uint64(conns)+100 {
+		b.Fatalf("open-file limit %d is too low for %d connections", limit, conns)
+	}
+	return runs
+}
+
+// readUntilClosed reads the server's frames, answering pings (wsutil's
+// control handler), until the connection fails or is closed.
+func readUntilClosed(rd io.Reader, conn net.Conn) {
+	rw := struct {
+		io.Reader
+		io.Writer
+	}{rd, conn}
+	for {
+		if _, _, err := wsutil.ReadServerData(rw); err != nil {
+			return
+		}
+	}
 }
 
 // benchServerEnv is the server of the connection benchmarks: devices only
@@ -262,16 +284,7 @@ func connRun(tb testing.TB, srv *meridiantest.Server, tokens []string) connBench
 				readers.Add(1)
 				go func() {
 					defer readers.Done()
-					// Answers pings (wsutil's control handler) until closed.
-					rw := struct {
-						io.Reader
-						io.Writer
-					}{rd, conn}
-					for {
-						if _, _, err := wsutil.ReadServerData(rw); err != nil {
-							return
-						}
-					}
+					readUntilClosed(rd, conn)
 				}()
 			}
 		}()

@@ -54,17 +54,7 @@ func BenchmarkReconnectStorm(b *testing.B) {
 	if err != nil || n < 1 || n > 19_000 {
 		b.Fatalf("MERIDIAN_BENCH_STORM_N: want 1..19000")
 	}
-	runs, err := strconv.Atoi(envOr("MERIDIAN_BENCH_STORM_RUNS", "3"))
-	if err != nil || runs < 1 {
-		b.Fatalf("MERIDIAN_BENCH_STORM_RUNS: want a positive integer")
-	}
-	limit, err := sim.RaiseFileLimit()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if limit < uint64(n)+100 {
-		b.Fatalf("open-file limit %d is too low for %d devices", limit, n)
-	}
+	runs := benchRuns(b, "MERIDIAN_BENCH_STORM_RUNS", n)
 	for _, backend := range strings.Split(envOr("MERIDIAN_BENCH_STORM_BACKENDS", "sqlite,postgres"), ",") {
 		b.Run(fmt.Sprintf("%s/devices=%d", backend, n), func(b *testing.B) {
 			var fromKill, fromAccept, hps, refused, slowMetrics, lost []float64
@@ -245,15 +235,7 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 		}
 		epoch++
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
-		rw := struct {
-			io.Reader
-			io.Writer
-		}{rd, conn}
-		for {
-			if _, _, err := wsutil.ReadServerData(rw); err != nil {
-				break
-			}
-		}
+		readUntilClosed(rd, conn)
 		stop()
 		conn.Close()
 	}
