@@ -11,6 +11,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
@@ -87,7 +88,7 @@ func countOn(ch chan message, topic string, d time.Duration) []string {
 }
 
 func TestTwoNodes(t *testing.T) {
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d1", "ghost", "q1"}, []string{"na", "nb"})...)
 	a := startNode(t, url, prefix, "na")
@@ -231,7 +232,7 @@ func TestTwoNodes(t *testing.T) {
 // TestCrashedNodeDevicesGoOffline: a node that vanishes (its Last Will says
 // offline) leaves "online" records; the first live node marks them offline.
 func TestCrashedNodeDevicesGoOffline(t *testing.T) {
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d5", "d6"}, []string{"na", "nz"})...)
 	// A node "nz" that holds d5, as its retained records say; and a stale

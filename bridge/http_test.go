@@ -12,12 +12,13 @@ import (
 
 	"github.com/tinylib/msgp/msgp"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
 func TestCommandHTTP(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d1", "d2", "d3"}, []string{"n1"})...)
 	cfg := externalConfig(url, prefix, "n1")
@@ -107,7 +108,7 @@ func TestCommandHTTP(t *testing.T) {
 // MessagePack payloads and reports offline/timeout in the result.
 func TestSend(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"s1", "s2", "s3"}, []string{"n1"})...)
 	cfg := externalConfig(url, prefix, "n1")

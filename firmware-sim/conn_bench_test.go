@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -16,22 +15,19 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
-	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
 // BenchmarkIdleConnections measures what an idle device connection costs
@@ -58,47 +54,33 @@ func BenchmarkIdleConnections(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	runs, err := strconv.Atoi(envOr("MERIDIAN_BENCH_CONNS_RUNS", "3"))
-	if err != nil || runs < 1 {
-		b.Fatalf("MERIDIAN_BENCH_CONNS_RUNS: want a positive integer")
-	}
-	limit, err := sim.RaiseFileLimit()
-	if err != nil {
-		b.Fatal(err)
-	}
 	maxN := slices.Max(ns)
-	if limit < uint64(maxN)+100 {
-		b.Fatalf("open-file limit %d is too low for %d connections", limit, maxN)
+	runs := benchRuns(b, "MERIDIAN_BENCH_CONNS_RUNS", maxN)
+	env := benchServerEnv()
+	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
+		env = append(env, "GOGC="+g)
 	}
-	bin := os.Getenv("MERIDIAN_BENCH_BIN")
-	if bin == "" {
-		bin = filepath.Join(b.TempDir(), "meridian")
-		out, err := exec.Command("go", "build", "-o", bin, "../cmd/meridian").CombinedOutput()
-		if err != nil {
-			b.Fatalf("build meridian: %v\n%s", err, out)
-		}
-	}
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	env := connBenchEnv{bin: bin, dataDir: b.TempDir(), adminKey: "mak_" + hex.EncodeToString(key)}
 	if os.Getenv("MERIDIAN_BENCH_CONNS_TLS") == "1" {
-		env.certFile, env.keyFile = selfSignedLoopback(b, b.TempDir())
-		b.Setenv("SSL_CERT_FILE", env.certFile) // read once, at the first TLS use
+		certFile, keyFile := selfSignedLoopback(b, b.TempDir())
+		env = append(env, "MERIDIAN_SERVER_TLS_CERT_FILE="+certFile, "MERIDIAN_SERVER_TLS_KEY_FILE="+keyFile)
+		b.Setenv("SSL_CERT_FILE", certFile) // read once, at the first TLS use
 	}
+	// Every run reuses the data dir with a fresh process.
+	srv := meridiantest.NewServer(b, meridiantest.Options{AdminKey: meridiantest.RandomKey(b), Env: env})
 
-	// Provision once; every run reuses the data dir with a fresh process.
-	srv := env.start(b)
+	// Provision once.
+	srv.Start(b)
 	ids := make([]string, maxN)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("conn-%05d", i)
 	}
 	t0 := time.Now()
-	tokens, err := sim.Provisioner{BaseURL: srv.base, AdminKey: env.adminKey, Concurrency: 8}.Provision(context.Background(), ids)
+	tokens, err := sim.Provisioner{BaseURL: srv.URL(), AdminKey: srv.AdminKey(), Concurrency: 8}.Provision(context.Background(), ids)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("provisioned %d devices in %v", len(tokens), time.Since(t0).Round(time.Millisecond))
-	srv.stop(b)
+	stopServer(b, srv)
 	toks := make([]string, len(ids))
 	for i, id := range ids {
 		toks[i] = tokens[id]
@@ -108,7 +90,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
 			var perConn, rssPerConn, stackPerConn, hps []float64
 			for r := range runs {
-				res := env.run(b, toks[:n])
+				res := connRun(b, srv, toks[:n])
 				b.Logf("run %d: n=%d heap %+.0f B stack %+.0f B goroutines %+d rss %+.0f B -> heap+stack %.0f B/conn (stack %.0f), rss %.0f B/conn; connect %v = %.0f handshakes/s (%d retries)",
 					r+1, n, res.dHeap, res.dStack, res.dGoroutines, res.dRSS,
 					(res.dHeap+res.dStack)/float64(n), res.dStack/float64(n), res.dRSS/float64(n),
@@ -125,11 +107,6 @@ func BenchmarkIdleConnections(b *testing.B) {
 			b.ReportMetric(0, "ns/op") // one invocation of many runs: ns/op means nothing
 		})
 	}
-}
-
-type connBenchEnv struct {
-	bin, dataDir, adminKey string
-	certFile, keyFile      string // set: serve TLS
 }
 
 // selfSignedLoopback writes a certificate for 127.0.0.1 and its key.
@@ -163,13 +140,6 @@ func selfSignedLoopback(tb testing.TB, dir string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
-type connBenchServer struct {
-	cmd  *exec.Cmd
-	base string
-	key  string
-	done chan error
-}
-
 type connBenchResult struct {
 	dHeap, dStack, dRSS float64
 	dGoroutines         int
@@ -177,80 +147,66 @@ type connBenchResult struct {
 	retries             int64
 }
 
-// start runs `meridian serve` on a free loopback port and waits for /healthz.
-func (e connBenchEnv) start(tb testing.TB) *connBenchServer {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// benchRuns reads how many runs to make from runsVar (default 3) and makes
+// sure this process may open conns connections (and a hundred files more).
+func benchRuns(b *testing.B, runsVar string, conns int) int {
+	b.Helper()
+	runs, err := strconv.Atoi(envOr(runsVar, "3"))
+	if err != nil || runs < 1 {
+		b.Fatalf("%s: want a positive integer", runsVar)
+	}
+	limit, err := sim.RaiseFileLimit()
 	if err != nil {
-		tb.Fatal(err)
+		b.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	logf, err := os.OpenFile(filepath.Join(e.dataDir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		tb.Fatal(err)
+	if limit < uint64(conns)+100 {
+		b.Fatalf("open-file limit %d is too low for %d connections", limit, conns)
 	}
-	cmd := exec.Command(e.bin, "serve")
-	cmd.Env = append(os.Environ(),
-		"MERIDIAN_SERVER_DATA_DIR="+e.dataDir,
-		"MERIDIAN_SERVER_LISTEN="+addr,
-		"MERIDIAN_MQTT_EMBEDDED_ENABLED=false",
-		"MERIDIAN_DASHBOARD_ENABLED=false",
-		"MERIDIAN_DEVICES_ADMIN_KEY="+e.adminKey,
-		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
-		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",
-	)
-	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
-		cmd.Env = append(cmd.Env, "GOGC="+g)
-	}
-	scheme := "http://"
-	if e.certFile != "" {
-		cmd.Env = append(cmd.Env, "MERIDIAN_SERVER_TLS_CERT_FILE="+e.certFile, "MERIDIAN_SERVER_TLS_KEY_FILE="+e.keyFile)
-		scheme = "https://"
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// The child inherits this process's raised open-file limit.
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	s := &connBenchServer{cmd: cmd, base: scheme + addr, key: e.adminKey, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait(); logf.Close() }()
-	deadline := time.Now().Add(30 * time.Second)
+	return runs
+}
+
+// readUntilClosed reads the server's frames, answering pings (wsutil's
+// control handler), until the connection fails or is closed.
+func readUntilClosed(rd io.Reader, conn net.Conn) {
+	rw := struct {
+		io.Reader
+		io.Writer
+	}{rd, conn}
 	for {
-		resp, err := http.Get(s.base + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s
-			}
+		if _, _, err := wsutil.ReadServerData(rw); err != nil {
+			return
 		}
-		if time.Now().After(deadline) {
-			s.stop(tb)
-			tb.Fatalf("server did not become healthy (see %s)", filepath.Join(e.dataDir, "serve.log"))
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// stop asks for a graceful stop and kills after 20 s.
-func (s *connBenchServer) stop(tb testing.TB) {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(20 * time.Second):
-		tb.Log("server did not stop in 20 s; killing it")
-		_ = s.cmd.Process.Kill()
-		<-s.done
+// benchServerEnv is the server of the connection benchmarks: devices only
+// (no MQTT broker, no dashboard), with room for every connection and
+// handshake they make. The child inherits this process's raised open-file
+// limit.
+func benchServerEnv() []string {
+	return []string{
+		"MERIDIAN_MQTT_EMBEDDED_ENABLED=false",
+		"MERIDIAN_DASHBOARD_ENABLED=false",
+		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
+		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",
+	}
+}
+
+// stopServer asks for a graceful stop (killing after 20 s) and drops this
+// process's idle connections to it.
+func stopServer(tb testing.TB, s *meridiantest.Server) {
+	if err := s.Stop(); err != nil {
+		tb.Logf("stop server: %v", err)
 	}
 	http.DefaultClient.CloseIdleConnections()
 }
 
 // sample reads heap in use, stack in use and goroutines from /metrics and
 // VmRSS from /proc.
-func (s *connBenchServer) sample(tb testing.TB) (heap, stack, rss float64, goroutines int) {
+func sample(tb testing.TB, s *meridiantest.Server) (heap, stack, rss float64, goroutines int) {
 	tb.Helper()
-	req, _ := http.NewRequest(http.MethodGet, s.base+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+s.key)
+	req, _ := http.NewRequest(http.MethodGet, s.URL()+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+s.AdminKey())
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
@@ -275,7 +231,7 @@ func (s *connBenchServer) sample(tb testing.TB) (heap, stack, rss float64, gorou
 			goroutines = int(v)
 		}
 	}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.PID()))
 	if err == nil {
 		for _, line := range strings.Split(string(status), "\n") {
 			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
@@ -287,17 +243,17 @@ func (s *connBenchServer) sample(tb testing.TB) (heap, stack, rss float64, gorou
 	return heap, stack, rss, goroutines
 }
 
-// run starts a fresh server, samples it idle, connects one device per token
+// connRun starts a fresh server, samples it idle, connects one device per token
 // with 32 handshakes in flight (ingest.max_handshakes), lets the connections
 // sit idle, samples again, and tears everything down.
-func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
+func connRun(tb testing.TB, srv *meridiantest.Server, tokens []string) connBenchResult {
 	tb.Helper()
-	srv := e.start(tb)
-	defer srv.stop(tb)
+	srv.Start(tb)
+	defer stopServer(tb, srv)
 	time.Sleep(3 * time.Second)
-	h0, s0, r0, g0 := srv.sample(tb)
+	h0, s0, r0, g0 := sample(tb, srv)
 
-	url := "ws" + strings.TrimPrefix(srv.base, "http") + "/v1/device"
+	url := "ws" + strings.TrimPrefix(srv.URL(), "http") + "/v1/device"
 	var (
 		next    atomic.Int64
 		retries atomic.Int64
@@ -328,16 +284,7 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 				readers.Add(1)
 				go func() {
 					defer readers.Done()
-					// Answers pings (wsutil's control handler) until closed.
-					rw := struct {
-						io.Reader
-						io.Writer
-					}{rd, conn}
-					for {
-						if _, _, err := wsutil.ReadServerData(rw); err != nil {
-							return
-						}
-					}
+					readUntilClosed(rd, conn)
 				}()
 			}
 		}()
@@ -355,45 +302,24 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 	}
 	// Let handshake garbage age and any per-connection timers settle.
 	time.Sleep(10 * time.Second)
-	h1, s1, r1, g1 := srv.sample(tb)
+	h1, s1, r1, g1 := sample(tb, srv)
 	return connBenchResult{
 		dHeap: h1 - h0, dStack: s1 - s0, dRSS: r1 - r0, dGoroutines: g1 - g0,
 		connect: connect, retries: retries.Load(),
 	}
 }
 
-// dialDevice connects one device and reads its hello; a 503 (handshake cap)
-// is retried after a short pause.
+// dialDevice connects one device and reads its hello; a failure (a 503 at
+// the handshake cap) is retried after a short pause.
 func dialDevice(url, token string, retries *atomic.Int64) (net.Conn, io.Reader, error) {
-	d := ws.Dialer{
-		Protocols: []string{wire.Subprotocol},
-		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
-		Timeout:   15 * time.Second,
-	}
 	for attempt := 0; ; attempt++ {
-		conn, br, _, err := d.Dial(context.Background(), url)
-		if err != nil {
-			if attempt < 50 {
-				retries.Add(1)
-				time.Sleep(20 * time.Millisecond)
-				continue
-			}
-			return nil, nil, fmt.Errorf("dial: %w", err)
+		conn, rd, _, err := dialHello(context.Background(), url, token)
+		if err != nil && attempt < 50 {
+			retries.Add(1)
+			time.Sleep(20 * time.Millisecond)
+			continue
 		}
-		var rd io.Reader = conn
-		if br != nil {
-			rd = io.MultiReader(br, conn)
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
-		if _, _, err := wsutil.ReadServerData(struct {
-			io.Reader
-			io.Writer
-		}{rd, conn}); err != nil {
-			conn.Close()
-			return nil, nil, fmt.Errorf("read hello: %w", err)
-		}
-		_ = conn.SetReadDeadline(time.Time{})
-		return conn, rd, nil
+		return conn, rd, err
 	}
 }
 
