@@ -2,11 +2,13 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"testing"
 	"time"
 
+	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/storage"
 )
 
@@ -56,6 +58,105 @@ func BenchmarkCommitInsertVsCopy(b *testing.B) {
 			b.ReportMetric(took[0].Seconds()*1e3/n, "insert-ms")
 			b.ReportMetric(took[1].Seconds()*1e3/n, "copy-ms")
 			b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "insert/copy")
+		})
+	}
+}
+
+// TestCommitPaths runs the same flushes through both ways of storing
+// readings (INSERT … unnest and COPY): duplicates against the watermark and
+// within a flush, a device's first batch, late readings, an all-duplicate
+// flush, and a flush the database refuses, after which the connection is
+// usable and nothing of that flush is stored.
+func TestCommitPaths(t *testing.T) {
+	for _, path := range []struct {
+		name    string
+		copyMin int
+	}{{"insert", math.MaxInt}, {"copy", 0}} {
+		t.Run(path.name, func(t *testing.T) {
+			s := openTestStore(t, newTestDB(t), storage.Retention{})
+			s.copyMin = path.copyMin
+			ctx := context.Background()
+			now := time.Now()
+			at := func(d time.Duration, vals ...float64) []telemetry.Reading {
+				rs := make([]telemetry.Reading, len(vals))
+				for i, v := range vals {
+					rs[i] = telemetry.Reading{Time: now.Add(d + time.Duration(i)*time.Millisecond).UnixMilli(), Metric: "m", Value: v}
+				}
+				return rs
+			}
+			commit := func(want []bool, batches ...telemetry.Batch) {
+				t.Helper()
+				out, err := s.Commit(ctx, batches)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, o := range out {
+					if o.Duplicate != want[i] {
+						t.Errorf("batch %d (%s seq %d): duplicate %v, want %v", i, batches[i].Device, batches[i].Seq, o.Duplicate, want[i])
+					}
+				}
+			}
+			rows := func(device string) int64 {
+				t.Helper()
+				var n int64
+				if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM readings r JOIN device_ids i ON i.id = r.device_id WHERE i.device = $1`, device).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			check := func(device string, wantRows int64, wantMark uint64) {
+				t.Helper()
+				if n := rows(device); n != wantRows {
+					t.Errorf("%s: %d rows, want %d", device, n, wantRows)
+				}
+				if m, err := s.Watermark(ctx, device); err != nil || m != wantMark {
+					t.Errorf("%s: watermark %d (%v), want %d", device, m, err, wantMark)
+				}
+			}
+
+			commit([]bool{false, false, false, true},
+				telemetry.Batch{Device: "a", Seq: 1, Readings: at(0, 1, 2, 3)},
+				telemetry.Batch{Device: "b", Seq: 1, Readings: at(0, 1, 2)},
+				telemetry.Batch{Device: "a", Seq: 2, Readings: at(time.Second, 4, 5)},
+				telemetry.Batch{Device: "a", Seq: 2, Readings: at(time.Second, 4, 5)})
+			check("a", 5, 2)
+			check("b", 2, 1)
+
+			late := -3 * time.Hour
+			commit([]bool{true, false, false},
+				telemetry.Batch{Device: "a", Seq: 2, Readings: at(time.Second, 4, 5)},
+				telemetry.Batch{Device: "a", Seq: 3, Readings: at(late, 6)},
+				telemetry.Batch{Device: "c", Seq: 5, Readings: at(0, 7)})
+			check("a", 6, 3)
+			check("c", 1, 5)
+			var dirty int64
+			hour := now.Add(late).UTC().Truncate(time.Hour)
+			if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM rollup_dirty WHERE hour = $1`, hour).Scan(&dirty); err != nil || dirty != 1 {
+				t.Errorf("late hour %s marked %d times (%v), want 1", hour, dirty, err)
+			}
+
+			commit([]bool{true, true}, telemetry.Batch{Device: "a", Seq: 3}, telemetry.Batch{Device: "c", Seq: 1})
+			check("a", 6, 3)
+
+			if _, err := s.pool.Exec(ctx, `ALTER TABLE readings ADD CONSTRAINT test_refuse CHECK (value <> 666)`); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Commit(ctx, []telemetry.Batch{
+				{Device: "b", Seq: 2, Readings: at(2*time.Second, 8)},
+				{Device: "a", Seq: 4, Readings: at(2*time.Second, 666)},
+			})
+			if !errors.Is(err, telemetry.ErrInvalidData) {
+				t.Fatalf("refused flush: %v, want ErrInvalidData", err)
+			}
+			check("a", 6, 3)
+			check("b", 2, 1)
+			// Every pooled connection is idle again (a failed transaction
+			// was rolled back, or its connection dropped) and commits work.
+			for range 3 {
+				commit([]bool{true}, telemetry.Batch{Device: "b", Seq: 1})
+			}
+			commit([]bool{false}, telemetry.Batch{Device: "b", Seq: 2, Readings: at(2*time.Second, 8)})
+			check("b", 3, 2)
 		})
 	}
 }
