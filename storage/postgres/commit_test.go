@@ -1,12 +1,19 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/storage"
@@ -60,6 +67,83 @@ func BenchmarkCommitInsertVsCopy(b *testing.B) {
 			b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "insert/copy")
 		})
 	}
+}
+
+// BenchmarkCommitSmall commits flushes of the size the pipeline forms at
+// 20% of its ceiling (a few to a few dozen batches of 10 readings) and
+// reports, besides the time per commit, the CPU it cost this process and the
+// database's backends: at that load the benchmark's devices, the server and
+// PostgreSQL share the machine's cores, so CPU per flush is latency for every
+// other batch. pg-cpu-ms is read from /proc (a local server only; 10 ms
+// ticks, hence the many ops).
+//
+//	go test -run '^$' -bench CommitSmall -benchtime 1000x -count 3 ./storage/postgres/
+func BenchmarkCommitSmall(b *testing.B) {
+	for _, shape := range flushShapes[1:3] {
+		b.Run(fmt.Sprintf("readings=%d", shape.devices*shape.per), func(b *testing.B) {
+			s := openTestStore(b, newTestDB(b), storage.Retention{})
+			ctx := context.Background()
+			base := time.Now().Add(-time.Minute)
+			if _, err := s.Commit(ctx, benchFlush(shape.devices, shape.per, 1, base)); err != nil {
+				b.Fatal(err)
+			}
+			flushes := make([][]telemetry.Batch, b.N)
+			for i := range flushes {
+				flushes[i] = benchFlush(shape.devices, shape.per, uint64(i+2), base)
+			}
+			pg0, cpu0 := backendTicks(b, s), processCPU()
+			b.ResetTimer()
+			for _, f := range flushes {
+				if _, err := s.Commit(ctx, f); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			n := float64(b.N)
+			b.ReportMetric(float64(processCPU()-cpu0)/1e6/n, "go-cpu-ms/op")
+			if pg0 >= 0 {
+				b.ReportMetric(float64(backendTicks(b, s)-pg0)*10/n, "pg-cpu-ms/op")
+			}
+		})
+	}
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// backendTicks sums the CPU clock ticks (1/100 s on Linux) of the backends
+// connected to s's database, or returns -1 when /proc does not show them
+// (the server is elsewhere).
+func backendTicks(tb testing.TB, s *Store) int64 {
+	rows, err := s.pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()`)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sum := int64(-1)
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command, which is in parentheses: utime and
+		// stime are the 12th and 13th (proc(5)).
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		sum = max(sum, 0) + u + st
+	}
+	return sum
 }
 
 // TestCommitPaths runs the same flushes through both ways of storing
