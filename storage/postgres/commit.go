@@ -28,9 +28,9 @@ import (
 // watermarks + COMMIT), not one per statement: at low rates a flush is a
 // few batches, and each round trip to the database is a wake-up of its
 // backend and of this process that the ack waits for (docs/benchmarks.md,
-// "PostgreSQL: two round trips per commit"). Flushes of copyMin readings or more use COPY,
-// two round trips more, because COPY stores large flushes faster than an
-// INSERT can.
+// "PostgreSQL: two round trips per commit"). Flushes of copyMin readings or
+// more use COPY, two round trips more, because COPY stores large flushes
+// faster than an INSERT can.
 func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]telemetry.Outcome, error) {
 	if err := s.ready(); err != nil {
 		return nil, err
@@ -185,14 +185,14 @@ func (s *Store) commitTx(ctx context.Context, conn *pgx.Conn, batches []telemetr
 		}
 	}
 	if err := br.Close(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return fmt.Errorf("end pipeline: %w", err)
 	}
 	return nil
 }
 
 const (
 	stepInsert = "insert readings"
-	stepCommit = "commit"
+	stepCommit = "COMMIT"
 )
 
 // queueReadings queues the insert of the batches' readings as four column
@@ -354,14 +354,6 @@ type readingSource struct {
 	b, r      int
 	started   bool
 	row       [4]any
-}
-
-func (s *readingSource) total() int {
-	n := 0
-	for _, b := range s.batches {
-		n += len(b.Readings)
-	}
-	return n
 }
 
 func (s *readingSource) Next() bool {
