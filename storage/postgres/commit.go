@@ -62,7 +62,10 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 	if err := s.commitTx(ctx, conn.Conn(), batches, out, devices, devIDs, metricIDs); err != nil {
 		// A transaction left open (an error before COMMIT, or a failed
 		// statement) is rolled back here; if that fails too, the pool
-		// destroys the connection on Release because it is not idle.
+		// destroys the connection on Release because it is not idle, which
+		// ends the transaction as well. This runs on ctx, not a detached
+		// cleanup context: when ctx ended (the attempt's timeout, the drain
+		// deadline) dropping the connection at once is the point.
 		if conn.Conn().PgConn().TxStatus() != 'I' {
 			_, _ = conn.Exec(ctx, "ROLLBACK")
 		}
