@@ -8,12 +8,13 @@ import (
 
 	"github.com/tinylib/msgp/msgp"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
 func TestTelemetryBatchPublished(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, nil, []string{"n1"})...)
 	b := startBridge(t, externalConfig(url, prefix, "n1"), newFakeDevices(), nil)
@@ -45,7 +46,7 @@ func TestTelemetryBatchPublished(t *testing.T) {
 
 func TestTelemetryPerReadingLayout(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, append(retainedTopics(prefix, nil, []string{"n1"}), prefix+"/d1/temp", prefix+"/d1/_metric/status")...)
 	cfg := externalConfig(url, prefix, "n1")
@@ -79,7 +80,7 @@ func TestTelemetryPerReadingLayout(t *testing.T) {
 
 func TestTelemetryMsgpackFormat(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, nil, []string{"n1"})...)
 	cfg := externalConfig(url, prefix, "n1")
@@ -100,7 +101,7 @@ func TestTelemetryMsgpackFormat(t *testing.T) {
 
 func TestPresenceRetained(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d1"}, []string{"n1"})...)
 	devs := newFakeDevices()
@@ -130,7 +131,7 @@ func TestPresenceRetained(t *testing.T) {
 
 func TestShutdownMarksOffline(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d1"}, []string{"n1"})...)
 	msgs := watch(t, url, "", "", prefix+"/#")
@@ -152,7 +153,7 @@ type commandRig struct {
 }
 
 func newCommandRig(t *testing.T, mod func(*Config)) *commandRig {
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d1", "d2"}, []string{"n1"})...)
 	cfg := externalConfig(url, prefix, "n1")

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,33 +19,33 @@ import (
 const authTimeout = 5 * time.Second
 
 // startBroker starts the embedded broker and returns it with the address
-// the bridge's own client should dial.
-func (b *Bridge) startBroker() (*mqtt.Server, string, error) {
+// a client should dial (BrokerAddr).
+func (l *link) startBroker() (*mqtt.Server, string, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	// Sessions of clients that asked for a persistent session (clean=false)
 	// would otherwise be kept forever, with their queued messages, in this
 	// process's memory. One hour covers a client's restart.
 	caps.MaximumSessionExpiryInterval = 3600
 	srv := mqtt.New(&mqtt.Options{
-		Logger:       slog.New(redactPackets{b.log.Handler()}).With("component", "mqtt-broker"),
+		Logger:       slog.New(redactPackets{l.log.Handler()}).With("component", "mqtt-broker"),
 		Capabilities: caps,
 		// The bridge publishes and subscribes in-process through the inline
 		// client: no connection of its own, no loopback TCP, no encoding
 		// and parsing of MQTT packets on its side.
 		InlineClient: true,
 	})
-	if err := srv.AddHook(&authHook{b: b, access: make(map[*mqtt.Client]Access)}, nil); err != nil {
+	if err := srv.AddHook(&authHook{l: l, access: make(map[*mqtt.Client]Access)}, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add auth hook: %w", err)
 	}
-	if err := srv.AddHook(b.link.subs, nil); err != nil {
+	if err := srv.AddHook(l.subs, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add subscription hook: %w", err)
 	}
-	if err := srv.AddHook(b.link.statuses, nil); err != nil {
+	if err := srv.AddHook(l.statuses, nil); err != nil {
 		return nil, "", fmt.Errorf("embedded broker: add status hook: %w", err)
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "meridian-tcp", Address: b.cfg.Embedded.Listen})
+	tcp := listeners.NewTCP(listeners.Config{ID: "meridian-tcp", Address: l.cfg.Embedded.Listen})
 	if err := srv.AddListener(tcp); err != nil {
-		return nil, "", fmt.Errorf("embedded broker: listen on %s (mqtt.embedded.listen): %w", b.cfg.Embedded.Listen, err)
+		return nil, "", fmt.Errorf("embedded broker: listen on %s (mqtt.embedded.listen): %w", l.cfg.Embedded.Listen, err)
 	}
 	if err := srv.Serve(); err != nil {
 		_ = srv.Close()
@@ -60,10 +59,10 @@ func (b *Bridge) startBroker() (*mqtt.Server, string, error) {
 // so there are no other nodes' ownership records, statuses, results,
 // kicks or telemetry to follow, and no session records are published.
 // The handler runs on the publishing client's goroutine and only enqueues.
-func (b *Bridge) subscribeInProcess(srv *mqtt.Server) error {
-	filter := b.t.prefix + "/+/commands"
+func (l *link) subscribeInProcess(srv *mqtt.Server) error {
+	filter := l.t.prefix + "/+/commands"
 	err := srv.Subscribe(filter, 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-		b.receive(pk.TopicName, pk.Payload)
+		l.hooks.receive(pk.TopicName, pk.Payload)
 	})
 	if err != nil {
 		return fmt.Errorf("embedded broker: subscribe %s: %w", filter, err)
@@ -85,12 +84,12 @@ func dialAddr(listen string) string {
 }
 
 // authHook is the embedded broker's only authority: operators connect with
-// an API key as password (any username); the bridge's own client uses a
-// random per-process credential. Anonymous connections are refused. What
+// an API key as password (any username); the bridge itself needs no
+// credential (inline client). Anonymous connections are refused. What
 // each connected client may do is kept per client until it disconnects.
 type authHook struct {
 	mqtt.HookBase
-	b      *Bridge
+	l      *link
 	mu     sync.Mutex
 	access map[*mqtt.Client]Access
 }
@@ -104,9 +103,9 @@ func (h *authHook) Provides(b byte) bool {
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	a := h.authenticate(pk)
 	if a == AccessNone {
-		h.b.m.authFailed.Inc()
+		h.l.m.authFailed.Inc()
 		// The remote address only: never the password.
-		h.b.log.Info("mqtt broker: connection refused", "remote", cl.Net.Remote, "client_id", pk.Connect.ClientIdentifier)
+		h.l.log.Info("mqtt broker: connection refused", "remote", cl.Net.Remote, "client_id", pk.Connect.ClientIdentifier)
 		return false
 	}
 	h.mu.Lock()
@@ -121,39 +120,38 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.mu.Unlock()
 }
 
-// accessInternal marks the bridge's own client.
-const accessInternal Access = -1
+// reservedUser is refused on the embedded broker (docs/mqtt.md): it named
+// the bridge's own client when that connected over loopback, and a client
+// taking it could pass for the bridge in the broker's logs.
+const reservedUser = "meridian-bridge"
 
 func (h *authHook) authenticate(pk packets.Packet) Access {
-	b := h.b
+	l := h.l
 	user := string(pk.Connect.Username)
-	if user == b.internalUser {
-		// Reserved: only the bridge itself, with the per-process secret.
-		if pk.Connect.PasswordFlag && subtle.ConstantTimeCompare(pk.Connect.Password, []byte(b.internalPass)) == 1 {
-			return accessInternal
-		}
+	if user == reservedUser {
 		return AccessNone
 	}
-	// The bridge's client id is reserved too: a client taking it over would
-	// disconnect the bridge (MQTT session takeover).
-	if pk.Connect.ClientIdentifier == b.clientID {
+	// The node's client id (mqtt.client_id) is reserved too: it names this
+	// node at brokers, and a client using it could pass for the node.
+	if pk.Connect.ClientIdentifier == l.clientID {
 		return AccessNone
 	}
-	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 || b.opts.Authenticate == nil {
+	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 || l.hooks.authenticate == nil {
 		return AccessNone
 	}
-	ctx, cancel := context.WithTimeout(b.runCtx, authTimeout)
+	ctx, cancel := context.WithTimeout(l.ctx, authTimeout)
 	defer cancel()
-	switch a := b.opts.Authenticate(ctx, user, string(pk.Connect.Password)); a {
+	switch a := l.hooks.authenticate(ctx, user, string(pk.Connect.Password)); a {
 	case AccessRead, AccessCommand:
 		return a
 	}
 	return AccessNone
 }
 
-// OnACLCheck: the bridge may do anything. Operators may subscribe to
-// anything and publish anywhere outside the prefix; inside it, only
-// AccessCommand clients and only to <prefix>/<device>/commands. Telemetry,
+// OnACLCheck: the bridge itself publishes through mochi's inline client,
+// which skips this check. Operators may subscribe to anything and publish
+// anywhere outside the prefix; inside it, only AccessCommand clients and
+// only to <prefix>/<device>/commands. Telemetry,
 // status, ownership and results under the prefix come from Meridian nodes
 // only, so a key holder cannot forge readings that other nodes would show
 // on their dashboards.
@@ -164,10 +162,10 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	switch {
 	case !ok:
 		return false
-	case a == accessInternal || !write:
+	case !write:
 		return true
 	}
-	p := h.b.cfg.TopicPrefix
+	p := h.l.cfg.TopicPrefix
 	rest, under := strings.CutPrefix(topic, p+"/")
 	if !under {
 		return topic != p

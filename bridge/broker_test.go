@@ -71,8 +71,8 @@ func TestEmbeddedBrokerAuth(t *testing.T) {
 		{"anonymous", "c3", "", "", false, false},
 		{"empty password", "c4", "ops", "", true, false},
 		{"wrong key", "c5", "ops", "mak_wrong", true, false},
-		{"internal user guessed", "c6", b.internalUser, goodKey, true, false},
-		{"bridge client id with key", b.clientID, "ops", goodKey, true, false},
+		{"internal user guessed", "c6", reservedUser, goodKey, true, false},
+		{"bridge client id with key", b.link.clientID, "ops", goodKey, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

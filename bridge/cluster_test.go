@@ -11,6 +11,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
@@ -31,22 +32,22 @@ func startNode(t *testing.T, url, prefix, name string) *node {
 }
 
 func (n *node) knows(peer string) bool {
-	n.b.mu.Lock()
-	defer n.b.mu.Unlock()
-	return n.b.own.nodes[peer]
+	n.b.cluster.mu.Lock()
+	defer n.b.cluster.mu.Unlock()
+	return n.b.cluster.nodes[peer]
 }
 
 func (n *node) echoed(device string) bool {
-	n.b.mu.Lock()
-	defer n.b.mu.Unlock()
-	h := n.b.own.held[device]
+	n.b.cluster.mu.Lock()
+	defer n.b.cluster.mu.Unlock()
+	h := n.b.cluster.held[device]
 	return h != nil && h.echoed
 }
 
 func (n *node) owner(device string) string {
-	n.b.mu.Lock()
-	defer n.b.mu.Unlock()
-	return n.b.own.claims[device].Node
+	n.b.cluster.mu.Lock()
+	defer n.b.cluster.mu.Unlock()
+	return n.b.cluster.claims[device].Node
 }
 
 func noCommand(t *testing.T, n *node, wait time.Duration) {
@@ -87,7 +88,7 @@ func countOn(ch chan message, topic string, d time.Duration) []string {
 }
 
 func TestTwoNodes(t *testing.T) {
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d1", "ghost", "q1"}, []string{"na", "nb"})...)
 	a := startNode(t, url, prefix, "na")
@@ -212,15 +213,15 @@ func TestTwoNodes(t *testing.T) {
 		eventually(t, "q1 claimed by A", func() bool { return b.owner("q1") == "na" })
 		disconnect(a.b, a.devs, "q1")
 		eventually(t, "q1 released", func() bool {
-			b.b.mu.Lock()
-			defer b.b.mu.Unlock()
-			return !b.b.own.claims["q1"].Online
+			b.b.cluster.mu.Lock()
+			defer b.b.cluster.mu.Unlock()
+			return !b.b.cluster.claims["q1"].Online
 		})
 		publish(t, url, prefix+"/q1/commands", `{"id":"qq","name":"x","payload":{"k":1},"queue":true}`)
 		eventually(t, "A to queue it", func() bool {
-			a.b.mu.Lock()
-			defer a.b.mu.Unlock()
-			return len(a.b.cmdq.queued["q1"]) == 1
+			a.b.cmds.mu.Lock()
+			defer a.b.cmds.mu.Unlock()
+			return len(a.b.cmds.queued["q1"]) == 1
 		})
 		noCommand(t, b, 100*time.Millisecond)
 		connect(b.b, b.devs, "q1")
@@ -231,7 +232,7 @@ func TestTwoNodes(t *testing.T) {
 // TestCrashedNodeDevicesGoOffline: a node that vanishes (its Last Will says
 // offline) leaves "online" records; the first live node marks them offline.
 func TestCrashedNodeDevicesGoOffline(t *testing.T) {
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d5", "d6"}, []string{"na", "nz"})...)
 	// A node "nz" that holds d5, as its retained records say; and a stale

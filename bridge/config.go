@@ -2,11 +2,12 @@ package bridge
 
 import (
 	"fmt"
-	"net"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meridian-iot/meridian/internal/listenaddr"
+	"github.com/meridian-iot/meridian/internal/redact"
 )
 
 // Config holds the MQTT bridge settings. The zero value is not valid; start
@@ -25,8 +26,8 @@ type Config struct {
 	// Two clients with one id make the broker disconnect each other.
 	ClientID string
 	// Username and Password authenticate to an external broker. Password is
-	// a secret: never logged. Ignored with the embedded broker, where the
-	// bridge uses a random per-process credential.
+	// a secret: never logged. Ignored with the embedded broker, which the
+	// bridge uses in-process, without a connection.
 	Username string
 	Password string
 	// TopicPrefix is the first topic level of everything the bridge
@@ -152,11 +153,11 @@ func (c Config) Validate() error {
 	if c.URL != "" {
 		u, err := url.Parse(c.URL)
 		if err != nil || u.Host == "" || !validScheme(u.Scheme) {
-			return fmt.Errorf("mqtt.url: must be tcp://, ssl://, tls://, mqtt://, mqtts://, ws:// or wss:// with a host, or empty for the embedded broker, got %q", redactURL(c.URL))
+			return fmt.Errorf("mqtt.url: must be tcp://, ssl://, tls://, mqtt://, mqtts://, ws:// or wss:// with a host, or empty for the embedded broker, got %q", redact.URL(c.URL))
 		}
 	}
 	if c.embedded() {
-		if err := validListen(c.Embedded.Listen); err != nil {
+		if err := listenaddr.Check(c.Embedded.Listen, `"127.0.0.1:1884" or ":1884"`); err != nil {
 			return fmt.Errorf("mqtt.embedded.listen: %s, got %q", err, c.Embedded.Listen)
 		}
 	}
@@ -199,29 +200,6 @@ func validScheme(s string) bool {
 		return true
 	}
 	return false
-}
-
-// redactURL drops the password of a broker URL for error messages.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
-}
-
-func validListen(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf(`must be host:port such as "127.0.0.1:1884" or ":1884"`)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("port must be a number from 0 to 65535")
-	}
-	return nil
 }
 
 // validLevel: one MQTT topic level that is safe to build topics from.

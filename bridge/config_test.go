@@ -22,7 +22,7 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"qos", func(c *Config) { c.QoS = 3 }, "mqtt.qos: must be 0, 1 or 2, got 3"},
 		{"url scheme", func(c *Config) { c.URL = "http://x:1883" }, `mqtt.url: must be tcp://, ssl://, tls://, mqtt://, mqtts://, ws:// or wss:// with a host, or empty for the embedded broker, got "http://x:1883"`},
-		{"url password masked", func(c *Config) { c.URL = "http://u:secret@x" }, `mqtt.url: must be tcp://, ssl://, tls://, mqtt://, mqtts://, ws:// or wss:// with a host, or empty for the embedded broker, got "http://u:xxxxx@x"`},
+		{"url password masked", func(c *Config) { c.URL = "http://u:secret@x" }, `mqtt.url: must be tcp://, ssl://, tls://, mqtt://, mqtts://, ws:// or wss:// with a host, or empty for the embedded broker, got "http://u:***@x"`},
 		{"listen", func(c *Config) { c.Embedded.Listen = "1884" }, `mqtt.embedded.listen: must be host:port such as "127.0.0.1:1884" or ":1884", got "1884"`},
 		{"listen ignored with url", func(c *Config) { c.URL = "tcp://b:1883"; c.Embedded.Listen = "bad" }, ""},
 		{"prefix wildcard", func(c *Config) { c.TopicPrefix = "a/+" }, `mqtt.topic_prefix: must be non-empty topic levels without + # or empty levels, not starting with $ or /, got "a/+"`},

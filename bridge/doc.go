@@ -9,26 +9,34 @@
 // session closed, and each node sees the others' live readings
 // (docs/scaling.md).
 //
-// Concurrency contract: Committed, Presence and Result are called from
-// ingest's goroutines and never block: Committed pushes into a bounded
-// drop-oldest ring, Presence and Result update state under one mutex and
-// queue publishes. Exactly one publisher goroutine publishes: with an
-// external broker through paho, keeping at most 64 publishes in flight and
-// publishing only while connected; with the embedded broker in-process
-// (mochi's inline client), synchronously, and only what some client can
-// receive (subIndex). paho's message handler, or the embedded broker's
-// inline subscription, only classifies a message and enqueues it without
-// blocking (full queues drop and count); one worker goroutine acts on
-// commands, ownership and status records, and calls Devices (which must
-// not block either). Lock order: Bridge.mu before Bridge.link.connMu;
-// neither is held while calling Devices, paho or callbacks. subIndex.mu and
-// statusTable.mu are leaves, taken inside the broker's hooks.
+// Concurrency contract: Committed, Presence, Result and Kick are called
+// from ingest's (or the registry's) goroutines and never block: Committed
+// pushes into a bounded drop-oldest ring, the others update a part's state
+// under its lock and queue publishes. Exactly one publisher goroutine
+// publishes: with an external broker through paho, keeping at most 64
+// publishes in flight and publishing only while connected; with the
+// embedded broker in-process (mochi's inline client), synchronously, and
+// only what some client can receive (subIndex). paho's message handler, or
+// the embedded broker's inline subscription, only classifies a message and
+// enqueues it without blocking (full queues drop and count); one worker
+// goroutine acts on commands, ownership and status records, and calls
+// Devices (which must not block either); one more hands other nodes'
+// telemetry to the OnRemoteBatch callback.
 //
-// Parts: link (bridge.go) is the way to the broker, paho or in-process;
-// the ring (queue.go) and the publisher (publisher.go) carry telemetry,
-// status and events out; ownership (worker.go, docs/scaling.md "Cluster
-// protocol") is the node's view of who holds which device; commandQueue
-// and the worker route commands and results.
+// Parts (each a type with its own state, in its own file): link (link.go,
+// broker.go) is the way to the broker, paho or in-process; publisher
+// (publisher.go, with the ring in queue.go) publishes telemetry, records
+// and events; cluster (cluster.go, docs/scaling.md "Cluster protocol") is
+// the node's view of the other nodes and of who holds which device, and
+// the kicks between nodes; router (router.go, http.go) routes commands,
+// queues them for offline devices, hands them off to the device's new
+// node, and publishes results. Bridge (bridge.go, worker.go) composes them.
+//
+// Locks: cluster.mu, router.mu, link.connMu and the ring's lock never
+// nest. Each is held only inside its own part's methods, which call no
+// other part, no Devices method, no paho call and no callback while
+// holding it. subIndex.mu, statusTable.mu and authHook.mu are leaves,
+// taken inside the embedded broker's hooks.
 //
 // bridge imports no ingest, devices, storage or dashboard code: it declares
 // Devices and takes the authenticator and error classifiers as functions;

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"sync"
 	"testing"
@@ -16,29 +14,6 @@ import (
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
-
-// mqttURL is the real broker the integration tests use. Unreachable: fail
-// under CI, skip loudly otherwise.
-func mqttURL(t *testing.T) string {
-	t.Helper()
-	u := os.Getenv("MERIDIAN_TEST_MQTT")
-	if u == "" {
-		u = "tcp://127.0.0.1:1883"
-	}
-	pu, err := url.Parse(u)
-	if err != nil {
-		t.Fatalf("MERIDIAN_TEST_MQTT=%q: %v", u, err)
-	}
-	c, err := net.DialTimeout("tcp", pu.Host, 2*time.Second)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("MQTT broker %s unreachable under CI=true: %v", u, err)
-		}
-		t.Skipf("SKIPPING: MQTT broker %s unreachable (%v); set MERIDIAN_TEST_MQTT or start mosquitto", u, err)
-	}
-	_ = c.Close()
-	return u
-}
 
 // fakeDevices is a fake of the bridge's own Devices interface.
 type fakeDevices struct {

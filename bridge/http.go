@@ -85,7 +85,7 @@ func (b *Bridge) serveCommand(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	res, got, err := b.await(r.Context(), device, cmd, b.cfg.CommandTimeout)
+	res, got, err := b.cmds.await(r.Context(), device, cmd, b.cfg.CommandTimeout)
 	switch {
 	case errors.Is(err, ErrDuplicateID):
 		writeJSON(w, http.StatusConflict, httpError{ID: cmd.ID, Error: "duplicate_id", Detail: err.Error()})
@@ -136,7 +136,7 @@ func (b *Bridge) Send(ctx context.Context, device string, c telemetry.Command, w
 		}
 		cmd.Payload, cmd.JSON = c.Payload, js
 	}
-	res, got, err := b.await(ctx, device, cmd, wait)
+	res, got, err := b.cmds.await(ctx, device, cmd, wait)
 	if err != nil {
 		return telemetry.CommandResult{}, err
 	}
@@ -155,56 +155,6 @@ func (b *Bridge) Send(ctx context.Context, device string, c telemetry.Command, w
 		out.Payload = p
 	}
 	return out, nil
-}
-
-// await registers a waiter for the command's result, delivers it, and waits
-// up to wait. got is false when no result came in time.
-func (b *Bridge) await(ctx context.Context, device string, cmd command, wait time.Duration) (res resultJSON, got bool, err error) {
-	k := waitKey{device, cmd.ID}
-	ch := make(chan resultJSON, 1)
-	b.mu.Lock()
-	if _, dup := b.cmdq.waiters[k]; dup {
-		b.mu.Unlock()
-		return res, false, ErrDuplicateID
-	}
-	b.cmdq.waiters[k] = ch
-	_, here := b.own.held[device]
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		if b.cmdq.waiters[k] == ch {
-			delete(b.cmdq.waiters, k)
-		}
-		b.mu.Unlock()
-	}()
-
-	switch {
-	case here:
-		b.dispatch(device, cmd)
-	case b.Connected():
-		// Through the broker, so that whichever node holds the device
-		// delivers it (this one included, if the device connects meanwhile).
-		payload, _ := json.Marshal(commandJSON{ID: cmd.ID, Name: cmd.Name, Payload: cmd.JSON, Queue: cmd.Queue})
-		if !b.sendEvent(outMsg{topic: b.t.commands(device), payload: payload, kind: "command"}) {
-			return res, false, ErrOverloaded
-		}
-	case b.responsible(device):
-		// No broker, but no other node could answer either.
-		b.dispatch(device, cmd)
-	default:
-		return res, false, ErrBrokerUnavailable
-	}
-
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	select {
-	case res := <-ch:
-		return res, true, nil
-	case <-timer.C:
-		return res, false, nil
-	case <-ctx.Done():
-		return res, false, ctx.Err()
-	}
 }
 
 func resultStatus(r resultJSON) int {

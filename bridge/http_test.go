@@ -12,12 +12,13 @@ import (
 
 	"github.com/tinylib/msgp/msgp"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
 func TestCommandHTTP(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"d1", "d2", "d3"}, []string{"n1"})...)
 	cfg := externalConfig(url, prefix, "n1")
@@ -97,9 +98,9 @@ func TestCommandHTTP(t *testing.T) {
 	// The queued command reaches d2 when it connects.
 	connect(b, devs, "d2")
 	eventually(t, "the queued HTTP command to reach d2", func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return len(b.cmdq.queued["d2"]) == 0
+		b.cmds.mu.Lock()
+		defer b.cmds.mu.Unlock()
+		return len(b.cmds.queued["d2"]) == 0
 	})
 }
 
@@ -107,7 +108,7 @@ func TestCommandHTTP(t *testing.T) {
 // MessagePack payloads and reports offline/timeout in the result.
 func TestSend(t *testing.T) {
 	t.Parallel()
-	url := mqttURL(t)
+	url := meridiantest.MQTTURL(t)
 	prefix := randomPrefix()
 	clearRetained(t, url, retainedTopics(prefix, []string{"s1", "s2", "s3"}, []string{"n1"})...)
 	cfg := externalConfig(url, prefix, "n1")

@@ -89,17 +89,17 @@ func TestInProcessOnlyCommitted(t *testing.T) {
 }
 
 // TestInProcessDropOldest: while the publisher cannot keep up (here: held
-// on the bridge's lock), the queue keeps the newest mqtt.queue_size
+// on the cluster's lock), the queue keeps the newest mqtt.queue_size
 // batches, counts the rest, and publishes the kept ones in order.
 func TestInProcessDropOldest(t *testing.T) {
 	b := newEmbedded(t, func(c *Config) { c.QueueSize = 50 })
 	runBridge(t, b)
 	msgs := watch(t, "tcp://"+b.BrokerAddr(), "ops", goodKey, b.cfg.TopicPrefix+"/+/telemetry")
-	b.mu.Lock() // the publisher waits for it before taking the next batch
+	b.cluster.mu.Lock() // the publisher waits for it before taking the next batch
 	for i := uint64(1); i <= 200; i++ {
 		b.Committed(oneReading("d1", i))
 	}
-	b.mu.Unlock()
+	b.cluster.mu.Unlock()
 	if got := counterValue(b.m.dropped.WithLabelValues("queue_full")); got != 150 {
 		t.Fatalf("queue_full drops = %v, want 150", got)
 	}
@@ -120,7 +120,7 @@ func TestInProcessSkipThenDeliver(t *testing.T) {
 	if got := counterValue(b.m.skipped); got != 1 {
 		t.Fatalf("skipped = %v, want 1", got)
 	}
-	if b.telem.len() != 0 {
+	if b.pub.telem.len() != 0 {
 		t.Fatal("a batch nobody can receive was queued")
 	}
 	// A subscription that cannot match telemetry does not count.

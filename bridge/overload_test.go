@@ -72,11 +72,11 @@ func TestCommittedNeverBlocks(t *testing.T) {
 			if got := counterValue(b.m.dropped.WithLabelValues("queue_full")); got != n-100 {
 				t.Fatalf("queue_full drops = %v, want %d", got, n-100)
 			}
-			if b.telem.len() != 100 {
-				t.Fatalf("queue holds %d, want 100", b.telem.len())
+			if b.pub.telem.len() != 100 {
+				t.Fatalf("queue holds %d, want 100", b.pub.telem.len())
 			}
 			// The newest batches are the ones kept.
-			if bt, _ := b.telem.pop(); bt.Seq != n-99 {
+			if bt, _ := b.pub.telem.pop(); bt.Seq != n-99 {
 				t.Fatalf("oldest kept seq %d, want %d", bt.Seq, n-99)
 			}
 			cancel()

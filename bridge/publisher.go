@@ -3,31 +3,133 @@ package bridge
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
+	"sync/atomic"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
-// publisher is the only goroutine that publishes. It keeps at most
-// pubWindow publishes in flight (so paho's in-memory store stays small),
-// publishes only while connected (while disconnected, paho would store QoS
-// 1 messages without bound), and serves its sources by priority: the node's
-// own state after a (re)connect, device status and ownership, one-off
-// events (results, forwarded commands), then telemetry.
+// Sizes of the publisher's queues and window.
+const (
+	eventsSize   = 4_096 // results, forwarded commands, kicks waiting to be published
+	pubWindow    = 64    // publishes in flight before the publisher waits for acks
+	pendingBatch = 256   // status/ownership records taken from the cluster at once
+)
+
+// publisher carries everything the node publishes: committed telemetry
+// (the ring, fed by Committed), the cluster's status and ownership records,
+// and one-off events (results, forwarded commands, kicks). One goroutine,
+// loop, publishes. It keeps at most pubWindow publishes in flight (so
+// paho's in-memory store stays small), publishes only while the link is
+// up (while disconnected, paho would store QoS 1 messages without bound),
+// and serves its sources by priority: the node's own state after a
+// (re)connect, device status and ownership, one-off events, then
+// telemetry.
+//
+// It has no lock of its own: the ring has its leaf lock, events is a
+// channel, resync is atomic, and inflight and buf belong to the publishing
+// goroutine.
 type publisher struct {
-	b        *Bridge
+	cfg  Config
+	t    topics
+	node string
+	link *link
+	clu  *cluster // source of status and ownership records
+	m    *metrics
+	log  *slog.Logger
+
+	telem  *ring
+	events chan outMsg // bounded: a full queue drops (counted)
+	wake   chan struct{}
+	resync atomic.Bool // the link came up: republish the node's state
+
 	inflight []paho.Token
 	buf      []byte
 }
 
+type outMsg struct {
+	topic   string
+	payload []byte
+	retain  bool
+	kind    string
+}
+
+func newPublisher(cfg Config, node string, telem *ring, l *link, clu *cluster, m *metrics, log *slog.Logger) *publisher {
+	return &publisher{
+		cfg: cfg, t: l.t, node: node, link: l, clu: clu, m: m, log: log,
+		telem:  telem,
+		events: make(chan outMsg, eventsSize),
+		wake:   make(chan struct{}, 1),
+	}
+}
+
+// notify wakes the publishing goroutine: records are pending.
+func (p *publisher) notify() { signal(p.wake) }
+
+// linkUp is called when the link is up again, before it reports itself
+// connected: the node's state is republished first.
+func (p *publisher) linkUp() {
+	p.resync.Store(true)
+	p.notify()
+}
+
+// committed queues a committed batch. It never blocks: when the ring is
+// full the oldest batch is dropped and counted.
+func (p *publisher) committed(bt telemetry.Batch) {
+	if p.link.subs != nil && !p.telemetryWanted() {
+		// Embedded broker and nobody who could receive it: the batch is
+		// neither queued nor encoded.
+		p.m.skipped.Inc()
+		return
+	}
+	if p.telem.push(bt) {
+		p.m.dropped.WithLabelValues("queue_full").Inc()
+	}
+}
+
+// telemetryWanted reports whether a committed batch can reach anyone on
+// the embedded broker: a network client's filter could match its topics,
+// or per-reading messages are retained (kept for later subscribers).
+func (p *publisher) telemetryWanted() bool {
+	layout := p.cfg.Telemetry.Layout
+	if layout != LayoutBatch && p.cfg.Telemetry.Retain {
+		return true
+	}
+	s := p.link.subs.snap.Load()
+	switch layout {
+	case LayoutBatch:
+		return s.batch
+	case LayoutReading:
+		return s.under
+	}
+	return s.batch || s.under
+}
+
+// send queues a one-off publish; a full queue drops it (counted).
+func (p *publisher) send(m outMsg) bool {
+	select {
+	case p.events <- m:
+		p.notify()
+		return true
+	default:
+		p.m.dropped.WithLabelValues("events_full").Inc()
+		return false
+	}
+}
+
+// nodeStatus is this node's retained "online"/"offline" record.
+func (p *publisher) nodeStatus(status string) outMsg {
+	return outMsg{topic: p.t.node(p.node), payload: []byte(status), retain: true, kind: "node"}
+}
+
 func (p *publisher) loop(ctx context.Context) {
-	b := p.b
 	for ctx.Err() == nil {
-		if !p.waitConnected(ctx) {
+		if !p.link.waitUp(ctx) {
 			return
 		}
-		if b.resync.Swap(false) {
+		if p.resync.Swap(false) {
 			p.resyncState(ctx)
 			continue
 		}
@@ -35,12 +137,12 @@ func (p *publisher) loop(ctx context.Context) {
 			continue
 		}
 		select {
-		case ev := <-b.events:
+		case ev := <-p.events:
 			p.publish(ctx, ev, 1)
 			continue
 		default:
 		}
-		if bt, ok := b.telem.pop(); ok {
+		if bt, ok := p.telem.pop(); ok {
 			p.publishBatch(ctx, bt)
 			continue
 		}
@@ -48,25 +150,10 @@ func (p *publisher) loop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-b.telem.ready:
-		case <-b.pubWake:
-		case ev := <-b.events:
+		case <-p.telem.ready:
+		case <-p.wake:
+		case ev := <-p.events:
 			p.publish(ctx, ev, 1)
-		}
-	}
-}
-
-// waitConnected blocks until the client is connected or ctx ends.
-func (p *publisher) waitConnected(ctx context.Context) bool {
-	for {
-		up, ch := p.b.connState()
-		if up {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-ch:
 		}
 	}
 }
@@ -80,61 +167,58 @@ func (p *publisher) waitConnected(ctx context.Context) bool {
 // session on the other node. Claims made while disconnected are still
 // pending and go out as usual.
 func (p *publisher) resyncState(ctx context.Context) {
-	b := p.b
-	p.publish(ctx, outMsg{topic: b.t.node(b.node), payload: []byte("online"), retain: true, kind: "node"}, 1)
-	b.mu.Lock()
-	for dev := range b.own.held {
-		if _, ok := b.own.pending[dev]; !ok {
-			b.own.pending[dev] = statusPub{status: "online"}
-		}
-	}
-	b.mu.Unlock()
+	p.publish(ctx, p.nodeStatus("online"), 1)
+	p.clu.resync()
 }
 
-// publishPending publishes up to pendingBatch status/ownership updates;
+// publishPending publishes up to pendingBatch status/ownership records;
 // it reports whether there were any.
 func (p *publisher) publishPending(ctx context.Context) bool {
-	b := p.b
-	type item struct {
-		dev string
-		sp  statusPub
-	}
-	batch := make([]item, 0, 16)
-	b.mu.Lock()
-	for dev, sp := range b.own.pending {
-		batch = append(batch, item{dev, sp})
-		delete(b.own.pending, dev)
-		if len(batch) == pendingBatch {
-			break
-		}
-	}
-	b.mu.Unlock()
+	batch := p.clu.takePending(pendingBatch)
 	for _, it := range batch {
 		// Ownership first: other nodes act on it (takeover), and the status
 		// topic is what people watch.
-		if it.sp.claim != nil && b.link.inproc == nil { // ownership matters only between nodes
-			data, _ := json.Marshal(it.sp.claim)
-			p.publish(ctx, outMsg{topic: b.t.session(it.dev), payload: data, retain: true, kind: "session"}, 1)
+		if it.claim != nil && !p.link.inProcess() { // ownership matters only between nodes
+			data, _ := json.Marshal(it.claim)
+			p.publish(ctx, outMsg{topic: p.t.session(it.device), payload: data, retain: true, kind: "session"}, 1)
 		}
-		if it.sp.status == "" {
+		if it.status == "" {
 			continue
 		}
 		retain := true
-		if b.link.statuses != nil {
+		if p.link.statuses != nil {
 			// The embedded broker's retained statuses live in the status
 			// table (status.go); subscribers get this one live.
-			b.link.statuses.set(it.dev, it.sp.status == "online")
+			p.link.statuses.set(it.device, it.status == "online")
 			retain = false
 		}
-		p.publish(ctx, outMsg{topic: b.t.status(it.dev), payload: []byte(it.sp.status), retain: retain, kind: "status"}, 1)
+		p.publish(ctx, outMsg{topic: p.t.status(it.device), payload: []byte(it.status), retain: retain, kind: "status"}, 1)
 	}
 	return len(batch) > 0
+}
+
+// flush runs at shutdown, after the loop stopped: the cluster's last
+// records, the queued events and telemetry, then the node's "offline".
+// All within ctx.
+func (p *publisher) flush(ctx context.Context) {
+	for p.publishPending(ctx) {
+	}
+	p.drainEvents(ctx)
+	for ctx.Err() == nil {
+		bt, ok := p.telem.pop()
+		if !ok {
+			break
+		}
+		p.publishBatch(ctx, bt)
+	}
+	p.publish(ctx, p.nodeStatus("offline"), 1)
+	p.waitAll(ctx)
 }
 
 func (p *publisher) drainEvents(ctx context.Context) {
 	for ctx.Err() == nil {
 		select {
-		case ev := <-p.b.events:
+		case ev := <-p.events:
 			p.publish(ctx, ev, 1)
 		default:
 			return
@@ -149,30 +233,30 @@ func (p *publisher) drainEvents(ctx context.Context) {
 // On the embedded broker, a message no network client can receive is not
 // built at all (unless it is retained).
 func (p *publisher) publishBatch(ctx context.Context, bt telemetry.Batch) {
-	b := p.b
-	qos := byte(b.cfg.QoS)
-	msgpack := b.cfg.Format == "msgpack"
-	if b.cfg.Telemetry.Layout != LayoutReading {
-		topic := b.t.telemetry(bt.Device)
-		if b.link.subs == nil || b.link.subs.wanted(topic) {
+	qos := byte(p.cfg.QoS)
+	msgpack := p.cfg.Format == "msgpack"
+	subs := p.link.subs
+	if p.cfg.Telemetry.Layout != LayoutReading {
+		topic := p.t.telemetry(bt.Device)
+		if subs == nil || subs.wanted(topic) {
 			if msgpack {
-				p.buf = appendBatchMsgpack(p.buf[:0], b.node, bt)
+				p.buf = appendBatchMsgpack(p.buf[:0], p.node, bt)
 			} else {
-				p.buf = appendBatchJSON(p.buf[:0], b.node, bt)
+				p.buf = appendBatchJSON(p.buf[:0], p.node, bt)
 			}
 			p.publish(ctx, outMsg{topic: topic, payload: append([]byte(nil), p.buf...), kind: "telemetry"}, qos)
 		} else {
-			b.m.skipped.Inc()
+			p.m.skipped.Inc()
 		}
 	}
-	if b.cfg.Telemetry.Layout == LayoutBatch || len(bt.Readings) == 0 {
+	if p.cfg.Telemetry.Layout == LayoutBatch || len(bt.Readings) == 0 {
 		return
 	}
-	retain := b.cfg.Telemetry.Retain
+	retain := p.cfg.Telemetry.Retain
 	var out []byte
 	for _, r := range bt.Readings {
-		topic := b.t.reading(bt.Device, r.Metric)
-		if !retain && b.link.subs != nil && !b.link.subs.wanted(topic) {
+		topic := p.t.reading(bt.Device, r.Metric)
+		if !retain && subs != nil && !subs.wanted(topic) {
 			continue
 		}
 		if out == nil {
@@ -194,23 +278,23 @@ func (p *publisher) publishBatch(ctx context.Context, bt telemetry.Batch) {
 // publish sends one message, waiting only for connection and for the
 // in-flight window. It reports false when ctx ended first.
 func (p *publisher) publish(ctx context.Context, m outMsg, qos byte) bool {
-	if srv := p.b.link.inproc; srv != nil {
+	if p.link.inProcess() {
 		// Synchronous: the broker hands the packet to each subscriber's
 		// outbound queue (which drops when full, as for any client).
-		if err := srv.Publish(m.topic, m.payload, m.retain, qos); err != nil {
-			p.b.m.dropped.WithLabelValues("publish_error").Inc()
-			p.b.log.Debug("in-process publish failed", "topic", m.topic, "err", err)
+		if err := p.link.publishInProcess(m, qos); err != nil {
+			p.m.dropped.WithLabelValues("publish_error").Inc()
+			p.log.Debug("in-process publish failed", "topic", m.topic, "err", err)
 			return true
 		}
-		p.b.m.published.WithLabelValues(m.kind).Inc()
+		p.m.published.WithLabelValues(m.kind).Inc()
 		return true
 	}
-	if !p.waitConnected(ctx) {
-		p.b.m.dropped.WithLabelValues("shutdown").Inc()
+	if !p.link.waitUp(ctx) {
+		p.m.dropped.WithLabelValues("shutdown").Inc()
 		return false
 	}
-	tok := p.b.link.client.Publish(m.topic, qos, m.retain, m.payload)
-	p.b.m.published.WithLabelValues(m.kind).Inc()
+	tok := p.link.publishClient(m, qos)
+	p.m.published.WithLabelValues(m.kind).Inc()
 	p.inflight = append(p.inflight, tok)
 	p.prune()
 	for len(p.inflight) >= pubWindow {
@@ -233,8 +317,8 @@ func (p *publisher) prune() {
 		select {
 		case <-t.Done():
 			if t.Error() != nil {
-				p.b.m.dropped.WithLabelValues("publish_error").Inc()
-				p.b.log.Debug("MQTT publish failed", "err", t.Error())
+				p.m.dropped.WithLabelValues("publish_error").Inc()
+				p.log.Debug("MQTT publish failed", "err", t.Error())
 			}
 			continue
 		default:

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
 
@@ -90,7 +91,7 @@ func (p *proxy) restore() {
 // returning at once, and when the broker is back the bridge reconnects,
 // republishes the state it holds and publishes the batches queued meanwhile.
 func TestBrokerOutageResumes(t *testing.T) {
-	brokerURL := mqttURL(t)
+	brokerURL := meridiantest.MQTTURL(t)
 	u, _ := url.Parse(brokerURL)
 	px := newProxy(t, u.Host)
 	prefix := randomPrefix()

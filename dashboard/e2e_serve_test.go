@@ -1,122 +1,39 @@
 package dashboard
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
 )
 
-// ---- a real `meridian serve` child process ----
-
-type serveProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	mu   sync.Mutex
-	logs bytes.Buffer
-}
-
-func (p *serveProc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.Write(b)
-}
-
-func (p *serveProc) tail() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	lines := strings.Split(p.logs.String(), "\n")
-	return strings.Join(lines[max(0, len(lines)-30):], "\n")
-}
-
-func freeAddr(t *testing.T) string {
+// startServe runs `meridian serve` (the binary users get, with the embedded
+// front end this test process was built with) on the embedded SQLite store
+// and MQTT broker, on free ports.
+func startServe(t *testing.T, adminKey string) (base string, p *meridiantest.Server) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// startServe builds the binary users get (with the embedded front end this
-// test process was built with) and runs `meridian serve` on the embedded
-// SQLite store and MQTT broker, on free ports.
-func startServe(t *testing.T, adminKey string) (base string, p *serveProc) {
-	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "meridian")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/meridian")
-	build.Dir = ".." // the module root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/meridian: %v\n%s", err, out)
-	}
-	listen := freeAddr(t)
-	p = &serveProc{done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--listen", listen, "--data-dir", filepath.Join(dir, "data"))
-	p.cmd.Env = append(os.Environ(),
-		"MERIDIAN_DEVICES_ADMIN_KEY="+adminKey,
-		"MERIDIAN_MQTT_EMBEDDED_LISTEN="+freeAddr(t),
-		"MERIDIAN_INGEST_NODE=e2e-node",
-		// Charts need a few samples within the test's minute.
-		"MERIDIAN_DASHBOARD_HISTORY_INTERVAL=500ms",
-		"MERIDIAN_SERVER_LOG_LEVEL=warn",
-	)
-	p.cmd.Stdout, p.cmd.Stderr = p, p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start meridian serve: %v", err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(15 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
+	p = meridiantest.StartServer(t, meridiantest.Options{
+		AdminKey: adminKey,
+		Env: []string{
+			"MERIDIAN_INGEST_NODE=e2e-node",
+			// Charts need a few samples within the test's minute.
+			"MERIDIAN_DASHBOARD_HISTORY_INTERVAL=500ms",
+			"MERIDIAN_SERVER_LOG_LEVEL=warn",
+		},
 	})
-	base = "http://" + listen
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		req, _ := http.NewRequest(http.MethodGet, base+"/v1/admin/devices", nil)
-		req.Header.Set("Authorization", "Bearer "+adminKey)
-		res, err := http.DefaultClient.Do(req)
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return base, p
-			}
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("meridian serve exited during start:\n%s", p.tail())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("meridian serve not ready after 30 s:\n%s", p.tail())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return p.URL(), p
 }
 
 func adminPost(t *testing.T, base, key, path, body string) {
@@ -153,9 +70,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 		t.Skip("SKIPPING the dashboard end-to-end test: the front end is not built; run `make dashboard`")
 	}
 	dir := artifactDir(t)
-	var kb [24]byte
-	_, _ = rand.Read(kb[:])
-	key := "mak_" + hex.EncodeToString(kb[:])
+	key := meridiantest.RandomKey(t)
 	start := time.Now()
 	base, srv := startServe(t, key)
 	t.Logf("built and started meridian serve in %v", time.Since(start).Round(time.Millisecond))
@@ -177,7 +92,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 	tokens, err := sim.Provisioner{BaseURL: base, AdminKey: key}.Provision(pctx, cfg.DeviceIDs())
 	pcancel()
 	if err != nil {
-		t.Fatalf("provision: %v\n%s", err, srv.tail())
+		t.Fatalf("provision: %v\n%s", err, srv.LogTail(30))
 	}
 	adminPost(t, base, key, "/v1/admin/devices", `{"id":"spare-1","name":"Spare pump","labels":{"site":"depot"}}`)
 	adminPost(t, base, key, "/v1/admin/devices", `{"id":"old-9","name":"old-9"}`)
@@ -191,24 +106,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 	go func() { defer close(simDone); _, _ = fleet.Run(simCtx) }()
 	t.Cleanup(func() { stopSim(); <-simDone })
 
-	var jsErrors []string
-	var emu sync.Mutex
-	consoleDone := make(chan struct{})
-	messages := chromedp.Console(bctx)
-	go func() {
-		defer close(consoleDone)
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			if m.Type == chromedp.ConsoleError || m.Type == chromedp.ConsoleException {
-				emu.Lock()
-				jsErrors = append(jsErrors, fmt.Sprintf("%s: %s (%s:%d)", m.Type, m.Text, m.URL, m.Line))
-				emu.Unlock()
-			}
-		}
-	}()
-	t.Cleanup(func() { chromedp.Cancel(bctx); <-consoleDone })
+	jsErrors := watchConsole(t, bctx)
 
 	num := func(expr string) int {
 		t.Helper()
@@ -236,7 +134,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 	if err != nil {
 		body, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`location.href + '\n' + document.body.innerText`))
 		screenshot(t, bctx, dir, "dashboard-failure.png")
-		t.Fatalf("device page: %v\npage: %s\nserver: %s", err, body, srv.tail())
+		t.Fatalf("device page: %v\npage: %s\nserver: %s", err, body, srv.LogTail(30))
 	}
 	acked := num(`document.querySelector('#acked').textContent`)
 	readings := num(`document.querySelector('#sessions tr:first-child td:nth-child(6)').textContent`)
@@ -372,9 +270,7 @@ func TestDashboardServeEndToEnd(t *testing.T) {
 	}
 
 	t.Logf("browser part took %v", time.Since(browserStart).Round(time.Millisecond))
-	emu.Lock()
-	defer emu.Unlock()
-	if len(jsErrors) > 0 {
-		t.Fatalf("JavaScript errors in the pages: %v", jsErrors)
+	if errs := jsErrors(); len(errs) > 0 {
+		t.Fatalf("JavaScript errors in the pages: %v", errs)
 	}
 }

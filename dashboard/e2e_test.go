@@ -21,6 +21,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/tinylib/msgp/msgp"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/ingest/wire"
@@ -59,15 +60,6 @@ func (m *memStore) Watermark(_ context.Context, device string) (uint64, error) {
 }
 
 func (m *memStore) Ping(context.Context) error { return nil }
-
-type tokenAuth struct{}
-
-func (tokenAuth) AuthenticateDevice(_ context.Context, token string) (string, error) {
-	if dev, ok := strings.CutPrefix(token, "tok-"); ok {
-		return dev, nil
-	}
-	return "", unauthorized{}
-}
 
 // ingestCommands delivers commands through ingest's SendCommand and waits
 // for the device's result, as the bridge does on one node.
@@ -217,25 +209,6 @@ func wr(t int64, metric string, v float64) wire.Reading {
 
 // ---- the browser ----
 
-// chromiumPath finds Debian's chromium; without it the test fails in CI and
-// is skipped loudly elsewhere.
-func chromiumPath(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{os.Getenv("MERIDIAN_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"} {
-		if p == "" {
-			continue
-		}
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("chromium not found at /usr/bin/chromium (CI=true): install it with `apt-get install -y chromium`")
-	}
-	t.Skip("SKIPPING the browser end-to-end test: chromium not found at /usr/bin/chromium; install it with `apt-get install -y chromium` (or set MERIDIAN_CHROMIUM)")
-	return ""
-}
-
 func artifactDir(t *testing.T) string {
 	dir := os.Getenv("MERIDIAN_ARTIFACTS")
 	if dir == "" {
@@ -249,26 +222,37 @@ func artifactDir(t *testing.T) string {
 
 func newBrowser(t *testing.T) context.Context {
 	t.Helper()
-	path := chromiumPath(t)
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(path),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 800),
+	return meridiantest.Browser(t, 90*time.Second, chromedp.Flag("hide-scrollbars", true))
+}
+
+// watchConsole collects every console error and uncaught exception of the
+// pages until the test ends; the function returns those seen so far.
+func watchConsole(t *testing.T, bctx context.Context) func() []string {
+	var (
+		mu   sync.Mutex
+		errs []string
+	)
+	done := make(chan struct{})
+	messages := chromedp.Console(bctx)
+	go func() {
+		defer close(done)
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleError || m.Type == chromedp.ConsoleException {
+				mu.Lock()
+				errs = append(errs, fmt.Sprintf("%s: %s (%s:%d)", m.Type, m.Text, m.URL, m.Line))
+				mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { chromedp.Cancel(bctx); <-done })
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), errs...)
 	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelCtx := chromedp.NewContext(actx)
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	t.Cleanup(func() { cancelTimeout(); cancelCtx(); cancelAlloc() })
-	return ctx
 }
 
 func screenshot(t *testing.T, ctx context.Context, dir, name string) {
@@ -316,7 +300,7 @@ func TestBrowserEndToEnd(t *testing.T) {
 	cmds := &ingestCommands{waiters: map[string]chan telemetry.CommandResult{}}
 	icfg := ingest.DefaultConfig()
 	icfg.Linger = 0 // group commit: commit at once
-	ing, err := ingest.New(icfg, store, tokenAuth{}, ingest.Options{
+	ing, err := ingest.New(icfg, store, meridiantest.TokenAuth{}, ingest.Options{
 		Logger:    slog.New(slog.DiscardHandler),
 		Committed: func(b telemetry.Batch) { dash.Publish(b) },
 		Presence:  func(p telemetry.Presence) { dash.Presence(p) },
@@ -382,24 +366,7 @@ func TestBrowserEndToEnd(t *testing.T) {
 	dev.send(1, hist...)
 
 	// Every console error and uncaught exception of the pages fails the test.
-	var exceptions []string
-	var emu sync.Mutex
-	consoleDone := make(chan struct{})
-	messages := chromedp.Console(bctx)
-	go func() {
-		defer close(consoleDone)
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			if m.Type == chromedp.ConsoleError || m.Type == chromedp.ConsoleException {
-				emu.Lock()
-				exceptions = append(exceptions, fmt.Sprintf("%s: %s (%s:%d)", m.Type, m.Text, m.URL, m.Line))
-				emu.Unlock()
-			}
-		}
-	}()
-	t.Cleanup(func() { chromedp.Cancel(bctx); <-consoleDone })
+	exceptions := watchConsole(t, bctx)
 
 	// Log in (the device page redirects to /login and back).
 	err = chromedp.Do(bctx,
@@ -552,9 +519,7 @@ func TestBrowserEndToEnd(t *testing.T) {
 	}
 	screenshot(t, bctx, dir, "dashboard-device-phone-dark.png")
 
-	emu.Lock()
-	defer emu.Unlock()
-	if len(exceptions) > 0 {
-		t.Fatalf("JavaScript errors in the pages: %v", exceptions)
+	if errs := exceptions(); len(errs) > 0 {
+		t.Fatalf("JavaScript errors in the pages: %v", errs)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 )
 
 // effectiveConfig runs `meridian config print` on a config file ("" for
@@ -22,7 +24,7 @@ func effectiveConfig(t *testing.T, file string) map[string]any {
 	if file != "" {
 		args = append(args, "--config", file)
 	}
-	out, err := runMeridian(t, cleanEnv(), args...)
+	out, err := runMeridian(t, meridiantest.CleanEnv(), args...)
 	if err != nil {
 		t.Fatalf("the binary refuses %s: %v", file, err)
 	}
@@ -205,7 +207,7 @@ func dedup(s []string) []string {
 // -X main.commit; if either variable were renamed, -X would silently do
 // nothing.
 func TestVersionStamp(t *testing.T) {
-	out, err := runMeridian(t, cleanEnv(), "version")
+	out, err := runMeridian(t, meridiantest.CleanEnv(), "version")
 	if err != nil {
 		t.Fatal(err)
 	}

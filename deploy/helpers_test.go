@@ -3,7 +3,6 @@ package deploy
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,19 +62,6 @@ func meridianBinary(t *testing.T) string {
 	return build.path
 }
 
-// cleanEnv is the environment for a child meridian: this process's
-// environment without any MERIDIAN_* variable (a developer's settings must
-// not leak into a test), plus extra.
-func cleanEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MERIDIAN_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, extra...)
-}
-
 // runMeridian runs a short meridian command and returns its stdout.
 func runMeridian(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
@@ -97,19 +83,6 @@ func readFile(t *testing.T, rel string) string {
 		t.Fatalf("read %s: %v", rel, err)
 	}
 	return string(b)
-}
-
-// freePort returns a loopback port nobody listens on right now. Another
-// process could take it before we bind it; on loopback in a test run that
-// is rare enough.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // requireTool finds an external program (env override, PATH, then the

@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
@@ -94,104 +94,25 @@ func newTestCert(t *testing.T, dir string) testCert {
 	return c
 }
 
-// server is a running `meridian serve` on the embedded store.
-type server struct {
-	addr     string // 127.0.0.1:port
-	adminKey string
-	cmd      *exec.Cmd
-	done     chan struct{} // closed when the process has exited
-	waitErr  error
-	logs     *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func startServer(t *testing.T, extraEnv ...string) *server {
+// startServer runs `meridian serve` (the release-flagged build) on the
+// embedded store, with extraEnv settings.
+func startServer(t *testing.T, extraEnv ...string) *meridiantest.Server {
 	t.Helper()
-	bin := meridianBinary(t)
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	s := &server{
-		addr:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		adminKey: "mak_" + hex.EncodeToString(key),
-		done:     make(chan struct{}),
-		logs:     &lockedBuffer{},
-	}
-	env := cleanEnv(
-		"MERIDIAN_SERVER_LISTEN="+s.addr,
-		"MERIDIAN_SERVER_DATA_DIR="+t.TempDir(),
+	env := []string{
 		"MERIDIAN_SERVER_LOG_LEVEL=debug",
-		"MERIDIAN_DEVICES_ADMIN_KEY="+s.adminKey,
 		// The proxies run on loopback: believe their X-Forwarded-For.
 		"MERIDIAN_SERVER_TRUSTED_PROXIES=127.0.0.1",
-	)
-	// No embedded MQTT broker (where the binary has one): it would need a
-	// fixed port of its own, which parallel test runs would fight over.
+	}
+	// No embedded MQTT broker (where the binary has one): the test does not
+	// need it.
 	if keys, _ := knownKeys(t); keys["mqtt.embedded.enabled"] {
 		env = append(env, envName("mqtt.embedded.enabled")+"=false")
 	}
-	s.cmd = exec.Command(bin, "serve")
-	s.cmd.Env = append(env, extraEnv...)
-	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("start meridian: %v", err)
-	}
-	go func() {
-		s.waitErr = s.cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-s.done:
-		default:
-			_ = s.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-s.done:
-			case <-time.After(20 * time.Second):
-				_ = s.cmd.Process.Kill()
-				<-s.done
-			}
-		}
-		if t.Failed() {
-			t.Logf("meridian output:\n%s", s.logs.String())
-		}
+	return meridiantest.StartServer(t, meridiantest.Options{
+		Bin:      meridianBinary(t),
+		AdminKey: meridiantest.RandomKey(t),
+		Env:      append(env, extraEnv...),
 	})
-
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + s.addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s
-			}
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("meridian exited before it was ready: %v\n%s", s.waitErr, s.logs.String())
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("meridian not ready on %s within 60s (last error %v)\n%s", s.addr, err, s.logs.String())
-		}
-	}
 }
 
 // proxy is a reverse proxy under test, serving TLS on httpsAddr.
@@ -238,8 +159,8 @@ func startNginx(t *testing.T, nginx, upstream string, edit func(string) string) 
 	certs := newTestCert(t, dir)
 	p := proxy{
 		name:      "nginx",
-		httpsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		httpAddr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		httpsAddr: meridiantest.FreeAddr(t),
+		httpAddr:  meridiantest.FreeAddr(t),
 		pool:      certs.pool,
 		recorded:  "198.51.100.9",
 	}
@@ -283,7 +204,7 @@ http {
 		}
 	}
 	cmd := exec.Command(nginx, "-p", dir+"/", "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
-	out := &lockedBuffer{}
+	out := &meridiantest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	startProcess(t, "nginx", cmd, out, filepath.Join(dir, "error.log"))
 	waitProxy(t, p)
@@ -299,8 +220,8 @@ func startHAProxy(t *testing.T, haproxy, upstream string) proxy {
 	certs := newTestCert(t, dir)
 	p := proxy{
 		name:      "haproxy",
-		httpsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		httpAddr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		httpsAddr: meridiantest.FreeAddr(t),
+		httpAddr:  meridiantest.FreeAddr(t),
 		pool:      certs.pool,
 		recorded:  "198.51.100.9",
 	}
@@ -315,7 +236,7 @@ func startHAProxy(t *testing.T, haproxy, upstream string) proxy {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(haproxy, "-db", "-f", path)
-	out := &lockedBuffer{}
+	out := &meridiantest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	startProcess(t, "haproxy", cmd, out, "")
 	waitProxy(t, p)
@@ -333,8 +254,8 @@ func startCaddy(t *testing.T, caddy, upstream string) proxy {
 	certs := newTestCert(t, dir)
 	p := proxy{
 		name:      "caddy",
-		httpsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		httpAddr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		httpsAddr: meridiantest.FreeAddr(t),
+		httpAddr:  meridiantest.FreeAddr(t),
 		pool:      certs.pool,
 		recorded:  "127.0.0.1",
 	}
@@ -352,7 +273,7 @@ func startCaddy(t *testing.T, caddy, upstream string) proxy {
 	}
 	cmd := exec.Command(caddy, "run", "--adapter", "caddyfile", "--config", path)
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	out := &lockedBuffer{}
+	out := &meridiantest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	startProcess(t, "caddy", cmd, out, "")
 	waitProxy(t, p)
@@ -360,7 +281,7 @@ func startCaddy(t *testing.T, caddy, upstream string) proxy {
 }
 
 // startProcess starts a proxy and stops it at cleanup (SIGTERM, then KILL).
-func startProcess(t *testing.T, name string, cmd *exec.Cmd, out *lockedBuffer, errorLog string) {
+func startProcess(t *testing.T, name string, cmd *exec.Cmd, out *meridiantest.Buffer, errorLog string) {
 	t.Helper()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -417,11 +338,11 @@ func waitProxy(t *testing.T, p proxy) {
 
 // addDevice registers a device through the proxy's admin API and returns its
 // token.
-func addDevice(t *testing.T, p proxy, s *server, id string) string {
+func addDevice(t *testing.T, p proxy, s *meridiantest.Server, id string) string {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, "https://"+p.httpsAddr+"/v1/admin/devices",
 		strings.NewReader(fmt.Sprintf(`{"id": %q}`, id)))
-	req.Header.Set("Authorization", "Bearer "+s.adminKey)
+	req.Header.Set("Authorization", "Bearer "+s.AdminKey())
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := p.client().Do(req)
 	if err != nil {
@@ -439,10 +360,10 @@ func addDevice(t *testing.T, p proxy, s *server, id string) string {
 }
 
 // deviceSession fetches the newest session of a device from the admin API.
-func deviceSession(t *testing.T, p proxy, s *server, id string) map[string]any {
+func deviceSession(t *testing.T, p proxy, s *meridiantest.Server, id string) map[string]any {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, "https://"+p.httpsAddr+"/v1/admin/devices/"+id, nil)
-	req.Header.Set("Authorization", "Bearer "+s.adminKey)
+	req.Header.Set("Authorization", "Bearer "+s.AdminKey())
 	resp, err := p.client().Do(req)
 	if err != nil {
 		t.Fatalf("show device %s: %v", id, err)
@@ -616,7 +537,7 @@ type session struct {
 
 // open registers the device through the proxy's admin API and connects it,
 // as a client at 198.51.100.9 forwarded by the proxy.
-func (s *session) open(t *testing.T, srv *server) {
+func (s *session) open(t *testing.T, srv *meridiantest.Server) {
 	t.Helper()
 	s.dev = dialDevice(t, s.proxy, addDevice(t, s.proxy, srv, s.id), "198.51.100.9")
 	s.hello = hello(t, s.proxy.name, s.dev.next(t, s.proxy.name, 10*time.Second))
@@ -672,7 +593,7 @@ func (s *session) expectCut(t *testing.T) error {
 }
 
 // batchAcked sends one batch on the held connection and checks its ack.
-func (s *session) batchAcked(t *testing.T, srv *server) {
+func (s *session) batchAcked(t *testing.T, srv *meridiantest.Server) {
 	t.Helper()
 	name := s.proxy.name
 	seq := s.hello.Acked + 1
@@ -714,9 +635,9 @@ func TestDeviceSessionThroughProxies(t *testing.T) {
 	nginx := requireTool(t, "MERIDIAN_TEST_NGINX", "nginx", "/usr/sbin/nginx", "nginx")
 	srv := startServer(t, "MERIDIAN_INGEST_HEARTBEAT="+testHeartbeat.String())
 
-	shipped := startNginx(t, nginx, srv.addr, nil)
+	shipped := startNginx(t, nginx, srv.Addr(), nil)
 	timeoutLine := regexp.MustCompile(`(?m)^\s*proxy_(read|send)_timeout\s+[^;]+;\n`)
-	control := startNginx(t, nginx, srv.addr, func(site string) string {
+	control := startNginx(t, nginx, srv.Addr(), func(site string) string {
 		out := timeoutLine.ReplaceAllString(site, "")
 		if strings.Count(site, "\n")-strings.Count(out, "\n") != 2 {
 			t.Fatal("control nginx: could not remove the two timeout lines")
@@ -745,12 +666,12 @@ func TestDeviceSessionThroughProxies(t *testing.T) {
 		{proxy: control, id: "control-nginx", control: true},
 	}
 	if haproxy, err := exec.LookPath("haproxy"); err == nil {
-		sessions = append(sessions, &session{proxy: startHAProxy(t, haproxy, srv.addr), id: "hold-haproxy"})
+		sessions = append(sessions, &session{proxy: startHAProxy(t, haproxy, srv.Addr()), id: "hold-haproxy"})
 	} else {
 		t.Log("SKIPPING the HAProxy hold: haproxy not installed (apt-get install haproxy)")
 	}
 	if caddy, err := exec.LookPath("caddy"); err == nil {
-		sessions = append(sessions, &session{proxy: startCaddy(t, caddy, srv.addr), id: "hold-caddy"})
+		sessions = append(sessions, &session{proxy: startCaddy(t, caddy, srv.Addr()), id: "hold-caddy"})
 	} else {
 		t.Log("SKIPPING the Caddy hold: caddy not installed (apt-get install caddy)")
 	}
@@ -792,7 +713,7 @@ func TestDeviceSessionThroughProxies(t *testing.T) {
 	dev := dialDevice(t, shipped, addDevice(t, shipped, srv, "drain-nginx"), "")
 	hello(t, "nginx", dev.next(t, "nginx", 10*time.Second))
 	stopAt := time.Now()
-	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := srv.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// Protocol v1: an error frame saying why, then the close.
@@ -810,9 +731,9 @@ func TestDeviceSessionThroughProxies(t *testing.T) {
 		t.Error("after SIGTERM the device got no close within 15s")
 	}
 	select {
-	case <-srv.done:
-		if srv.waitErr != nil {
-			t.Errorf("meridian exited with %v after SIGTERM, want status 0", srv.waitErr)
+	case <-srv.Done():
+		if err := srv.Wait(0); err != nil {
+			t.Errorf("meridian exited with %v after SIGTERM, want status 0", err)
 		}
 		t.Logf("meridian stopped %v after SIGTERM", time.Since(stopAt).Round(time.Millisecond))
 	case <-time.After(20 * time.Second):

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
 	"github.com/meridian-iot/meridian/storage/sqlite"
 )
@@ -68,7 +69,7 @@ func benchIngest(b *testing.B, url string) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		cfg.Seed = uint64(i + 1)
-		f, err := sim.New(cfg, fakeTokens(cfg.DeviceIDs()), nil)
+		f, err := sim.New(cfg, meridiantest.Tokens(cfg.DeviceIDs()), nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -152,7 +153,7 @@ func BenchmarkAckLatencyHalfLoad(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		cfg.Seed = uint64(i + 1)
-		f, err := sim.New(cfg, fakeTokens(cfg.DeviceIDs()), nil)
+		f, err := sim.New(cfg, meridiantest.Tokens(cfg.DeviceIDs()), nil)
 		if err != nil {
 			b.Fatal(err)
 		}

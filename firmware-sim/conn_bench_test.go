@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -16,22 +15,19 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
-	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
 // BenchmarkIdleConnections measures what an idle device connection costs
@@ -46,16 +42,15 @@ import (
 //	MERIDIAN_BENCH_CONNS=1 go test -run '^$' -bench IdleConnections -benchtime 1x -timeout 30m ./firmware-sim/
 //
 // The server runs with the shipped defaults (embedded MQTT broker and
-// dashboard on; only the listen addresses, the data dir and the admin key are
-// set), because what a connection costs includes what those keep per online
-// device. MERIDIAN_BENCH_CONNS_BARE=1 turns both off, as this benchmark did
-// before (the connection core and the device endpoint alone).
+// dashboard on), because what a connection costs includes what those keep
+// per online device. MERIDIAN_BENCH_CONNS_BARE=1 turns both off, as this
+// benchmark did before (the connection core and the device endpoint alone).
 //
 // Env: MERIDIAN_BENCH_CONNS_N (default "10000,19000"), MERIDIAN_BENCH_CONNS_RUNS
-// (default 3), MERIDIAN_BENCH_BIN (a prebuilt meridian binary, or several
-// separated by commas: each run then starts each binary in turn, so a before
-// and an after are measured in the same run, alternating; otherwise one is
-// built), MERIDIAN_BENCH_GOGC (GOGC for the server, default unset),
+// (default 3), MERIDIAN_BENCH_BIN (a prebuilt meridian binary; otherwise one
+// is built), MERIDIAN_BENCH_CONNS_BINS (several binaries separated by commas:
+// each run starts each in turn, so a before and an after are measured in the
+// same run, alternating), MERIDIAN_BENCH_GOGC (GOGC for the server, default unset),
 // MERIDIAN_BENCH_CONNS_TLS=1 (the server terminates TLS itself, with a
 // throwaway self-signed certificate this process trusts via SSL_CERT_FILE).
 func BenchmarkIdleConnections(b *testing.B) {
@@ -66,50 +61,47 @@ func BenchmarkIdleConnections(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	runs, err := strconv.Atoi(envOr("MERIDIAN_BENCH_CONNS_RUNS", "3"))
-	if err != nil || runs < 1 {
-		b.Fatalf("MERIDIAN_BENCH_CONNS_RUNS: want a positive integer")
-	}
-	limit, err := sim.RaiseFileLimit()
-	if err != nil {
-		b.Fatal(err)
-	}
 	maxN := slices.Max(ns)
-	if limit < uint64(maxN)+100 {
-		b.Fatalf("open-file limit %d is too low for %d connections", limit, maxN)
+	runs := benchRuns(b, "MERIDIAN_BENCH_CONNS_RUNS", maxN)
+	env := connRoomEnv()
+	if os.Getenv("MERIDIAN_BENCH_CONNS_BARE") == "1" {
+		env = append(env, bareEnv()...)
 	}
-	var bins []string
-	if v := os.Getenv("MERIDIAN_BENCH_BIN"); v != "" {
-		bins = strings.Split(v, ",")
-	} else {
-		bin := filepath.Join(b.TempDir(), "meridian")
-		out, err := exec.Command("go", "build", "-o", bin, "../cmd/meridian").CombinedOutput()
-		if err != nil {
-			b.Fatalf("build meridian: %v\n%s", err, out)
-		}
-		bins = []string{bin}
+	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
+		env = append(env, "GOGC="+g)
 	}
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	env := connBenchEnv{bin: bins[0], dataDir: b.TempDir(), adminKey: "mak_" + hex.EncodeToString(key)}
 	if os.Getenv("MERIDIAN_BENCH_CONNS_TLS") == "1" {
-		env.certFile, env.keyFile = selfSignedLoopback(b, b.TempDir())
-		b.Setenv("SSL_CERT_FILE", env.certFile) // read once, at the first TLS use
+		certFile, keyFile := selfSignedLoopback(b, b.TempDir())
+		env = append(env, "MERIDIAN_SERVER_TLS_CERT_FILE="+certFile, "MERIDIAN_SERVER_TLS_KEY_FILE="+keyFile)
+		b.Setenv("SSL_CERT_FILE", certFile) // read once, at the first TLS use
 	}
+	// Every run reuses the data dir with a fresh process (of each binary).
+	bins := []string{meridiantest.Bin(b)}
+	if v := os.Getenv("MERIDIAN_BENCH_CONNS_BINS"); v != "" {
+		bins = strings.Split(v, ",")
+	}
+	opts := meridiantest.Options{AdminKey: meridiantest.RandomKey(b), DataDir: b.TempDir(), Env: env}
+	servers := make([]*meridiantest.Server, len(bins))
+	for i, bin := range bins {
+		o := opts
+		o.Bin = bin
+		servers[i] = meridiantest.NewServer(b, o)
+	}
+	srv := servers[0]
 
-	// Provision once; every run reuses the data dir with a fresh process.
-	srv := env.start(b)
+	// Provision once.
+	srv.Start(b)
 	ids := make([]string, maxN)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("conn-%05d", i)
 	}
 	t0 := time.Now()
-	tokens, err := sim.Provisioner{BaseURL: srv.base, AdminKey: env.adminKey, Concurrency: 8}.Provision(context.Background(), ids)
+	tokens, err := sim.Provisioner{BaseURL: srv.URL(), AdminKey: srv.AdminKey(), Concurrency: 8}.Provision(context.Background(), ids)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("provisioned %d devices in %v", len(tokens), time.Since(t0).Round(time.Millisecond))
-	srv.stop(b)
+	stopServer(b, srv)
 	toks := make([]string, len(ids))
 	for i, id := range ids {
 		toks[i] = tokens[id]
@@ -118,14 +110,12 @@ func BenchmarkIdleConnections(b *testing.B) {
 	for _, n := range ns {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
 			type series struct{ perConn, rssPerConn, stackPerConn, hps []float64 }
-			all := make([]series, len(bins))
+			all := make([]series, len(servers))
 			for r := range runs {
-				for i, bin := range bins {
-					env := env
-					env.bin = bin
-					res := env.run(b, toks[:n])
+				for i, srv := range servers {
+					res := connRun(b, srv, toks[:n])
 					b.Logf("run %d %s: n=%d heap %+.0f B stack %+.0f B other %+.0f B goroutines %+d rss %+.0f B -> heap+stack %.0f B/conn (stack %.0f, other runtime %.0f), rss %.0f B/conn; connect %v = %.0f handshakes/s (%d retries); load average %s",
-						r+1, filepath.Base(bin), n, res.dHeap, res.dStack, res.dOther, res.dGoroutines, res.dRSS,
+						r+1, filepath.Base(bins[i]), n, res.dHeap, res.dStack, res.dOther, res.dGoroutines, res.dRSS,
 						(res.dHeap+res.dStack)/float64(n), res.dStack/float64(n), res.dOther/float64(n), res.dRSS/float64(n),
 						res.connect.Round(time.Millisecond), float64(n)/res.connect.Seconds(), res.retries, loadAverage())
 					s := &all[i]
@@ -166,11 +156,6 @@ func loadAverage() string {
 	return f[0]
 }
 
-type connBenchEnv struct {
-	bin, dataDir, adminKey string
-	certFile, keyFile      string // set: serve TLS
-}
-
 // selfSignedLoopback writes a certificate for 127.0.0.1 and its key.
 func selfSignedLoopback(tb testing.TB, dir string) (certFile, keyFile string) {
 	tb.Helper()
@@ -202,13 +187,6 @@ func selfSignedLoopback(tb testing.TB, dir string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
-type connBenchServer struct {
-	cmd  *exec.Cmd
-	base string
-	key  string
-	done chan error
-}
-
 type connBenchResult struct {
 	dHeap, dStack, dRSS float64
 	// dOther is the runtime's other_sys: off-heap memory such as the
@@ -219,78 +197,59 @@ type connBenchResult struct {
 	retries     int64
 }
 
-// start runs `meridian serve` on a free loopback port and waits for /healthz.
-func (e connBenchEnv) start(tb testing.TB) *connBenchServer {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// benchRuns reads how many runs to make from runsVar (default 3) and makes
+// sure this process may open conns connections (and a hundred files more).
+func benchRuns(b *testing.B, runsVar string, conns int) int {
+	b.Helper()
+	runs, err := strconv.Atoi(envOr(runsVar, "3"))
+	if err != nil || runs < 1 {
+		b.Fatalf("%s: want a positive integer", runsVar)
+	}
+	limit, err := sim.RaiseFileLimit()
 	if err != nil {
-		tb.Fatal(err)
+		b.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	if limit < uint64(conns)+100 {
+		b.Fatalf("open-file limit %d is too low for %d connections", limit, conns)
 	}
-	mqttAddr := mln.Addr().String()
-	ln.Close()
-	mln.Close()
-	logf, err := os.OpenFile(filepath.Join(e.dataDir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cmd := exec.Command(e.bin, "serve")
-	cmd.Env = append(os.Environ(),
-		"MERIDIAN_SERVER_DATA_DIR="+e.dataDir,
-		"MERIDIAN_SERVER_LISTEN="+addr,
-		"MERIDIAN_MQTT_EMBEDDED_LISTEN="+mqttAddr, // 1884 may be taken
-		"MERIDIAN_DEVICES_ADMIN_KEY="+e.adminKey,
-		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
-		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",
-	)
-	if os.Getenv("MERIDIAN_BENCH_CONNS_BARE") == "1" {
-		cmd.Env = append(cmd.Env, "MERIDIAN_MQTT_EMBEDDED_ENABLED=false", "MERIDIAN_DASHBOARD_ENABLED=false")
-	}
-	if g := os.Getenv("MERIDIAN_BENCH_GOGC"); g != "" {
-		cmd.Env = append(cmd.Env, "GOGC="+g)
-	}
-	scheme := "http://"
-	if e.certFile != "" {
-		cmd.Env = append(cmd.Env, "MERIDIAN_SERVER_TLS_CERT_FILE="+e.certFile, "MERIDIAN_SERVER_TLS_KEY_FILE="+e.keyFile)
-		scheme = "https://"
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// The child inherits this process's raised open-file limit.
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	s := &connBenchServer{cmd: cmd, base: scheme + addr, key: e.adminKey, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait(); logf.Close() }()
-	deadline := time.Now().Add(30 * time.Second)
+	return runs
+}
+
+// readUntilClosed reads the server's frames, answering pings (wsutil's
+// control handler), until the connection fails or is closed.
+func readUntilClosed(rd io.Reader, conn net.Conn) {
+	rw := struct {
+		io.Reader
+		io.Writer
+	}{rd, conn}
 	for {
-		resp, err := http.Get(s.base + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s
-			}
+		if _, _, err := wsutil.ReadServerData(rw); err != nil {
+			return
 		}
-		if time.Now().After(deadline) {
-			s.stop(tb)
-			tb.Fatalf("server did not become healthy (see %s)", filepath.Join(e.dataDir, "serve.log"))
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// stop asks for a graceful stop and kills after 20 s.
-func (s *connBenchServer) stop(tb testing.TB) {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(20 * time.Second):
-		tb.Log("server did not stop in 20 s; killing it")
-		_ = s.cmd.Process.Kill()
-		<-s.done
+// benchServerEnv is the server of the connection benchmarks: devices only
+// (no MQTT broker, no dashboard), with room for every connection and
+// handshake they make. The child inherits this process's raised open-file
+// limit.
+func benchServerEnv() []string { return append(bareEnv(), connRoomEnv()...) }
+
+// bareEnv turns the embedded MQTT broker and the dashboard off.
+func bareEnv() []string {
+	return []string{"MERIDIAN_MQTT_EMBEDDED_ENABLED=false", "MERIDIAN_DASHBOARD_ENABLED=false"}
+}
+
+// connRoomEnv makes room for every connection and handshake.
+func connRoomEnv() []string {
+	return []string{"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000", "MERIDIAN_INGEST_MAX_CONNECTIONS=25000"}
+}
+
+// stopServer asks for a graceful stop (killing after 20 s) and drops this
+// process's idle connections to it.
+func stopServer(tb testing.TB, s *meridiantest.Server) {
+	if err := s.Stop(); err != nil {
+		tb.Logf("stop server: %v", err)
 	}
 	http.DefaultClient.CloseIdleConnections()
 }
@@ -302,10 +261,10 @@ type connBenchSample struct {
 
 // sample reads heap in use, stack in use, other_sys and goroutines from
 // /metrics and VmRSS from /proc.
-func (s *connBenchServer) sample(tb testing.TB) (m connBenchSample) {
+func sample(tb testing.TB, s *meridiantest.Server) (m connBenchSample) {
 	tb.Helper()
-	req, _ := http.NewRequest(http.MethodGet, s.base+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+s.key)
+	req, _ := http.NewRequest(http.MethodGet, s.URL()+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+s.AdminKey())
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		tb.Fatal(err)
@@ -332,7 +291,7 @@ func (s *connBenchServer) sample(tb testing.TB) (m connBenchSample) {
 			m.goroutines = int(v)
 		}
 	}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.PID()))
 	if err == nil {
 		for _, line := range strings.Split(string(status), "\n") {
 			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
@@ -344,17 +303,17 @@ func (s *connBenchServer) sample(tb testing.TB) (m connBenchSample) {
 	return m
 }
 
-// run starts a fresh server, samples it idle, connects one device per token
+// connRun starts a fresh server, samples it idle, connects one device per token
 // with 32 handshakes in flight (ingest.max_handshakes), lets the connections
 // sit idle, samples again, and tears everything down.
-func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
+func connRun(tb testing.TB, srv *meridiantest.Server, tokens []string) connBenchResult {
 	tb.Helper()
-	srv := e.start(tb)
-	defer srv.stop(tb)
+	srv.Start(tb)
+	defer stopServer(tb, srv)
 	time.Sleep(3 * time.Second)
-	m0 := srv.sample(tb)
+	m0 := sample(tb, srv)
 
-	url := "ws" + strings.TrimPrefix(srv.base, "http") + "/v1/device"
+	url := "ws" + strings.TrimPrefix(srv.URL(), "http") + "/v1/device"
 	var (
 		next    atomic.Int64
 		retries atomic.Int64
@@ -385,16 +344,7 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 				readers.Add(1)
 				go func() {
 					defer readers.Done()
-					// Answers pings (wsutil's control handler) until closed.
-					rw := struct {
-						io.Reader
-						io.Writer
-					}{rd, conn}
-					for {
-						if _, _, err := wsutil.ReadServerData(rw); err != nil {
-							return
-						}
-					}
+					readUntilClosed(rd, conn)
 				}()
 			}
 		}()
@@ -412,7 +362,7 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 	}
 	// Let handshake garbage age and any per-connection timers settle.
 	time.Sleep(10 * time.Second)
-	m1 := srv.sample(tb)
+	m1 := sample(tb, srv)
 	return connBenchResult{
 		dHeap: m1.heap - m0.heap, dStack: m1.stack - m0.stack, dOther: m1.other - m0.other,
 		dRSS: m1.rss - m0.rss, dGoroutines: m1.goroutines - m0.goroutines,
@@ -420,38 +370,17 @@ func (e connBenchEnv) run(tb testing.TB, tokens []string) connBenchResult {
 	}
 }
 
-// dialDevice connects one device and reads its hello; a 503 (handshake cap)
-// is retried after a short pause.
+// dialDevice connects one device and reads its hello; a failure (a 503 at
+// the handshake cap) is retried after a short pause.
 func dialDevice(url, token string, retries *atomic.Int64) (net.Conn, io.Reader, error) {
-	d := ws.Dialer{
-		Protocols: []string{wire.Subprotocol},
-		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}}),
-		Timeout:   15 * time.Second,
-	}
 	for attempt := 0; ; attempt++ {
-		conn, br, _, err := d.Dial(context.Background(), url)
-		if err != nil {
-			if attempt < 50 {
-				retries.Add(1)
-				time.Sleep(20 * time.Millisecond)
-				continue
-			}
-			return nil, nil, fmt.Errorf("dial: %w", err)
+		conn, rd, _, err := dialHello(context.Background(), url, token)
+		if err != nil && attempt < 50 {
+			retries.Add(1)
+			time.Sleep(20 * time.Millisecond)
+			continue
 		}
-		var rd io.Reader = conn
-		if br != nil {
-			rd = io.MultiReader(br, conn)
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
-		if _, _, err := wsutil.ReadServerData(struct {
-			io.Reader
-			io.Writer
-		}{rd, conn}); err != nil {
-			conn.Close()
-			return nil, nil, fmt.Errorf("read hello: %w", err)
-		}
-		_ = conn.SetReadDeadline(time.Time{})
-		return conn, rd, nil
+		return conn, rd, err
 	}
 }
 

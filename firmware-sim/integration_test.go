@@ -9,35 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
 	"github.com/meridian-iot/meridian/ingest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/storage/postgres"
 )
-
-// tokenAuth accepts "tok-<device>" as the token of <device>.
-type tokenAuth struct{}
-
-type unauthorized struct{}
-
-func (unauthorized) Error() string      { return "unauthorized" }
-func (unauthorized) Unauthorized() bool { return true }
-
-func (tokenAuth) AuthenticateDevice(_ context.Context, token string) (string, error) {
-	id, ok := strings.CutPrefix(token, "tok-")
-	if !ok {
-		return "", unauthorized{}
-	}
-	return id, nil
-}
-
-func fakeTokens(ids []string) map[string]string {
-	m := make(map[string]string, len(ids))
-	for _, id := range ids {
-		m[id] = "tok-" + id
-	}
-	return m
-}
 
 // inProcess is a real ingest server on a real PostgreSQL store, reached
 // through a TCP proxy so tests can cut its database connections.
@@ -45,15 +22,15 @@ type inProcess struct {
 	srv   *ingest.Server
 	url   string
 	store *postgres.Store
-	db    *tcpProxy
+	db    *meridiantest.Proxy
 	http  *httptest.Server
 }
 
 func startInProcess(t testing.TB, mut func(*ingest.Config), opts ...func(*ingest.Options)) *inProcess {
 	t.Helper()
 	dbURL := newTestDB(t)
-	proxy := newTCPProxy(t, pgHostPort(t, dbURL))
-	store := openPostgres(t, withHost(dbURL, proxy.addr()))
+	proxy := meridiantest.NewProxy(t, pgHostPort(t, dbURL))
+	store := openPostgres(t, withHost(dbURL, proxy.Addr()))
 	p := serveIngest(t, store, mut, opts...)
 	p.store, p.db = store, proxy
 	return p
@@ -62,22 +39,7 @@ func startInProcess(t testing.TB, mut func(*ingest.Config), opts ...func(*ingest
 // openPostgres opens and readies the postgres backend at url.
 func openPostgres(t testing.TB, url string) *postgres.Store {
 	t.Helper()
-	pcfg := postgres.DefaultConfig()
-	pcfg.URL = url
-	// The test reads the store back as its operator (the test database's
-	// superuser), like `meridian query`, not as a dashboard viewer.
-	pcfg.AllowPrivilegedQuery = true
-	store, err := postgres.Open(context.Background(), pcfg, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := store.WaitReady(wctx); err != nil {
-		t.Fatalf("store not ready: %v", err)
-	}
-	return store
+	return meridiantest.OpenPostgres(t, url, testLogger())
 }
 
 // serveIngest runs a real ingest server on store behind an httptest server.
@@ -87,28 +49,8 @@ func serveIngest(t testing.TB, store ingest.Store, mut func(*ingest.Config), opt
 	cfg.Linger = 0 // group commit: commit at once
 	cfg.Heartbeat = 3 * time.Second
 	cfg.ShutdownGrace = 5 * time.Second
-	if mut != nil {
-		mut(&cfg)
-	}
-	o := ingest.Options{Logger: testLogger()}
-	for _, f := range opts {
-		f(&o)
-	}
-	srv, err := ingest.New(cfg, store, tokenAuth{}, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- srv.Run(ctx) }()
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		stop()
-		<-runDone
-		hs.CloseClientConnections()
-		hs.Close()
-	})
-	return &inProcess{srv: srv, url: hs.URL, http: hs}
+	s := meridiantest.StartIngest(t, store, cfg, mut, ingest.Options{Logger: testLogger()}, opts...)
+	return &inProcess{srv: s.Server, url: s.URL, http: s.HTTP}
 }
 
 // fastConfig is a fleet that runs for seconds: sped-up sampling, short
@@ -154,7 +96,7 @@ func TestFleetAgainstServerUnderChaos(t *testing.T) {
 		MalformedShare: 0.2, MalformedEvery: 2 * time.Second,
 		RebootEvery: 6 * time.Second,
 	}
-	f, err := sim.New(cfg, fakeTokens(cfg.DeviceIDs()), testWriter{t})
+	f, err := sim.New(cfg, meridiantest.Tokens(cfg.DeviceIDs()), testWriter{t})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +105,7 @@ func TestFleetAgainstServerUnderChaos(t *testing.T) {
 	// the pipeline retries, devices wait for late acks.
 	go func() {
 		time.Sleep(2500 * time.Millisecond)
-		t.Logf("cut %d database connections", s.db.cut())
+		t.Logf("cut %d database connections", s.db.Cut())
 	}()
 	// Operators send commands now and then; online devices answer.
 	stopCmds := make(chan struct{})
@@ -230,7 +172,7 @@ func TestFleetNaiveReboots(t *testing.T) {
 	cfg.Prefix = "naive-"
 	cfg.Duration = 4 * time.Second
 	cfg.Chaos = sim.Chaos{RebootEvery: time.Second, NaiveReboot: true}
-	f, err := sim.New(cfg, fakeTokens(cfg.DeviceIDs()), nil)
+	f, err := sim.New(cfg, meridiantest.Tokens(cfg.DeviceIDs()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +203,7 @@ func TestStateDirSurvivesRestart(t *testing.T) {
 	cfg.StateDir = dir
 	cfg.Duration = 2 * time.Second
 	cfg.Drain = 0 // stop at once: leave batches unacked in the rings
-	f1, err := sim.New(cfg, fakeTokens(cfg.DeviceIDs()), nil)
+	f1, err := sim.New(cfg, meridiantest.Tokens(cfg.DeviceIDs()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +211,7 @@ func TestStateDirSurvivesRestart(t *testing.T) {
 	// stay unacked in the rings (and in the state files).
 	go func() {
 		time.Sleep(1500 * time.Millisecond)
-		s.db.setDown(true)
+		s.db.SetDown(true)
 	}()
 	rep1, err := f1.Run(context.Background())
 	if err != nil {
@@ -279,11 +221,11 @@ func TestStateDirSurvivesRestart(t *testing.T) {
 	if rep1.Unacked == 0 {
 		t.Fatal("the first run left nothing unacked: the test proves nothing")
 	}
-	s.db.setDown(false)
+	s.db.SetDown(false)
 
 	cfg.Drain = 20 * time.Second
 	cfg.Duration = time.Second
-	f2, err := sim.New(cfg, fakeTokens(cfg.DeviceIDs()), nil)
+	f2, err := sim.New(cfg, meridiantest.Tokens(cfg.DeviceIDs()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

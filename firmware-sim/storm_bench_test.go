@@ -3,8 +3,6 @@ package sim_test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"github.com/meridian-iot/meridian/ingest/wire"
 	"io"
@@ -15,8 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +24,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
 	"github.com/meridian-iot/meridian/storage/storagetest"
 )
@@ -57,29 +54,12 @@ func BenchmarkReconnectStorm(b *testing.B) {
 	if err != nil || n < 1 || n > 19_000 {
 		b.Fatalf("MERIDIAN_BENCH_STORM_N: want 1..19000")
 	}
-	runs, err := strconv.Atoi(envOr("MERIDIAN_BENCH_STORM_RUNS", "3"))
-	if err != nil || runs < 1 {
-		b.Fatalf("MERIDIAN_BENCH_STORM_RUNS: want a positive integer")
-	}
-	limit, err := sim.RaiseFileLimit()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if limit < uint64(n)+100 {
-		b.Fatalf("open-file limit %d is too low for %d devices", limit, n)
-	}
-	bin := os.Getenv("MERIDIAN_BENCH_BIN")
-	if bin == "" {
-		bin = filepath.Join(b.TempDir(), "meridian")
-		if out, err := exec.Command("go", "build", "-o", bin, "../cmd/meridian").CombinedOutput(); err != nil {
-			b.Fatalf("build meridian: %v\n%s", err, out)
-		}
-	}
+	runs := benchRuns(b, "MERIDIAN_BENCH_STORM_RUNS", n)
 	for _, backend := range strings.Split(envOr("MERIDIAN_BENCH_STORM_BACKENDS", "sqlite,postgres"), ",") {
 		b.Run(fmt.Sprintf("%s/devices=%d", backend, n), func(b *testing.B) {
 			var fromKill, fromAccept, hps, refused, slowMetrics, lost []float64
 			for r := range runs {
-				res := runStorm(b, bin, backend, n)
+				res := runStorm(b, backend, n)
 				b.Logf("run %d: %d devices re-helloed %.2f s after SIGKILL (%.2f s after the first accept) = %.0f handshakes/s; %d answered 503; slowest /metrics %.0f ms; %d of %d session opens not recorded",
 					r+1, n, res.fromKill.Seconds(), res.fromAccept.Seconds(), float64(n)/res.fromAccept.Seconds(),
 					res.refused, float64(res.slowMetrics.Milliseconds()), res.lost, res.opened)
@@ -108,42 +88,6 @@ type stormResult struct {
 	opened, lost         int64
 }
 
-// stormServer is one `meridian serve` process on a fixed address.
-type stormServer struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func startStormServer(tb testing.TB, bin, addr, dataDir, adminKey string, extraEnv []string) *stormServer {
-	tb.Helper()
-	logf, err := os.OpenFile(filepath.Join(dataDir, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(append(os.Environ(),
-		"MERIDIAN_SERVER_DATA_DIR="+dataDir,
-		"MERIDIAN_SERVER_LISTEN="+addr,
-		"MERIDIAN_MQTT_EMBEDDED_ENABLED=false",
-		"MERIDIAN_DASHBOARD_ENABLED=false",
-		"MERIDIAN_DEVICES_ADMIN_KEY="+adminKey,
-		"MERIDIAN_DEVICES_CONNECT_PER_MINUTE=100000",
-		"MERIDIAN_INGEST_MAX_CONNECTIONS=25000",
-	), extraEnv...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	s := &stormServer{cmd: cmd, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait(); logf.Close() }()
-	return s
-}
-
-func (s *stormServer) kill() {
-	_ = s.cmd.Process.Kill()
-	<-s.done
-}
-
 // waitOK polls path (/healthz: accepting; /readyz: the admin key works too)
 // until it answers 200; it returns when.
 func waitOK(tb testing.TB, base, path string) time.Time {
@@ -163,29 +107,20 @@ func waitOK(tb testing.TB, base, path string) time.Time {
 	return time.Time{}
 }
 
-func runStorm(b *testing.B, bin, backend string, n int) stormResult {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	base := "http://" + addr
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	adminKey := "mak_" + hex.EncodeToString(key)
-	dataDir := b.TempDir()
-	var extra []string
+func runStorm(b *testing.B, backend string, n int) stormResult {
+	env := benchServerEnv()
 	switch backend {
 	case "sqlite":
 	case "postgres":
-		extra = append(extra, "MERIDIAN_STORAGE_URL="+storagetest.NewPostgresDB(b))
+		env = append(env, "MERIDIAN_STORAGE_URL="+storagetest.NewPostgresDB(b))
 	default:
 		b.Fatalf("unknown backend %q (sqlite, postgres)", backend)
 	}
-
-	srv := startStormServer(b, bin, addr, dataDir, adminKey, extra)
-	defer func() { srv.kill() }()
+	// One fixed address: the restarted server takes the killed one's place.
+	srv := meridiantest.NewServer(b, meridiantest.Options{AdminKey: meridiantest.RandomKey(b), Env: env})
+	base, adminKey := srv.URL(), srv.AdminKey()
+	srv.Launch(b)
+	defer srv.Kill()
 	waitOK(b, base, "/readyz")
 	ids := make([]string, n)
 	for i := range ids {
@@ -212,8 +147,8 @@ func runStorm(b *testing.B, bin, backend string, n int) stormResult {
 
 	fleet.refused.Store(0)
 	killed := time.Now()
-	srv.kill()
-	srv = startStormServer(b, bin, addr, dataDir, adminKey, extra)
+	srv.Kill()
+	srv.Launch(b)
 	accepting := waitOK(b, base, "/healthz")
 	// Scrape /metrics through the storm, as Prometheus would.
 	var slowest atomic.Int64
@@ -279,7 +214,7 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 	defer f.wg.Done()
 	epoch := 0
 	for ctx.Err() == nil {
-		conn, rd, retryAfter, err := dialStorm(ctx, f.url, token)
+		conn, rd, retryAfter, err := dialHello(ctx, f.url, token)
 		if err != nil {
 			pause := time.Duration(20+mrand.IntN(80)) * time.Millisecond
 			if retryAfter > 0 {
@@ -300,15 +235,7 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 		}
 		epoch++
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
-		rw := struct {
-			io.Reader
-			io.Writer
-		}{rd, conn}
-		for {
-			if _, _, err := wsutil.ReadServerData(rw); err != nil {
-				break
-			}
-		}
+		readUntilClosed(rd, conn)
 		stop()
 		conn.Close()
 	}
@@ -339,9 +266,9 @@ func (f *stormFleet) firstHello(epoch int) time.Time {
 	return slices.MinFunc(slices.Collect(maps.Values(f.hellos[epoch-1])), time.Time.Compare)
 }
 
-// dialStorm connects one device and reads its hello. A 503 returns the
+// dialHello connects one device and reads its hello. A 503 returns the
 // server's Retry-After (at least 1 s when the header is missing).
-func dialStorm(ctx context.Context, url, token string) (net.Conn, io.Reader, time.Duration, error) {
+func dialHello(ctx context.Context, url, token string) (net.Conn, io.Reader, time.Duration, error) {
 	var retryAfter time.Duration
 	d := ws.Dialer{
 		Protocols: []string{wire.Subprotocol},

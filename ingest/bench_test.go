@@ -1,6 +1,7 @@
 package ingest_test
 
 import (
+	"flag"
 	"fmt"
 	"slices"
 	"sync"
@@ -26,7 +27,16 @@ import (
 // group-commit ceiling last measured in this run (one batch of 10 readings
 // per device at a steady interval) for benchPacedFor; p50-ms and p99-ms are
 // the ack latencies (send to ack) the devices see, linger100ms-* the same
-// with the old behaviour.
+// with the old behaviour; commit-ms is the mean duration of one store commit
+// and flush-readings the mean readings per commit during the group-commit
+// run, so the latency can be read against the commits it waited for (an
+// ack waits for the rest of a commit in flight, then its own).
+//
+// To compare two builds on a noisy machine, offer both the same load instead
+// of 20% of a ceiling each measured for itself, and run them alternately:
+//
+//	go test -c -o new.test ./ingest/
+//	./new.test -test.run '^$' -test.bench 'Pipeline/postgres/paced' -test.benchtime 1x -pipeline.rate 30000
 
 const (
 	benchDevices     = 100
@@ -34,6 +44,12 @@ const (
 	benchMaxBatch    = 100
 	benchPacedBatch  = 10
 	benchPacedFor    = 3 * time.Second
+)
+
+var (
+	benchRate = flag.Float64("pipeline.rate", 0,
+		"readings/s BenchmarkPipeline's paced load offers; 0: 20% of the ceiling measured in the run")
+	benchWriters = flag.Int("pipeline.writers", 0, "ingest.writers for BenchmarkPipeline; 0: the default")
 )
 
 // benchCeiling is the readings/s measured by max with linger=0, per backend,
@@ -72,20 +88,26 @@ func BenchmarkPipeline(b *testing.B) {
 				}
 			})
 			b.Run("paced", func(b *testing.B) {
-				benchMu.Lock()
-				ceiling := benchCeiling[be.name]
-				benchMu.Unlock()
-				if ceiling == 0 {
-					ceiling = benchMax(b, be, 0)
+				rate := *benchRate
+				if rate == 0 {
+					benchMu.Lock()
+					ceiling := benchCeiling[be.name]
+					benchMu.Unlock()
+					if ceiling == 0 {
+						ceiling = benchMax(b, be, 0)
+					}
+					rate = ceiling / 5
 				}
 				for range b.N {
-					p50, p99 := benchPaced(b, be, 0, ceiling/5)
-					fp50, fp99 := benchPaced(b, be, 100*time.Millisecond, ceiling/5)
-					b.ReportMetric(ceiling/5, "offered-readings/s")
-					b.ReportMetric(p50, "p50-ms")
-					b.ReportMetric(p99, "p99-ms")
-					b.ReportMetric(fp50, "linger100ms-p50-ms")
-					b.ReportMetric(fp99, "linger100ms-p99-ms")
+					group := benchPaced(b, be, 0, rate)
+					fixed := benchPaced(b, be, 100*time.Millisecond, rate)
+					b.ReportMetric(rate, "offered-readings/s")
+					b.ReportMetric(group.p50, "p50-ms")
+					b.ReportMetric(group.p99, "p99-ms")
+					b.ReportMetric(group.commitMs, "commit-ms")
+					b.ReportMetric(group.flushReadings, "flush-readings")
+					b.ReportMetric(fixed.p50, "linger100ms-p50-ms")
+					b.ReportMetric(fixed.p99, "linger100ms-p99-ms")
 				}
 			})
 		})
@@ -96,7 +118,12 @@ func benchServer(b *testing.B, be backend, linger time.Duration) *ingestServer {
 	b.StopTimer()
 	defer b.StartTimer()
 	store, _ := be.open(b)
-	return startIngest(b, store, func(c *ingest.Config) { c.Linger = linger })
+	return startIngest(b, store, func(c *ingest.Config) {
+		c.Linger = linger
+		if *benchWriters > 0 {
+			c.Writers = *benchWriters
+		}
+	})
 }
 
 // benchMax returns acked readings per second with every device keeping its
@@ -135,19 +162,19 @@ func benchMax(b *testing.B, be backend, linger time.Duration) float64 {
 	wg.Wait()
 	rate := float64(perDevice*benchDevices*benchMaxBatch) / time.Since(start).Seconds()
 	if testing.Verbose() {
-		b.Logf("linger=%s: %.0f readings/s, %.0f readings per flush", linger, rate, s.meanFlush(b))
+		b.Logf("linger=%s: %.0f readings/s, %.0f readings per flush", linger, rate, s.histMean(b, "meridian_flush_readings"))
 	}
 	return rate
 }
 
-// meanFlush is the mean of meridian_flush_readings.
-func (s *ingestServer) meanFlush(tb testing.TB) float64 {
+// histMean is the mean of the histogram name.
+func (s *ingestServer) histMean(tb testing.TB, name string) float64 {
 	mfs, err := s.reg.Gather()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "meridian_flush_readings" {
+		if mf.GetName() == name {
 			h := mf.GetMetric()[0].GetHistogram()
 			return h.GetSampleSum() / float64(max(h.GetSampleCount(), 1))
 		}
@@ -155,9 +182,14 @@ func (s *ingestServer) meanFlush(tb testing.TB) float64 {
 	return 0
 }
 
-// benchPaced offers rate readings/s spread evenly over the devices and
-// returns the p50 and p99 ack latency in milliseconds.
-func benchPaced(b *testing.B, be backend, linger time.Duration, rate float64) (p50, p99 float64) {
+// pacedResult is what one paced run measured: ack latencies (send to ack,
+// ms), the mean commit duration (ms) and the mean readings per commit.
+type pacedResult struct {
+	p50, p99, commitMs, flushReadings float64
+}
+
+// benchPaced offers rate readings/s spread evenly over the devices.
+func benchPaced(b *testing.B, be backend, linger time.Duration, rate float64) pacedResult {
 	s := benchServer(b, be, linger)
 	devs := benchFleet(b, s)
 	interval := time.Duration(float64(time.Second) * benchPacedBatch * benchDevices / rate)
@@ -206,7 +238,12 @@ func benchPaced(b *testing.B, be backend, linger time.Duration, rate float64) (p
 	if len(lat) == 0 {
 		b.Fatal("no acks")
 	}
-	return lat[len(lat)/2], lat[len(lat)*99/100]
+	return pacedResult{
+		p50:           lat[len(lat)/2],
+		p99:           lat[len(lat)*99/100],
+		commitMs:      s.histMean(b, "meridian_flush_seconds") * 1e3,
+		flushReadings: s.histMean(b, "meridian_flush_readings"),
+	}
 }
 
 func benchFleet(b *testing.B, s *ingestServer) []*device {

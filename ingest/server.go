@@ -265,11 +265,14 @@ func (s *Server) TakeOver(device string) {
 	}
 }
 
-// Online reports whether the device has a live WebSocket session here.
+// Online reports whether the device has a live WebSocket session here that
+// has been sent its hello: from then on SendCommand accepts commands for it
+// (before, a registered session still refuses them as offline).
 func (s *Server) Online(device string) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sessions[device] != nil
+	sess := s.sessions[device]
+	s.mu.Unlock()
+	return sess != nil && sess.helloSent.Load()
 }
 
 // takenOver ends a session whose device connected again (here or on

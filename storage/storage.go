@@ -4,8 +4,8 @@
 // the sentinel errors callers branch on.
 //
 // The backends return concrete types; consumers (ingest, devices, cmd)
-// declare the small interfaces they need and the wiring in cmd asserts that a
-// backend fits. This package imports nothing of ours but telemetry.
+// declare the small interfaces they need and storage/backend, which opens a
+// backend for the binary, asserts that each backend fits them all. This package imports nothing of ours but telemetry.
 package storage
 
 import (

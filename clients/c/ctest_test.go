@@ -22,10 +22,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 )
 
 const sanitize = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
@@ -79,32 +79,25 @@ func TestCUnit(t *testing.T) {
 // must finish with nothing pending, and the store must hold every reading
 // exactly once.
 func TestStreamCutAndRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	needTools(t)
-	dir := t.TempDir()
-	example := buildExample(t, dir)
-	srv := startServer(t, dir)
-	token := addDevice(t, srv, "c-ws")
-	proxy := newProxy(t, srv.listen)
+	_, example, srv, token := startEndToEnd(t, "c-ws")
+	proxy := meridiantest.NewProxy(t, srv.Addr())
 
 	const count = 4000
-	ex := startExample(t, example, token, "--host", "127.0.0.1", "--port", proxy.port(),
+	ex := startExample(t, example, token, "--host", "127.0.0.1", "--port", proxy.Port(),
 		"--count", strconv.Itoa(count), "--rate", "400", "--backoff", "100", "--drain", "90")
 
 	ex.waitAcked(t, 600)
 	sendCommand(t, srv, "c-ws")
-	if n := proxy.cut(); n == 0 {
+	if n := proxy.Cut(); n == 0 {
 		t.Fatal("no connection to cut")
 	}
 	ex.waitAcked(t, 1600)
-	srv.kill9()
-	srv.start(t)
+	srv.Kill()
+	srv.Start(t)
 	code := ex.wait(t, 120*time.Second)
 	out := ex.out.String()
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("done produced=%d pending=0", count)) {
-		t.Fatalf("example exit %d\nstdout tail:\n%s\nstderr:\n%s\nserver:\n%s", code, tail(out, 30), ex.errOut.String(), srv.logTail())
+		t.Fatalf("example exit %d\nstdout tail:\n%s\nstderr:\n%s\nserver:\n%s", code, tail(out, 30), ex.errOut.String(), srv.LogTail(40))
 	}
 	if !strings.Contains(out, "command id=c-17 name=reboot") {
 		t.Error("the example did not log the command")
@@ -112,7 +105,7 @@ func TestStreamCutAndRestart(t *testing.T) {
 	if strings.Count(out, "closed code=1006") < 2 {
 		t.Errorf("expected the cut and the kill to show as lost connections (1006):\n%s", grepLines(out, "closed "))
 	}
-	srv.stop()
+	_ = srv.Stop()
 
 	acked := ackedValues(out)
 	stored := storedCounts(t, srv, "c-ws")
@@ -128,19 +121,12 @@ func TestStreamCutAndRestart(t *testing.T) {
 // the ring, and it "loses power" after 300 readings; run 3, on the same
 // state, must send what run 2 left behind, under seqs above run 1's.
 func TestHTTPFallbackReboot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	needTools(t)
-	dir := t.TempDir()
-	example := buildExample(t, dir)
-	srv := startServer(t, dir)
-	token := addDevice(t, srv, "c-http")
+	dir, example, srv, token := startEndToEnd(t, "c-http")
 	state := filepath.Join(dir, "state")
 	if err := os.Mkdir(state, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	_, nobody, _ := net.SplitHostPort(freeAddr(t))
+	_, nobody, _ := net.SplitHostPort(meridiantest.FreeAddr(t))
 	common := []string{"--host", "127.0.0.1", "--http", "--state", state, "--batch", "20", "--rate", "500", "--backoff", "100"}
 	run := func(name string, want int, args ...string) string {
 		t.Helper()
@@ -150,10 +136,10 @@ func TestHTTPFallbackReboot(t *testing.T) {
 		}
 		return p.out.String()
 	}
-	out1 := run("run 1", 0, "--port", srv.port(), "--count", "200", "--start", "1")
+	out1 := run("run 1", 0, "--port", srv.Port(), "--count", "200", "--start", "1")
 	out2 := run("run 2 (offline, power cut)", 3, "--port", nobody, "--count", "400", "--start", "1000", "--exit-after", "300")
-	out3 := run("run 3 (after the reboot)", 0, "--port", srv.port(), "--count", "200", "--start", "100000")
-	srv.stop()
+	out3 := run("run 3 (after the reboot)", 0, "--port", srv.Port(), "--count", "200", "--start", "100000")
+	_ = srv.Stop()
 
 	if !strings.Contains(out3, "restored pending=") {
 		t.Errorf("run 3 restored nothing from the ring:\n%s", tail(out3, 5))
@@ -182,6 +168,20 @@ func TestHTTPFallbackReboot(t *testing.T) {
 		}
 	}
 	t.Logf("%d of run 2's 300 readings were sealed in the ring at the power cut and acked after the reboot", restored)
+}
+
+// startEndToEnd builds the example and starts a server with device
+// registered on it.
+func startEndToEnd(t *testing.T, device string) (dir, example string, srv *meridiantest.Server, token string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	needTools(t)
+	dir = t.TempDir()
+	example = buildExample(t, dir)
+	srv = startServer(t, dir)
+	return dir, example, srv, srv.AddDevice(t, device)
 }
 
 // checkExactlyOnce: every acked value is stored once, nothing is stored
@@ -218,9 +218,9 @@ func ackedValues(out string) map[int64]bool {
 }
 
 // storedCounts runs `meridian query` on the stopped server's data dir.
-func storedCounts(t *testing.T, s *server, device string) map[int64]int {
+func storedCounts(t *testing.T, s *meridiantest.Server, device string) map[int64]int {
 	t.Helper()
-	cmd := exec.Command(s.bin, "query", "--data-dir", s.data, "--format", "csv", "--max-rows", "1000000",
+	cmd := exec.Command(s.Bin(), "query", "--data-dir", s.DataDir(), "--format", "csv", "--max-rows", "1000000",
 		fmt.Sprintf("SELECT CAST(value AS INTEGER) AS v, count(*) AS n FROM telemetry WHERE device = '%s' GROUP BY value", device))
 	out, err := cmd.Output()
 	if err != nil {
@@ -253,13 +253,13 @@ func buildExample(t *testing.T, dir string) string {
 
 type exampleProc struct {
 	cmd         *exec.Cmd
-	out, errOut *lockedBuffer
+	out, errOut *meridiantest.Buffer
 	done        chan struct{}
 }
 
 func startExample(t *testing.T, bin, token string, args ...string) *exampleProc {
 	t.Helper()
-	p := &exampleProc{out: &lockedBuffer{}, errOut: &lockedBuffer{}, done: make(chan struct{})}
+	p := &exampleProc{out: &meridiantest.Buffer{}, errOut: &meridiantest.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(os.Environ(), "MERIDIAN_TOKEN="+token)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.errOut
@@ -311,136 +311,23 @@ func (p *exampleProc) wait(t *testing.T, limit time.Duration) int {
 
 // ---- the server ---------------------------------------------------------
 
-type server struct {
-	bin, data, listen, mqtt string
-	key                     string
-	logs                    *lockedBuffer
-	cmd                     *exec.Cmd
-	done                    chan struct{}
-}
-
-func startServer(t *testing.T, dir string) *server {
+// startServer runs `meridian serve` on the embedded store in dir/data; the
+// admin key is the one its first start generates and prints.
+func startServer(t *testing.T, dir string) *meridiantest.Server {
 	t.Helper()
-	bin := filepath.Join(dir, "meridian")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/meridian")
-	build.Dir = filepath.Join("..", "..") // the module root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/meridian: %v\n%s", err, out)
-	}
-	s := &server{bin: bin, data: filepath.Join(dir, "data"), listen: freeAddr(t), mqtt: freeAddr(t), logs: &lockedBuffer{}}
-	s.start(t)
-	t.Cleanup(s.stop)
-	// The first start prints the generated admin key.
-	keyLine := regexp.MustCompile(`(?m)^\s+(mak_\S+)$`)
-	deadline := time.Now().Add(30 * time.Second)
-	for s.key == "" {
-		if m := keyLine.FindStringSubmatch(s.logs.String()); m != nil {
-			s.key = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("no admin key printed:\n%s", s.logTail())
-		} else {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	return s
-}
-
-func (s *server) port() string { _, p, _ := net.SplitHostPort(s.listen); return p }
-
-func (s *server) start(t *testing.T) {
-	t.Helper()
-	cmd := exec.Command(s.bin, "serve", "--listen", s.listen, "--data-dir", s.data)
-	cmd.Env = append(os.Environ(), "MERIDIAN_MQTT_EMBEDDED_LISTEN="+s.mqtt, "MERIDIAN_SERVER_LOG_LEVEL=warn")
-	cmd.Stdout, cmd.Stderr = s.logs, s.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start server: %v", err)
-	}
-	s.cmd, s.done = cmd, make(chan struct{})
-	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(s.done)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + s.listen + "/readyz")
-		if err == nil {
-			var r struct {
-				Ready bool `json:"ready"`
-			}
-			_ = json.NewDecoder(resp.Body).Decode(&r)
-			resp.Body.Close()
-			if r.Ready {
-				return
-			}
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("server exited during start:\n%s", s.logTail())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not ready after 60s:\n%s", s.logTail())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// kill9 gives the server no chance to drain or ack.
-func (s *server) kill9() {
-	_ = s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
-}
-
-func (s *server) stop() {
-	if s.cmd == nil {
-		return
-	}
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(20 * time.Second):
-		s.kill9()
-	}
-}
-
-func (s *server) logTail() string { return tail(s.logs.String(), 40) }
-
-func addDevice(t *testing.T, s *server, id string) string {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+s.listen+"/v1/admin/devices", strings.NewReader(`{"id":"`+id+`"}`))
-		req.Header.Set("Authorization", "Bearer "+s.key)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			var added struct {
-				Token string `json:"token"`
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusCreated && json.Unmarshal(body, &added) == nil && added.Token != "" {
-				return added.Token
-			}
-			err = fmt.Errorf("status %d: %s", resp.StatusCode, body)
-		}
-		// The admin key is registered in the background, just after ready.
-		if time.Now().After(deadline) {
-			t.Fatalf("add device %s: %v", id, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return meridiantest.StartServer(t, meridiantest.Options{
+		DataDir: filepath.Join(dir, "data"),
+		Env:     []string{"MERIDIAN_SERVER_LOG_LEVEL=warn"},
+	})
 }
 
 // sendCommand goes through the admin API to the connected example, which
 // answers ok with a nil payload.
-func sendCommand(t *testing.T, s *server, device string) {
+func sendCommand(t *testing.T, s *meridiantest.Server, device string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, "http://"+s.listen+"/v1/admin/devices/"+device+"/commands",
+	req, _ := http.NewRequest(http.MethodPost, s.URL()+"/v1/admin/devices/"+device+"/commands",
 		strings.NewReader(`{"id":"c-17","name":"reboot","payload":{"delay_s":5}}`))
-	req.Header.Set("Authorization", "Bearer "+s.key)
+	req.Header.Set("Authorization", "Bearer "+s.AdminKey())
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -457,101 +344,9 @@ func sendCommand(t *testing.T, s *server, device string) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// ---- a TCP proxy whose connections can be cut ----------------------------------
-
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go p.accept()
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	return p
-}
-
-func (p *proxy) port() string { _, port, _ := net.SplitHostPort(p.ln.Addr().String()); return port }
-
-func (p *proxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			_, _ = io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		go pipe(up, c)
-		go pipe(c, up)
-	}
-}
-
-// cut closes every proxied connection at once, both sides.
-func (p *proxy) cut() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := len(p.conns)
-	for c := range p.conns {
-		c.Close()
-	}
-	return n
-}
-
 // ---- small helpers --------------------------------------------------------
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
+func tail(s string, n int) string { return meridiantest.Tail(s, n) }
 
 func grepLines(s, prefix string) string {
 	var out []string

@@ -2,15 +2,14 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/tinylib/msgp/msgp"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
@@ -33,21 +32,7 @@ func TestServeEndToEnd(t *testing.T) {
 			key := waitAdminKey(t, ts)
 
 			// Register a device.
-			req, _ := http.NewRequest("POST", ts.base+"/v1/admin/devices", strings.NewReader(`{"id":"boiler-1"}`))
-			req.Header.Set("Authorization", "Bearer "+key)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var added struct {
-				Token string `json:"token"`
-			}
-			err = json.NewDecoder(resp.Body).Decode(&added)
-			resp.Body.Close()
-			if err != nil || resp.StatusCode != http.StatusCreated || added.Token == "" {
-				t.Fatalf("add device: %d %v", resp.StatusCode, err)
-			}
+			token := meridiantest.AddDevice(t, ts.base, key, "boiler-1")
 
 			// POST one batch of two readings, then the same batch again.
 			now := time.Now().UnixMilli()
@@ -65,10 +50,10 @@ func TestServeEndToEnd(t *testing.T) {
 				body = msgp.AppendFloat64(body, v)
 			}
 			for i, wantDup := range []bool{false, true} {
-				req, _ = http.NewRequest("POST", ts.base+"/v1/device/batches", bytes.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+added.Token)
+				req, _ := http.NewRequest("POST", ts.base+"/v1/device/batches", bytes.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+token)
 				req.Header.Set("Content-Type", "application/msgpack")
-				resp, err = http.DefaultClient.Do(req)
+				resp, err := http.DefaultClient.Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -12,11 +12,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -28,6 +25,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/tinylib/msgp/msgp"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
@@ -43,9 +41,9 @@ func TestMultiNode(t *testing.T) {
 		t.Skip("needs SIGTERM")
 	}
 	t.Parallel()
-	brokerURL := mqttTestURL(t)
+	brokerURL := meridiantest.MQTTURL(t)
 	dbURL := testPGURL(t)
-	bin := buildMeridian(t)
+	bin := meridiantest.Bin(t)
 
 	suffix := randHex(t, 6)
 	prefix := "mntest-" + suffix
@@ -242,29 +240,6 @@ func TestMultiNode(t *testing.T) {
 	}
 }
 
-// mqttTestURL is the real broker (MERIDIAN_TEST_MQTT). Unreachable: fail
-// under CI=true, skip loudly otherwise.
-func mqttTestURL(t *testing.T) string {
-	t.Helper()
-	u := os.Getenv("MERIDIAN_TEST_MQTT")
-	if u == "" {
-		u = "tcp://127.0.0.1:1883"
-	}
-	pu, err := url.Parse(u)
-	if err != nil {
-		t.Fatalf("MERIDIAN_TEST_MQTT=%q: %v", u, err)
-	}
-	c, err := net.DialTimeout("tcp", pu.Host, 2*time.Second)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("MQTT broker %s unreachable under CI=true: %v", u, err)
-		}
-		t.Skipf("SKIPPING: MQTT broker %s unreachable (%v); set MERIDIAN_TEST_MQTT or start mosquitto", u, err)
-	}
-	_ = c.Close()
-	return u
-}
-
 func randHex(t testing.TB, n int) string {
 	t.Helper()
 	b := make([]byte, n)
@@ -274,89 +249,22 @@ func randHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
-// buildMeridian builds this package's binary into a temp dir: the test
-// runs the real program, not serve() in-process.
-func buildMeridian(t testing.TB) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "meridian")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
-	cmd.Dir = wd
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // mnNode is one running `meridian serve` process.
 type mnNode struct {
+	*meridiantest.Server
 	name string
-	cmd  *exec.Cmd
 	base string // http://127.0.0.1:port
 	host string // 127.0.0.1:port
-	logs *syncBuffer
-	done chan struct{} // closed once the process has been reaped
-	err  error         // Wait's result, set before done closes
 }
 
-var listenLog = regexp.MustCompile(`meridian serving.* listen=(127\.0\.0\.1:\d+)`)
-
 // startNode starts the binary with a clean MERIDIAN_* environment plus env,
-// and returns once it listens. The process is killed at cleanup if the test
+// and returns once it listens. The process is stopped at cleanup if the test
 // has not stopped it; its log is printed if the test failed.
 func startNode(t testing.TB, bin, name string, env []string) *mnNode {
 	t.Helper()
-	n := &mnNode{name: name, logs: &syncBuffer{}, done: make(chan struct{})}
-	var base []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MERIDIAN_") {
-			base = append(base, kv)
-		}
-	}
-	n.cmd = exec.Command(bin, "serve")
-	n.cmd.Env = append(base, env...)
-	n.cmd.Dir = t.TempDir()
-	n.cmd.Stdout = n.logs
-	n.cmd.Stderr = n.logs
-	if err := n.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		n.err = n.cmd.Wait()
-		close(n.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-n.done:
-		default:
-			_ = n.cmd.Process.Kill()
-			<-n.done
-		}
-		if t.Failed() {
-			t.Logf("%s log:\n%s", name, n.logs)
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := listenLog.FindStringSubmatch(n.logs.String()); m != nil {
-			n.host = m[1]
-			n.base = "http://" + m[1]
-			return n
-		}
-		select {
-		case <-n.done:
-			t.Fatalf("%s exited before listening: %v", name, n.err)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not listen within 30s", name)
-		}
-	}
+	s := meridiantest.NewServer(t, meridiantest.Options{Bin: bin, Env: env})
+	s.Launch(t)
+	return &mnNode{Server: s, name: name, base: s.URL(), host: s.Addr()}
 }
 
 // waitReady waits until the node's storage is ready, the configured admin
@@ -381,20 +289,13 @@ func (n *mnNode) waitReady(t testing.TB, hc *http.Client, key string) {
 
 func (n *mnNode) signal(t *testing.T, sig os.Signal) {
 	t.Helper()
-	if err := n.cmd.Process.Signal(sig); err != nil {
+	if err := n.Signal(sig); err != nil {
 		t.Errorf("signal %s: %v", n.name, err)
 	}
 }
 
 // waitExit returns nil when the process exited with status 0 within d.
-func (n *mnNode) waitExit(d time.Duration) error {
-	select {
-	case <-n.done:
-		return n.err
-	case <-time.After(d):
-		return fmt.Errorf("still running %v after the signal", d)
-	}
-}
+func (n *mnNode) waitExit(d time.Duration) error { return n.Wait(d) }
 
 // mnDo sends one HTTP request; it never calls t (used from goroutines).
 func mnDo(hc *http.Client, method, u, key, body string, hdr http.Header) (int, []byte, error) {

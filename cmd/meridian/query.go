@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-iot/meridian/storage"
+	"github.com/meridian-iot/meridian/storage/backend"
 	"github.com/meridian-iot/meridian/storage/queryapi"
 )
 
@@ -46,25 +47,16 @@ timeout and a row cap; see docs/sql.md for the tables and example queries.`,
 			// connection even when it is privileged (docs/sql.md).
 			cfg.Storage.Postgres.AllowPrivilegedQuery = true
 			// Never migrate from a read command; a store that is not
-			// migrated says so through waitReady.
-			st, err := openStore(c.Context(), cfg, false, cliLogger(cfg.Server, stderr))
+			// migrated says so through WaitMigrated.
+			st, err := backend.Open(c.Context(), cfg.Storage, cfg.Server.DataDir, false, cliLogger(cfg.Server, stderr))
 			if err != nil {
 				return err
 			}
-			defer func() {
-				if cerr := st.Close(); cerr != nil && err == nil {
-					err = fmt.Errorf("close store: %w", cerr)
-				}
-			}()
+			defer closeStore(st, &err)
 			wctx, cancel := context.WithTimeout(c.Context(), storeWait)
 			defer cancel()
-			// An unmigrated store would never become ready; say so at once.
-			if ms, err := st.status(wctx); err == nil && ms.Current < ms.Latest {
-				return fmt.Errorf("%s store at %s is at schema version %d, this binary needs %d: run `meridian migrate` (or `meridian serve`) first",
-					st.kind, st.where, ms.Current, ms.Latest)
-			}
-			if err := st.waitReady(wctx); err != nil {
-				return fmt.Errorf("%s store at %s: %w", st.kind, st.where, err)
+			if err := st.WaitMigrated(wctx); err != nil {
+				return err
 			}
 			res, err := st.Query(c.Context(), args[0], storage.QueryOptions{Timeout: timeout, MaxRows: maxRows})
 			if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
@@ -26,24 +26,10 @@ func TestReplayIsPacedNotKicked(t *testing.T) {
 	cleanEnv(t)
 	ts := startServe(t, testConfig(t))
 	key := waitAdminKey(t, ts)
-	req, _ := http.NewRequest("POST", ts.base+"/v1/admin/devices", strings.NewReader(`{"id":"replay-1"}`))
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var added struct {
-		Token string `json:"token"`
-	}
-	err = json.NewDecoder(resp.Body).Decode(&added)
-	resp.Body.Close()
-	if err != nil || added.Token == "" {
-		t.Fatalf("add device: %d %v", resp.StatusCode, err)
-	}
+	token := meridiantest.AddDevice(t, ts.base, key, "replay-1")
 
 	d := ws.Dialer{Protocols: []string{wire.Subprotocol}, Timeout: 5 * time.Second,
-		Header: ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + added.Token}})}
+		Header: ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + token}})}
 	conn, br, _, err := d.Dial(context.Background(), "ws"+strings.TrimPrefix(ts.base, "http")+"/v1/device")
 	if err != nil {
 		t.Fatal(err)

@@ -2,13 +2,13 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-iot/meridian/cmd/internal/registrycli"
 	"github.com/meridian-iot/meridian/devices"
+	"github.com/meridian-iot/meridian/storage/backend"
 )
 
 func newDeviceCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -32,12 +32,12 @@ func openRegistry(c *cobra.Command, stderr io.Writer) (*devices.Service, func() 
 		cfg.Server.LogLevel = "warn"
 	}
 	log := newLogger(cfg.Server, stderr)
-	st, err := openStore(c.Context(), cfg, cfg.Storage.Migrate, log)
+	st, err := backend.Open(c.Context(), cfg.Storage, cfg.Server.DataDir, cfg.Storage.Migrate, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := st.waitReady(c.Context()); err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("%s store at %s: %w", st.kind, st.where, err), st.Close())
+	if err := st.WaitReady(c.Context()); err != nil {
+		return nil, nil, errors.Join(err, st.Close())
 	}
 	return devices.NewService(st, cfg.Devices, log.With("component", "devices")), st.Close, nil
 }

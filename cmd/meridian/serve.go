@@ -26,6 +26,7 @@ import (
 	"github.com/meridian-iot/meridian/ingest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 	"github.com/meridian-iot/meridian/storage"
+	"github.com/meridian-iot/meridian/storage/backend"
 	"github.com/meridian-iot/meridian/storage/queryapi"
 )
 
@@ -85,7 +86,7 @@ type server struct {
 	log *slog.Logger
 	out io.Writer // where a newly generated admin key is printed, once
 
-	st       *store
+	st       *backend.Opened
 	reg      *prometheus.Registry
 	devs     *devices.Service
 	sessions *devices.SessionLog // device_sessions and last_seen, group-committed
@@ -112,7 +113,7 @@ func newServer(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer)
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	if s.st, err = openStore(ctx, cfg, cfg.Storage.Migrate, log); err != nil {
+	if s.st, err = backend.Open(ctx, cfg.Storage, cfg.Server.DataDir, cfg.Storage.Migrate, log); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -231,7 +232,7 @@ func (s *server) buildDashboard() error {
 
 // storageInfo is the system page's storage tile.
 func (s *server) storageInfo(ctx context.Context) (dashboard.StorageInfo, error) {
-	si := dashboard.StorageInfo{Backend: s.st.kind, Mode: modeOrPending(s.st.Mode())}
+	si := dashboard.StorageInfo{Backend: s.st.Kind, Mode: modeOrPending(s.st.Mode())}
 	var err error
 	si.SizeBytes, err = s.st.DatabaseSize(ctx)
 	return si, err
@@ -252,7 +253,7 @@ func (s *server) buildHTTP() error {
 		// Ready only once the admin key is registered: an orchestrator (or
 		// a test) acting on /readyz with a configured devices.admin_key must
 		// not get 401s because the key is registered a moment later.
-		ready: front.Readyz(keysReady{s.ing, &s.keysDone}, s.st, s.st.kind),
+		ready: front.Readyz(keysReady{s.ing, &s.keysDone}, s.st, s.st.Kind),
 		query: s.devs.RequireRole(devices.RoleViewer, queryapi.Handler(s.st,
 			queryapi.Options{Config: s.cfg.Storage.Query, Logger: s.log.With("component", "query")})),
 	}
@@ -285,7 +286,7 @@ func (s *server) listen() error {
 	s.ln = ln
 	s.log.Info("meridian serving",
 		"listen", ln.Addr().String(), "tls", s.certs != nil, "version", version,
-		"storage", s.st.kind, "location", s.st.where, "mode", modeOrPending(s.st.Mode()),
+		"storage", s.st.Kind, "location", s.st.Where, "mode", modeOrPending(s.st.Mode()),
 		// Acks are sent only after the store's commit returns: on disk for
 		// sqlite (WAL, fsync on commit), in PostgreSQL for postgres.
 		"durable", true)
@@ -321,13 +322,13 @@ func (s *server) Run(ctx context.Context) error {
 		g.Go(func() error { s.certs.Watch(gctx, front.CertPollInterval); return nil })
 	}
 	g.Go(func() error {
-		if s.st.waitReady(gctx) == nil {
+		if s.st.WaitReady(gctx) == nil {
 			storage.RunMaintenance(gctx, s.st, s.cfg.Storage.MaintainInterval, s.log.With("component", "storage"))
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if s.st.waitReady(gctx) == nil && s.devs.BootstrapAdminKey(gctx, s.cfg.Devices.AdminKey, s.announceKey) {
+		if s.st.WaitReady(gctx) == nil && s.devs.BootstrapAdminKey(gctx, s.cfg.Devices.AdminKey, s.announceKey) {
 			s.keysDone.Store(true)
 		}
 		return nil

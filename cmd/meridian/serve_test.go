@@ -2,8 +2,8 @@ package main
 
 import (
 	"github.com/meridian-iot/meridian/cmd/internal/front"
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -18,28 +18,10 @@ import (
 	"time"
 )
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type testServer struct {
 	base string
-	out  *syncBuffer
-	logs *syncBuffer
+	out  *meridiantest.Buffer
+	logs *meridiantest.Buffer
 	stop func() error // cancels and waits for serve to return
 }
 
@@ -50,7 +32,7 @@ func startServe(t *testing.T, cfg Config) *testServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
 	done := make(chan error, 1)
-	ts := &testServer{out: &syncBuffer{}, logs: &syncBuffer{}}
+	ts := &testServer{out: &meridiantest.Buffer{}, logs: &meridiantest.Buffer{}}
 	log := slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() { done <- serve(ctx, cfg, log, ts.out, func(a net.Addr) { addrc <- a }) }()
 	select {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest/wire"
 )
 
@@ -28,22 +28,8 @@ func TestServeSessionRecordsDrainedAtShutdown(t *testing.T) {
 			}
 			ts := startServe(t, cfg)
 			key := waitAdminKey(t, ts)
-			req, _ := http.NewRequest("POST", ts.base+"/v1/admin/devices", strings.NewReader(`{"id":"sess-1"}`))
-			req.Header.Set("Authorization", "Bearer "+key)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var added struct {
-				Token string `json:"token"`
-			}
-			_ = json.NewDecoder(resp.Body).Decode(&added)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusCreated {
-				t.Fatalf("add device: %d", resp.StatusCode)
-			}
-			hdr := http.Header{"Authorization": {"Bearer " + added.Token}}
+			token := meridiantest.AddDevice(t, ts.base, key, "sess-1")
+			hdr := http.Header{"Authorization": {"Bearer " + token}}
 			u := "ws://" + strings.TrimPrefix(ts.base, "http://") + "/v1/device"
 			// Three sessions: two taken over by the next, the last one
 			// ended by the shutdown.

@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meridian-iot/meridian/cmd/internal/conf"
+	"github.com/meridian-iot/meridian/internal/redact"
 )
 
 // setting is one config key. The settings table is the single place that
@@ -98,7 +99,7 @@ func settingsTable() []setting {
 		{key: "ingest.node", field: func(c *Config) any { return &c.Ingest.Node },
 			doc: "Name of this server in session records and logs. Empty uses the host name."},
 
-		{key: "storage.url", field: func(c *Config) any { return &c.Storage.URL }, flag: "storage-url", secret: true, mask: maskURL,
+		{key: "storage.url", field: func(c *Config) any { return &c.Storage.URL }, flag: "storage-url", secret: true, mask: redact.URL,
 			doc: "PostgreSQL URL (`postgres://user:password@host:5432/db`). Empty uses the embedded SQLite store. Prefer the env var: flags show in `ps`."},
 		{key: "storage.retention.raw", field: func(c *Config) any { return &c.Storage.Retention.Raw },
 			doc: "How long raw readings are kept; `0` keeps them forever."},
@@ -128,7 +129,7 @@ func settingsTable() []setting {
 			doc: "Daily partitions kept created ahead of time, today included (plain PostgreSQL mode)."},
 		{key: "storage.postgres.read_only_role", field: func(c *Config) any { return &c.Storage.Postgres.ReadOnlyRole },
 			doc: "Deprecated, no security boundary (a statement can switch back): use `storage.postgres.query_url`. Role ad-hoc SQL switches to with SET LOCAL ROLE when no query URL is set."},
-		{key: "storage.postgres.query_url", field: func(c *Config) any { return &c.Storage.Postgres.QueryURL }, secret: true, mask: maskURL,
+		{key: "storage.postgres.query_url", field: func(c *Config) any { return &c.Storage.Postgres.QueryURL }, secret: true, mask: redact.URL,
 			doc: "PostgreSQL URL ad-hoc SQL (`/v1/query`) logs in with: a least-privilege role (`meridian migrate --create-query-role NAME` makes one; docs/sql.md). Empty: the service's role, and `/v1/query` refuses if that role is a superuser or holds replication or server-file privileges."},
 		{key: "storage.postgres.query_conns", field: func(c *Config) any { return &c.Storage.Postgres.QueryConns },
 			doc: "Connections of the ad-hoc SQL pool, apart from the service's pool so queries never delay commits or lookups."},
@@ -156,7 +157,7 @@ func settingsTable() []setting {
 		{key: "devices.provisioning.rate_per_minute", field: func(c *Config) any { return &c.Devices.Provisioning.RatePerMinute },
 			doc: "Provisioning attempts allowed per remote address per minute."},
 
-		{key: "mqtt.url", field: func(c *Config) any { return &c.MQTT.URL }, secret: true, mask: maskURL,
+		{key: "mqtt.url", field: func(c *Config) any { return &c.MQTT.URL }, secret: true, mask: redact.URL,
 			doc: "External broker (`tcp://host:1883`, `ssl://host:8883`, `ws://host/mqtt`). Empty runs the embedded broker."},
 		{key: "mqtt.embedded.enabled", field: func(c *Config) any { return &c.MQTT.Embedded.Enabled },
 			doc: "Run the embedded broker when `mqtt.url` is empty. Off with no URL turns the bridge off."},

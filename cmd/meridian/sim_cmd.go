@@ -1,51 +1,36 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meridian-iot/meridian/cmd/internal/simcli"
-	sim "github.com/meridian-iot/meridian/firmware-sim"
-	"github.com/meridian-iot/meridian/storage"
+	"github.com/meridian-iot/meridian/storage/backend"
 )
 
 func newSimCmd(stdout, stderr io.Writer) *cobra.Command {
-	return simcli.NewCommand(stdout, stderr, openSimVerifier)
+	return simcli.NewCommand(stdout, stderr, openSimStore)
 }
 
-// openSimVerifier opens the configured store for `sim --verify`.
-func openSimVerifier(c *cobra.Command, stderr io.Writer) (sim.QueryFunc, func(), error) {
-	mcfg, err := loadConfig(c.Flags())
+// openSimStore opens the configured store for `sim --verify`, without
+// migrating it.
+func openSimStore(c *cobra.Command, stderr io.Writer) (simcli.Querier, func(), error) {
+	cfg, err := loadConfig(c.Flags())
 	if err != nil {
 		return nil, nil, err
 	}
 	// Like `meridian query`: the operator on the box holds the service's
 	// credentials anyway (docs/sql.md).
-	mcfg.Storage.Postgres.AllowPrivilegedQuery = true
-	log := cliLogger(mcfg.Server, stderr)
-	st, err := openStore(c.Context(), mcfg, false, log)
+	cfg.Storage.Postgres.AllowPrivilegedQuery = true
+	st, err := backend.Open(c.Context(), cfg.Storage, cfg.Server.DataDir, false, cliLogger(cfg.Server, stderr))
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := st.waitReady(c.Context()); err != nil {
-		return nil, nil, errors.Join(fmt.Errorf("--verify: %s store at %s: %w", st.kind, st.where, err), st.Close())
+	if err := st.WaitMigrated(c.Context()); err != nil {
+		return nil, nil, errors.Join(fmt.Errorf("--verify: %w", err), st.Close())
 	}
-	q := func(ctx context.Context, sql string) ([][]any, error) {
-		// The row cap is raised well past one chunk of devices' readings;
-		// a truncated answer would make verification lie.
-		res, err := st.Query(ctx, sql, storage.QueryOptions{Timeout: 2 * time.Minute, MaxRows: 50_000_000})
-		if err != nil {
-			return nil, err
-		}
-		if res.Truncated {
-			return nil, fmt.Errorf("answer truncated at %d rows", len(res.Rows))
-		}
-		return res.Rows, nil
-	}
-	return q, func() { _ = st.Close() }, nil
+	return st, func() { _ = st.Close() }, nil
 }

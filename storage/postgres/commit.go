@@ -18,11 +18,19 @@ import (
 
 // Commit stores batches in one transaction: lock the devices' rows (in name
 // order, creating unknown devices), decide duplicates against the locked
-// watermarks, COPY the readings of the rest, move the watermarks, mark hours
-// that received late readings, commit. On any error nothing is stored. An
-// error caused by the data rather than the database wraps
+// watermarks, insert the readings of the rest, move the watermarks, mark
+// hours that received late readings, commit. On any error nothing is stored.
+// An error caused by the data rather than the database wraps
 // telemetry.ErrInvalidData (see dataError), so the caller can isolate the
 // offending batch instead of retrying the set forever.
+//
+// The transaction is two pipelined round trips (BEGIN + lock; insert +
+// watermarks + COMMIT), not one per statement: at low rates a flush is a
+// few batches, and each round trip to the database is a wake-up of its
+// backend and of this process that the ack waits for (docs/benchmarks.md,
+// "PostgreSQL: two round trips per commit"). Flushes of copyMin readings or
+// more use COPY, two round trips more, because COPY stores large flushes
+// faster than an INSERT can.
 func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]telemetry.Outcome, error) {
 	if err := s.ready(); err != nil {
 		return nil, err
@@ -46,10 +54,21 @@ func (s *Store) Commit(ctx context.Context, batches []telemetry.Batch) ([]teleme
 		return nil, fmt.Errorf("commit: register metrics: %w", dataError(err))
 	}
 
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.commitTx(ctx, tx, batches, out, devices, devIDs, metricIDs)
-	})
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
+		return nil, fmt.Errorf("commit: acquire connection: %w", err)
+	}
+	defer conn.Release()
+	if err := s.commitTx(ctx, conn.Conn(), batches, out, devices, devIDs, metricIDs); err != nil {
+		// A transaction left open (an error before COMMIT, or a failed
+		// statement) is rolled back here; if that fails too, the pool
+		// destroys the connection on Release because it is not idle, which
+		// ends the transaction as well. This runs on ctx, not a detached
+		// cleanup context: when ctx ended (the attempt's timeout, the drain
+		// deadline) dropping the connection at once is the point.
+		if conn.Conn().PgConn().TxStatus() != 'I' {
+			_, _ = conn.Exec(ctx, "ROLLBACK")
+		}
 		return nil, fmt.Errorf("commit: %w", dataError(err))
 	}
 	return out, nil
@@ -79,16 +98,34 @@ func batchNames(batches []telemetry.Batch) (devices, metrics []string, err error
 	return devices, metrics, nil
 }
 
-// commitTx is Commit's transaction: lock the devices' rows, decide
-// duplicates against the locked watermarks, COPY the readings of the rest,
-// then move the watermarks and mark late hours in one round trip.
-func (s *Store) commitTx(ctx context.Context, tx pgx.Tx, batches []telemetry.Batch, out []telemetry.Outcome,
+// copyMin is the flush size (readings) from which Commit stores readings
+// with COPY instead of INSERT … SELECT FROM unnest: COPY costs two round
+// trips of its own but stores a large flush with less work per row.
+// Measured: BenchmarkCommitInsertVsCopy (docs/benchmarks.md, "PostgreSQL: two
+// round trips per commit"): break-even near 2,000, COPY 1.5x faster at 10,000.
+const copyMin = 2000
+
+// Statements of the commit transaction, written out in full so the
+// connection's statement cache prepares each once.
+const (
+	sqlLockDevices = `SELECT device, acked_seq FROM devices WHERE device = ANY($1) ORDER BY device FOR UPDATE`
+	sqlInsertRows  = `INSERT INTO readings (time, device_id, metric_id, value)
+			SELECT * FROM unnest($1::timestamptz[], $2::integer[], $3::integer[], $4::double precision[])`
+)
+
+// commitTx is Commit's transaction on conn, in two pipelined round trips:
+// BEGIN with the locking read of the devices' watermarks; then, once the
+// duplicates are known, the readings' insert, the watermarks, the late
+// hours and COMMIT. Pipelining changes no guarantee: the statements run in
+// order in one transaction, a failed one skips the rest (COMMIT included),
+// and the outcome is reported only after COMMIT returned.
+func (s *Store) commitTx(ctx context.Context, conn *pgx.Conn, batches []telemetry.Batch, out []telemetry.Outcome,
 	devices []string, devIDs, metricIDs map[string]int32) error {
-	marks, err := lockDevices(ctx, tx, devices)
+	marks, err := lockDevices(ctx, conn, devices)
 	if err != nil {
 		return err
 	}
-	src := &readingSource{devIDs: devIDs, metricIDs: metricIDs}
+	var fresh []telemetry.Batch
 	moved := map[string]bool{}
 	for i, b := range batches {
 		if b.Seq <= marks[b.Device] {
@@ -97,24 +134,88 @@ func (s *Store) commitTx(ctx context.Context, tx pgx.Tx, batches []telemetry.Bat
 		}
 		marks[b.Device] = b.Seq
 		moved[b.Device] = true
-		src.batches = append(src.batches, b)
+		fresh = append(fresh, b)
 	}
-	if len(src.batches) == 0 {
+	if len(fresh) == 0 {
+		// Nothing to store: release the locks without a commit record
+		// (and its WAL flush). No device was created either: a new one's
+		// watermark is 0, so its batches are never duplicates.
+		if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+			return fmt.Errorf("end transaction: %w", err)
+		}
 		return nil
 	}
-	late := lateHours(src.batches, s.now().Add(-lateAfter).UnixMilli())
-	if n, err := tx.CopyFrom(ctx, pgx.Identifier{"readings"}, []string{"time", "device_id", "metric_id", "value"}, src); err != nil {
-		return fmt.Errorf("copy readings: %w", err)
-	} else if n != int64(src.total()) {
-		return fmt.Errorf("copy readings: stored %d of %d", n, src.total())
+	total := 0
+	for _, b := range fresh {
+		total += len(b.Readings)
 	}
+	// steps name the statements of the second round trip, in order, for
+	// reading their results and for errors.
 	var pb pgx.Batch
+	var steps []string
+	if total >= s.copyMin {
+		src := &readingSource{batches: fresh, devIDs: devIDs, metricIDs: metricIDs}
+		if n, err := conn.CopyFrom(ctx, pgx.Identifier{"readings"}, []string{"time", "device_id", "metric_id", "value"}, src); err != nil {
+			return fmt.Errorf("copy readings: %w", err)
+		} else if n != int64(total) {
+			return fmt.Errorf("copy readings: stored %d of %d", n, total)
+		}
+	} else {
+		queueReadings(&pb, fresh, total, devIDs, metricIDs)
+		steps = append(steps, stepInsert)
+	}
 	queueWatermarks(&pb, devices, moved, marks)
-	queueDirtyHours(&pb, late)
-	if err := tx.SendBatch(ctx, &pb).Close(); err != nil {
-		return fmt.Errorf("update watermarks: %w", err)
+	steps = append(steps, "update watermarks")
+	if queueDirtyHours(&pb, lateHours(fresh, s.now().Add(-lateAfter).UnixMilli())) {
+		steps = append(steps, "mark late hours")
+	}
+	pb.Queue("COMMIT")
+	steps = append(steps, stepCommit)
+	br := conn.SendBatch(ctx, &pb)
+	for _, step := range steps {
+		tag, err := br.Exec()
+		switch {
+		case err != nil:
+		case step == stepInsert && tag.RowsAffected() != int64(total):
+			err = fmt.Errorf("stored %d of %d", tag.RowsAffected(), total)
+		case step == stepCommit && tag.String() != "COMMIT":
+			// COMMIT of a failed transaction answers ROLLBACK.
+			err = fmt.Errorf("transaction ended with %s", tag)
+		}
+		if err != nil {
+			br.Close()
+			return fmt.Errorf("%s: %w", step, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("end pipeline: %w", err)
 	}
 	return nil
+}
+
+const (
+	stepInsert = "insert readings"
+	stepCommit = "COMMIT"
+)
+
+// queueReadings queues the insert of the batches' readings as four column
+// arrays: one statement, sent in the same round trip as the watermarks and
+// COMMIT.
+func queueReadings(pb *pgx.Batch, batches []telemetry.Batch, total int, devIDs, metricIDs map[string]int32) {
+	times := make([]time.Time, 0, total)
+	devs := make([]int32, 0, total)
+	mets := make([]int32, 0, total)
+	vals := make([]float64, 0, total)
+	for _, b := range batches {
+		dev := devIDs[b.Device]
+		for _, r := range b.Readings {
+			times = append(times, time.UnixMilli(r.Time).UTC())
+			devs = append(devs, dev)
+			mets = append(mets, metricIDs[r.Metric])
+			vals = append(vals, r.Value)
+		}
+	}
+	pb.Queue(sqlInsertRows, times, devs, mets, vals)
 }
 
 // lateHours returns the starts (Unix ms) of the hours holding readings older
@@ -147,20 +248,22 @@ func queueWatermarks(pb *pgx.Batch, devices []string, moved map[string]bool, mar
 }
 
 // queueDirtyHours queues the marks of the late hours, if any, for Maintain
-// to refresh.
-func queueDirtyHours(pb *pgx.Batch, late map[int64]bool) {
-	if len(late) > 0 {
-		hours := make([]time.Time, 0, len(late))
-		for h := range late {
-			hours = append(hours, time.UnixMilli(h).UTC())
-		}
-		// Sorted, so concurrent commits take the marks' row locks in
-		// the same order.
-		slices.SortFunc(hours, func(a, b time.Time) int { return a.Compare(b) })
-		pb.Queue(`INSERT INTO rollup_dirty (hour, gen)
-				SELECT h, nextval('rollup_dirty_gen') FROM unnest($1::timestamptz[]) AS h ORDER BY h
-				ON CONFLICT (hour) DO UPDATE SET gen = excluded.gen`, hours)
+// to refresh, and reports whether it queued a statement.
+func queueDirtyHours(pb *pgx.Batch, late map[int64]bool) bool {
+	if len(late) == 0 {
+		return false
 	}
+	hours := make([]time.Time, 0, len(late))
+	for h := range late {
+		hours = append(hours, time.UnixMilli(h).UTC())
+	}
+	// Sorted, so concurrent commits take the marks' row locks in the same
+	// order.
+	slices.SortFunc(hours, func(a, b time.Time) int { return a.Compare(b) })
+	pb.Queue(`INSERT INTO rollup_dirty (hour, gen)
+			SELECT h, nextval('rollup_dirty_gen') FROM unnest($1::timestamptz[]) AS h ORDER BY h
+			ON CONFLICT (hour) DO UPDATE SET gen = excluded.gen`, hours)
+	return true
 }
 
 // dataError marks err with telemetry.ErrInvalidData when PostgreSQL refused
@@ -178,17 +281,14 @@ func dataError(err error) error {
 	return err
 }
 
-// lockDevices locks the registry rows of devices (sorted), creating the
-// missing ones first, and returns their watermarks. Existing rows are locked
-// before any insert and inserts go in name order, so two commits cannot wait
-// on each other in a cycle.
-func lockDevices(ctx context.Context, tx pgx.Tx, devices []string) (map[string]uint64, error) {
+// lockDevices begins the transaction on conn, locks the registry rows of
+// devices (sorted), creating the missing ones first, and returns their
+// watermarks. BEGIN and the locking read go in one round trip. Existing rows
+// are locked before any insert and inserts go in name order, so two commits
+// cannot wait on each other in a cycle.
+func lockDevices(ctx context.Context, conn *pgx.Conn, devices []string) (map[string]uint64, error) {
 	marks := make(map[string]uint64, len(devices))
-	scan := func(names []string) error {
-		rows, err := tx.Query(ctx, `SELECT device, acked_seq FROM devices WHERE device = ANY($1) ORDER BY device FOR UPDATE`, names)
-		if err != nil {
-			return fmt.Errorf("lock devices: %w", err)
-		}
+	scan := func(rows pgx.Rows) error {
 		defer rows.Close()
 		for rows.Next() {
 			var d string
@@ -203,7 +303,22 @@ func lockDevices(ctx context.Context, tx pgx.Tx, devices []string) (map[string]u
 		}
 		return nil
 	}
-	if err := scan(devices); err != nil {
+	var pb pgx.Batch
+	pb.Queue("BEGIN")
+	pb.Queue(sqlLockDevices, devices)
+	br := conn.SendBatch(ctx, &pb)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	rows, err := br.Query()
+	if err == nil {
+		err = scan(rows)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, err
 	}
 	if len(marks) == len(devices) {
@@ -215,10 +330,14 @@ func lockDevices(ctx context.Context, tx pgx.Tx, devices []string) (map[string]u
 			missing = append(missing, d)
 		}
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO devices (device) SELECT d FROM unnest($1::text[]) AS d ORDER BY d ON CONFLICT DO NOTHING`, missing); err != nil {
+	if _, err := conn.Exec(ctx, `INSERT INTO devices (device) SELECT d FROM unnest($1::text[]) AS d ORDER BY d ON CONFLICT DO NOTHING`, missing); err != nil {
 		return nil, fmt.Errorf("create devices: %w", err)
 	}
-	if err := scan(missing); err != nil {
+	rows, err = conn.Query(ctx, sqlLockDevices, missing)
+	if err != nil {
+		return nil, fmt.Errorf("lock devices: %w", err)
+	}
+	if err := scan(rows); err != nil {
 		return nil, err
 	}
 	if len(marks) != len(devices) {
@@ -238,14 +357,6 @@ type readingSource struct {
 	b, r      int
 	started   bool
 	row       [4]any
-}
-
-func (s *readingSource) total() int {
-	n := 0
-	for _, b := range s.batches {
-		n += len(b.Readings)
-	}
-	return n
 }
 
 func (s *readingSource) Next() bool {

@@ -42,25 +42,13 @@ func (s *Store) Maintain(ctx context.Context, now time.Time) error {
 	}
 	defer pc.Release()
 	conn := pc.Conn()
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, maintainLockID).Scan(&got); err != nil {
-		return fmt.Errorf("maintain: take lock: %w", err)
-	}
-	if !got {
-		return nil
-	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, maintainLockID); err != nil {
-			conn.Close(uctx)
+	// Another node maintaining right now does the same work: skip.
+	_, err = withAdvisoryLock(ctx, conn, maintainLockID, false, func() error {
+		if s.Mode() == storage.ModeTimescale {
+			return s.maintainTimescale(ctx, conn, now)
 		}
-	}()
-	if s.Mode() == storage.ModeTimescale {
-		err = s.maintainTimescale(ctx, conn, now)
-	} else {
-		err = s.maintainPlain(ctx, conn, now)
-	}
+		return s.maintainPlain(ctx, conn, now)
+	})
 	if err != nil {
 		return fmt.Errorf("maintain: %w", err)
 	}

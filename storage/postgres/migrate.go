@@ -8,7 +8,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -131,18 +130,19 @@ func (s *Store) detectMode(ctx context.Context, migrate bool) (string, error) {
 		return "", fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, setupLockID); err != nil {
-		return "", fmt.Errorf("take setup lock: %w", err)
+	var mode string
+	_, err = withAdvisoryLock(ctx, conn.Conn(), setupLockID, true, func() (err error) {
+		mode, err = s.detectModeLocked(ctx, conn, migrate)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("setup lock: %w", err)
 	}
-	defer func() {
-		// Unlock on a fresh context: ctx may be what failed.
-		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, setupLockID); err != nil {
-			conn.Conn().Close(uctx) // the lock dies with the session
-		}
-	}()
+	return mode, nil
+}
 
+// detectModeLocked is detectMode under the setup lock.
+func (s *Store) detectModeLocked(ctx context.Context, conn *pgxpool.Conn, migrate bool) (string, error) {
 	mode, err := s.recordedMode(ctx, conn)
 	if err != nil {
 		return "", err

@@ -223,7 +223,7 @@ func (s *Store) queryTx(ctx context.Context, sql string, opts storage.QueryOptio
 		// made is undone with the transaction, so the pooled connection
 		// goes back as it came. Session advisory locks survive rollback, so
 		// drop any the statement took.
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		rctx, cancel := cleanupContext(ctx)
 		defer cancel()
 		rerr := tx.Rollback(rctx)
 		if rerr == nil || errors.Is(rerr, pgx.ErrTxClosed) {

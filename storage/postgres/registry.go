@@ -52,7 +52,7 @@ func (s *Store) CreateDevice(ctx context.Context, d storage.Device) error {
 
 const deviceColumns = `device, name, labels, enabled, created_at, last_seen, acked_seq`
 
-func scanDevice(row pgx.Row) (storage.Device, error) {
+func scanDevice(row storage.Scanner) (storage.Device, error) {
 	var d storage.Device
 	var acked int64
 	if err := row.Scan(&d.ID, &d.Name, &d.Labels, &d.Enabled, &d.CreatedAt, &d.LastSeen, &acked); err != nil {
@@ -87,15 +87,8 @@ func (s *Store) ListDevices(ctx context.Context) ([]storage.Device, error) {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	defer rows.Close()
-	var out []storage.Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list devices: %w", err)
-		}
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := storage.ScanAll(rows, scanDevice)
+	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	return out, nil
@@ -241,7 +234,7 @@ func (s *Store) AddAPIKey(ctx context.Context, k storage.APIKey) error {
 
 const apiKeyColumns = `id, hash, name, role, created_at, revoked_at`
 
-func scanAPIKey(row pgx.Row) (storage.APIKey, error) {
+func scanAPIKey(row storage.Scanner) (storage.APIKey, error) {
 	var k storage.APIKey
 	err := row.Scan(&k.ID, &k.Hash, &k.Name, &k.Role, &k.CreatedAt, &k.RevokedAt)
 	return k, err
@@ -272,15 +265,8 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]storage.APIKey, error) {
 		return nil, fmt.Errorf("list api keys: %w", err)
 	}
 	defer rows.Close()
-	var out []storage.APIKey
-	for rows.Next() {
-		k, err := scanAPIKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list api keys: %w", err)
-		}
-		out = append(out, k)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := storage.ScanAll(rows, scanAPIKey)
+	if err != nil {
 		return nil, fmt.Errorf("list api keys: %w", err)
 	}
 	return out, nil
@@ -348,16 +334,15 @@ func (s *Store) ListSessions(ctx context.Context, device string, limit int) ([]s
 		return nil, fmt.Errorf("list sessions of %s: %w", device, err)
 	}
 	defer rows.Close()
-	var out []storage.Session
-	for rows.Next() {
-		var ss storage.Session
-		if err := rows.Scan(&ss.ID, &ss.DeviceID, &ss.Node, &ss.RemoteAddr, &ss.Transport, &ss.StartedAt, &ss.EndedAt, &ss.CloseReason, &ss.Readings); err != nil {
-			return nil, fmt.Errorf("list sessions of %s: %w", device, err)
-		}
-		out = append(out, ss)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := storage.ScanAll(rows, scanSession)
+	if err != nil {
 		return nil, fmt.Errorf("list sessions of %s: %w", device, err)
 	}
 	return out, nil
+}
+
+func scanSession(row storage.Scanner) (storage.Session, error) {
+	var ss storage.Session
+	err := row.Scan(&ss.ID, &ss.DeviceID, &ss.Node, &ss.RemoteAddr, &ss.Transport, &ss.StartedAt, &ss.EndedAt, &ss.CloseReason, &ss.Readings)
+	return ss, err
 }

@@ -49,6 +49,9 @@ type Store struct {
 	done   chan struct{}
 	// now is the wall clock, replaceable in tests.
 	now func() time.Time
+	// copyMin is the flush size from which Commit uses COPY (see the
+	// constant); tests and benchmarks change it to compare the two ways.
+	copyMin int
 }
 
 type readyState struct {
@@ -111,6 +114,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		cancel:  cancel,
 		done:    make(chan struct{}),
 		now:     time.Now,
+		copyMin: copyMin,
 		lastErr: errors.New("not yet connected"),
 	}
 	go s.prepareLoop(bg)

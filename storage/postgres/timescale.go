@@ -24,16 +24,17 @@ func (s *Store) applyTimescalePolicies(ctx context.Context) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, setupLockID); err != nil {
-		return fmt.Errorf("take setup lock: %w", err)
+	_, err = withAdvisoryLock(ctx, conn.Conn(), setupLockID, true, func() error {
+		return s.applyTimescalePoliciesLocked(ctx, conn.Conn())
+	})
+	if err != nil {
+		return fmt.Errorf("setup lock: %w", err)
 	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, setupLockID); err != nil {
-			conn.Conn().Close(uctx)
-		}
-	}()
+	return nil
+}
+
+// applyTimescalePoliciesLocked is applyTimescalePolicies under the setup lock.
+func (s *Store) applyTimescalePoliciesLocked(ctx context.Context, conn *pgx.Conn) error {
 	type step struct {
 		what string
 		sql  string

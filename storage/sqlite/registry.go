@@ -71,7 +71,9 @@ func (s *Store) CreateDevice(ctx context.Context, d storage.Device) error {
 
 const deviceCols = `device, name, labels, enabled, created_at, last_seen, acked_seq`
 
-type scanner interface{ Scan(dest ...any) error }
+// scanner is a row to scan: storage.Scanner, under the name this package's
+// readers use.
+type scanner = storage.Scanner
 
 func scanDevice(sc scanner) (storage.Device, error) {
 	var (
@@ -117,15 +119,8 @@ func (s *Store) ListDevices(ctx context.Context) ([]storage.Device, error) {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	defer rows.Close()
-	var out []storage.Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list devices: %w", err)
-		}
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := storage.ScanAll(rows, scanDevice)
+	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	return out, nil
@@ -300,15 +295,8 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]storage.APIKey, error) {
 		return nil, fmt.Errorf("list api keys: %w", err)
 	}
 	defer rows.Close()
-	var out []storage.APIKey
-	for rows.Next() {
-		k, err := scanAPIKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list api keys: %w", err)
-		}
-		out = append(out, k)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := storage.ScanAll(rows, scanAPIKey)
+	if err != nil {
 		return nil, fmt.Errorf("list api keys: %w", err)
 	}
 	return out, nil
@@ -388,26 +376,26 @@ func (s *Store) ListSessions(ctx context.Context, device string, limit int) ([]s
 		return nil, fmt.Errorf("list sessions of %s: %w", device, err)
 	}
 	defer rows.Close()
-	var out []storage.Session
-	for rows.Next() {
-		var (
-			ss      storage.Session
-			started string
-			ended   sql.NullString
-		)
-		if err := rows.Scan(&ss.ID, &ss.DeviceID, &ss.Node, &ss.RemoteAddr, &ss.Transport, &started, &ended, &ss.CloseReason, &ss.Readings); err != nil {
-			return nil, fmt.Errorf("list sessions of %s: %w", device, err)
-		}
-		if ss.StartedAt, err = parseTime(started); err != nil {
-			return nil, err
-		}
-		if ss.EndedAt, err = parseTimePtr(ended); err != nil {
-			return nil, err
-		}
-		out = append(out, ss)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := storage.ScanAll(rows, scanSession)
+	if err != nil {
 		return nil, fmt.Errorf("list sessions of %s: %w", device, err)
 	}
 	return out, nil
+}
+
+func scanSession(sc scanner) (storage.Session, error) {
+	var (
+		ss      storage.Session
+		started string
+		ended   sql.NullString
+	)
+	if err := sc.Scan(&ss.ID, &ss.DeviceID, &ss.Node, &ss.RemoteAddr, &ss.Transport, &started, &ended, &ss.CloseReason, &ss.Readings); err != nil {
+		return ss, err
+	}
+	var err error
+	if ss.StartedAt, err = parseTime(started); err != nil {
+		return ss, err
+	}
+	ss.EndedAt, err = parseTimePtr(ended)
+	return ss, err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	meridian "github.com/meridian-iot/meridian/clients/go/meridian"
+	"github.com/meridian-iot/meridian/cmd/meridian/meridiantest"
 	"github.com/meridian-iot/meridian/ingest"
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
@@ -153,10 +155,10 @@ func TestClientResendsAfterCuts(t *testing.T) {
 }
 
 func resendsAfterCuts(t *testing.T, srv *server, tr meridian.Transport) {
-	proxy := newCutter(t, srv.url)
+	proxy := meridiantest.NewProxy(t, strings.TrimPrefix(srv.url, "http://"))
 	a := newAcks()
 	dev := "cuts-" + string(tr)
-	cfg := fastConfig(proxy.url(), dev)
+	cfg := fastConfig("http://"+proxy.Addr(), dev)
 	cfg.OnAck = a.on
 	cfg.Transport = tr
 	cfg.HTTPClient = &http.Client{Transport: &http.Transport{}} // its own pool: cuts must reach it
@@ -173,7 +175,7 @@ func resendsAfterCuts(t *testing.T, srv *server, tr meridian.Transport) {
 			t.Fatal(err)
 		}
 		if i%10 == 5 {
-			proxy.cut()
+			proxy.Cut()
 		}
 	}
 	waitFor(t, "everything acked", 30*time.Second, func() bool { return c.Pending() == 0 })

@@ -7,10 +7,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-)
 
-// Masked is what a secret shows as.
-const Masked = "***"
+	"github.com/meridian-iot/meridian/internal/redact"
+)
 
 // YAML renders the entries in the file format, keys in table order, secrets
 // masked, so the output can be saved and used as a config file (after
@@ -54,7 +53,7 @@ func maskSecret(e Entry, val any) any {
 	if e.Mask != nil {
 		return e.Mask(str)
 	}
-	return Masked
+	return redact.Masked
 }
 
 // childMapping returns the mapping under key in m, creating it in order.

@@ -117,15 +117,15 @@ func TrustProxies(trusted []netip.Prefix, next http.Handler) http.Handler {
 func ParseProxies(list []string) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(list))
 	for _, s := range list {
-		if p, err := ParseProxy(s); err == nil {
+		if p, err := parseProxy(s); err == nil {
 			out = append(out, p)
 		}
 	}
 	return out
 }
 
-// ParseProxy accepts "10.0.0.1" or "10.0.0.0/8".
-func ParseProxy(s string) (netip.Prefix, error) {
+// parseProxy accepts "10.0.0.1" or "10.0.0.0/8".
+func parseProxy(s string) (netip.Prefix, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
 		return p.Masked(), nil
 	}

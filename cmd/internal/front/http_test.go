@@ -89,3 +89,31 @@ func TestTrustProxies(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		set  func(*Config)
+		want string
+	}{
+		{"default", func(*Config) {}, ""},
+		{"listen without port", func(c *Config) { c.Listen = "8470" }, `server.listen: must be host:port such as ":8470" or "127.0.0.1:8470", got "8470"`},
+		{"listen bad port", func(c *Config) { c.Listen = ":http-ish" }, `server.listen: port must be a number from 0 to 65535, got ":http-ish"`},
+		{"key without cert", func(c *Config) { c.TLS.KeyFile = "k.pem" }, `server.tls.cert_file: must be set when server.tls.key_file is, got ""`},
+		{"header timeout", func(c *Config) { c.HTTP.HeaderTimeout = 0 }, "server.http.header_timeout: must be at least 1s, got 0s"},
+		{"trusted proxy", func(c *Config) { c.TrustedProxies = []string{"10.0.0.0/8", "nginx"} }, `server.trusted_proxies: must be IP addresses or CIDR prefixes, got "nginx"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tt.set(&c)
+			got := ""
+			if err := c.Validate(); err != nil {
+				got = err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("Validate() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

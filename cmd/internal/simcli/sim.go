@@ -1,7 +1,7 @@
 // Package simcli is `meridian sim`: flags, token provisioning, the run and
-// its report around the fleet simulator (firmware-sim). Reading the store
-// back for --verify is the caller's StoreQuery, so this package opens no
-// store itself.
+// its report around the fleet simulator (firmware-sim). Opening the store
+// for --verify is the caller's StoreOpener, so this package opens no store
+// itself; it only reads it back.
 package simcli
 
 import (
@@ -18,17 +18,43 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/meridian-iot/meridian/cmd/internal/conf"
 	sim "github.com/meridian-iot/meridian/firmware-sim"
+	"github.com/meridian-iot/meridian/storage"
 )
 
-// StoreQuery opens the configured store (the same config, env and flags as
-// serve) for --verify and returns how to query it and how to close it.
-type StoreQuery func(c *cobra.Command, stderr io.Writer) (sim.QueryFunc, func(), error)
+// StoreOpener opens the configured store (the same config, env and flags as
+// serve) for --verify, ready to query, and returns how to close it.
+type StoreOpener func(c *cobra.Command, stderr io.Writer) (Querier, func(), error)
+
+// Querier runs one read-only SQL statement: the store's side of
+// queryapi.Reader, the path `meridian query` takes.
+type Querier interface {
+	Query(ctx context.Context, sql string, opts storage.QueryOptions) (storage.QueryResult, error)
+}
+
+// Bounds of reading the store back for --verify.
+const (
+	// verifyTimeout bounds the whole verification after the run, which may
+	// read millions of readings.
+	verifyTimeout = 10 * time.Minute
+	// verifyQueryTimeout bounds one verification statement (one chunk of
+	// devices' readings) on the configured store.
+	verifyQueryTimeout = 2 * time.Minute
+	// verifyHTTPTimeout bounds one GET /v1/query with --verify-via http.
+	verifyHTTPTimeout = 5 * time.Minute
+	// verifyMaxRows is the row cap of one verification statement, well past
+	// one chunk of devices' readings: a truncated answer would make
+	// verification lie, so it fails instead.
+	verifyMaxRows = 50_000_000
+	// provisionTimeout bounds one provisioning request to the server.
+	provisionTimeout = 30 * time.Second
+)
 
 // NewCommand is `meridian sim`: the device fleet simulator (firmware-sim).
-func NewCommand(stdout, stderr io.Writer, store StoreQuery) *cobra.Command {
+func NewCommand(stdout, stderr io.Writer, store StoreOpener) *cobra.Command {
 	cfg := sim.DefaultConfig()
 	var (
 		server, apiKey, provKey, tokensPath, reportJSON, verifyVia string
@@ -108,17 +134,22 @@ or the server's /v1/query with --verify-via http.`,
 	f.DurationVar(&cfg.BackoffMax, "backoff-max", cfg.BackoffMax, "reconnect backoff cap")
 	f.DurationVar(&cfg.TryLater, "try-later", cfg.TryLater, "extra wait after close 1013 or HTTP 429")
 
-	f.BoolVar(&chaosAll, "chaos", false, "turn on every kind of chaos at moderate rates (individual --chaos-* flags override)")
-	f.DurationVar(&cfg.Chaos.DisconnectEvery, "chaos-disconnect", 0, "mean time between random disconnects per device (0: off)")
-	f.DurationVar(&cfg.Chaos.StallEvery, "chaos-stall", 0, "mean time between stalls (device stops reading) per device (0: off)")
-	f.DurationVar(&cfg.Chaos.StallFor, "chaos-stall-for", cfg.Chaos.StallFor, "how long a stall lasts")
-	f.DurationVar(&cfg.Chaos.ClockSkew, "chaos-skew", 0, "device clocks off by up to ± this (at most 30m)")
-	f.Float64Var(&cfg.Chaos.InvalidShare, "chaos-invalid", 0, "share of devices sending invalid readings (0..1)")
-	f.Float64Var(&cfg.Chaos.MalformedShare, "chaos-malformed", 0, "share of devices sending undecodable frames (0..1)")
-	f.DurationVar(&cfg.Chaos.MalformedEvery, "chaos-malformed-every", cfg.Chaos.MalformedEvery, "mean time between undecodable frames per such device")
-	f.DurationVar(&cfg.Chaos.RebootEvery, "chaos-reboot", 0, "mean time between reboots (seq counter lost) per device (0: off)")
-	f.BoolVar(&cfg.Chaos.NaiveReboot, "chaos-naive-reboot", false, "after a reboot restart seq at hello.acked+1 (naive firmware) instead of skipping a ring's worth")
+	chaosFlags(f, &cfg.Chaos, &chaosAll)
 	return cmd
+}
+
+// chaosFlags registers --chaos and the --chaos-* flags.
+func chaosFlags(f *pflag.FlagSet, ch *sim.Chaos, all *bool) {
+	f.BoolVar(all, "chaos", false, "turn on every kind of chaos at moderate rates (individual --chaos-* flags override)")
+	f.DurationVar(&ch.DisconnectEvery, "chaos-disconnect", 0, "mean time between random disconnects per device (0: off)")
+	f.DurationVar(&ch.StallEvery, "chaos-stall", 0, "mean time between stalls (device stops reading) per device (0: off)")
+	f.DurationVar(&ch.StallFor, "chaos-stall-for", ch.StallFor, "how long a stall lasts")
+	f.DurationVar(&ch.ClockSkew, "chaos-skew", 0, "device clocks off by up to ± this (at most 30m)")
+	f.Float64Var(&ch.InvalidShare, "chaos-invalid", 0, "share of devices sending invalid readings (0..1)")
+	f.Float64Var(&ch.MalformedShare, "chaos-malformed", 0, "share of devices sending undecodable frames (0..1)")
+	f.DurationVar(&ch.MalformedEvery, "chaos-malformed-every", ch.MalformedEvery, "mean time between undecodable frames per such device")
+	f.DurationVar(&ch.RebootEvery, "chaos-reboot", 0, "mean time between reboots (seq counter lost) per device (0: off)")
+	f.BoolVar(&ch.NaiveReboot, "chaos-naive-reboot", false, "after a reboot restart seq at hello.acked+1 (naive firmware) instead of skipping a ring's worth")
 }
 
 // applyChaosPreset sets moderate chaos for every --chaos-* flag not given.
@@ -143,7 +174,7 @@ type simIO struct {
 
 type simAccess struct {
 	apiKey, provKey, tokens, reportJSON, verifyVia string
-	store                                          StoreQuery
+	store                                          StoreOpener
 }
 
 func runSim(c *cobra.Command, cfg sim.Config, out simIO, acc simAccess) error {
@@ -189,7 +220,7 @@ func runSim(c *cobra.Command, cfg sim.Config, out simIO, acc simAccess) error {
 	if cfg.Verify {
 		// The run's own context may be cancelled (Ctrl-C ends generation);
 		// verification still gets its chance, bounded.
-		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
 		defer cancel()
 		res, err := fleet.Verify(vctx, query)
 		if err != nil {
@@ -240,7 +271,7 @@ func simTokens(ctx context.Context, cfg sim.Config, acc simAccess) (map[string]s
 		return nil, conf.UsageError{Err: fmt.Errorf("%d devices have no token: give --tokens FILE, or MERIDIAN_API_KEY (admin) or MERIDIAN_DEVICES_PROVISIONING_KEY to provision them", len(missing))}
 	}
 	p := sim.Provisioner{
-		Client:   &http.Client{Timeout: 30 * time.Second},
+		Client:   &http.Client{Timeout: provisionTimeout},
 		BaseURL:  cfg.URL,
 		AdminKey: acc.apiKey, ProvisioningKey: acc.provKey,
 		Concurrency: 16,
@@ -269,7 +300,21 @@ func simVerifier(c *cobra.Command, cfg sim.Config, acc simAccess, stderr io.Writ
 		if acc.apiKey == "" {
 			return nil, nil, conf.UsageError{Err: errors.New("--verify-via http needs an API key: set MERIDIAN_API_KEY or --api-key")}
 		}
-		return sim.HTTPQuery(&http.Client{Timeout: 5 * time.Minute}, cfg.URL, acc.apiKey), func() {}, nil
+		return sim.HTTPQuery(&http.Client{Timeout: verifyHTTPTimeout}, cfg.URL, acc.apiKey), func() {}, nil
 	}
-	return acc.store(c, stderr)
+	st, closeStore, err := acc.store(c, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	q := func(ctx context.Context, sql string) ([][]any, error) {
+		res, err := st.Query(ctx, sql, storage.QueryOptions{Timeout: verifyQueryTimeout, MaxRows: verifyMaxRows})
+		if err != nil {
+			return nil, err
+		}
+		if res.Truncated {
+			return nil, fmt.Errorf("answer truncated at %d rows", len(res.Rows))
+		}
+		return res.Rows, nil
+	}
+	return q, closeStore, nil
 }
