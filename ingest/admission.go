@@ -66,9 +66,17 @@ const (
 	// assumedHandshake is the handshake time assumed before one has been
 	// measured: 20 ms (several store round trips under load).
 	assumedHandshake = 20 * time.Millisecond
-	// retryAfterMax caps the Retry-After given; past a minute a device's
-	// own backoff is the better judge.
-	retryAfterMax = 60 * time.Second
+	// retryAfterMax caps the Retry-After given. A promise is never
+	// revised, and the first refusals of a storm are made while the
+	// restarted node is coldest (pools connecting, caches empty), so their
+	// rate estimate is the worst of the storm: with a 60 s cap a 19,000-
+	// device storm on 2 cores ran at 2,000 handshakes/s for a few seconds
+	// and then at tens per second for a minute while refused devices sat
+	// out their promises (docs/benchmarks.md, "19,000 devices"). 15 s
+	// covers the 10 s recovery target's whole fleet at any rate the target
+	// needs; a device that returns too early is refused again with a
+	// fresh estimate, which costs the node no store work.
+	retryAfterMax = 15 * time.Second
 	// tookWeight is the weight of one handshake in the moving average of
 	// handshake time: ~1/64 follows a storm's changing cost within a few
 	// hundred handshakes without jumping on one slow one.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/meridian-iot/meridian/ingest/telemetry"
 )
@@ -24,6 +25,8 @@ type memStore struct {
 	// if any batch of the call matches: a store refusing one batch's data.
 	refuse func(telemetry.Batch) bool
 	gate   chan struct{} // when non-nil, Commit waits for a receive... close to release
+	// watermarkReads counts Watermark calls (one per handshake, issue 13).
+	watermarkReads atomic.Int64
 }
 
 func newMemStore() *memStore {
@@ -67,6 +70,7 @@ func (m *memStore) Commit(ctx context.Context, batches []telemetry.Batch) ([]tel
 }
 
 func (m *memStore) Watermark(_ context.Context, device string) (uint64, error) {
+	m.watermarkReads.Add(1)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.failing {

@@ -88,7 +88,13 @@ type pipeline struct {
 	pendMu  sync.Mutex
 	pending map[string]int
 	idle    map[string]chan struct{}
-	wg      sync.WaitGroup // writer goroutines
+	// gens counts submissions per bucket of devices (by hash of the id),
+	// under pendMu, so a handshake can tell that a device had nothing
+	// submitted since it read the watermark and reuse that read for hello
+	// (idleMark). A fixed array, not a map per device: it never grows, and
+	// two devices sharing a bucket only cost an extra watermark read.
+	gens [genBuckets]uint64
+	wg   sync.WaitGroup // writer goroutines
 
 	committed func(telemetry.Batch)
 }
@@ -170,12 +176,14 @@ func (p *pipeline) submit(ctx context.Context, b telemetry.Batch, done func(tele
 		return errShuttingDown
 	}
 	it := &item{batch: b, weight: w, done: done}
+	h := maphash.String(p.seed, b.Device)
 	p.inflight.Add(1)
 	p.pendMu.Lock()
 	p.pending[b.Device]++
+	p.gens[h%genBuckets]++
 	p.pendMu.Unlock()
 	p.m.queueReadings.Add(float64(w))
-	shard := p.shards[maphash.String(p.seed, b.Device)%uint64(len(p.shards))]
+	shard := p.shards[h%uint64(len(p.shards))]
 	shard <- it
 	return nil
 }
@@ -425,6 +433,40 @@ func (p *pipeline) waitIdle(ctx context.Context, device string) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// genBuckets sizes pipeline.gens: 4,096 counters (32 KiB). A bucket shared
+// with a device that submits meanwhile only costs a second watermark read.
+const genBuckets = 4096
+
+// idleMark records that a device had nothing in the pipeline, and its
+// bucket's submission count, at one instant (ok false: it had something).
+type idleMark struct {
+	gen uint64
+	ok  bool
+}
+
+// markIdle takes an idleMark for device. Take it before reading the
+// watermark: if stillIdle later holds, every batch of the device ever
+// submitted had finished (committed or failed) before that read, so the
+// value read is exactly what waitIdle followed by a fresh read would give.
+func (p *pipeline) markIdle(device string) idleMark {
+	h := maphash.String(p.seed, device)
+	p.pendMu.Lock()
+	defer p.pendMu.Unlock()
+	return idleMark{gen: p.gens[h%genBuckets], ok: p.pending[device] == 0}
+}
+
+// stillIdle reports whether m was taken while device was idle and nothing
+// was submitted for it (or for a device sharing its bucket) since.
+func (p *pipeline) stillIdle(device string, m idleMark) bool {
+	if !m.ok {
+		return false
+	}
+	h := maphash.String(p.seed, device)
+	p.pendMu.Lock()
+	defer p.pendMu.Unlock()
+	return p.pending[device] == 0 && p.gens[h%genBuckets] == m.gen
 }
 
 // drain stops intake, lets writers commit everything queued, and waits for

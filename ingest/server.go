@@ -455,6 +455,12 @@ func (s *Server) hello(ctx context.Context, device, session string) (wire.Hello,
 	if err != nil {
 		return wire.Hello{}, fmt.Errorf("read watermark: %w", err)
 	}
+	return s.helloWith(device, session, acked), nil
+}
+
+// helloWith builds hello with acked, a watermark read once the device had
+// nothing in the pipeline.
+func (s *Server) helloWith(device, session string, acked uint64) wire.Hello {
 	return wire.Hello{
 		Type:      wire.TypeHello,
 		Device:    device,
@@ -464,7 +470,7 @@ func (s *Server) hello(ctx context.Context, device, session string) (wire.Hello,
 		MaxBatch:  s.cfg.MaxBatch,
 		MaxFrame:  s.cfg.MaxFrame,
 		Heartbeat: int(s.cfg.Heartbeat / time.Second),
-	}, nil
+	}
 }
 
 func (s *Server) limits() wire.Limits {

@@ -578,7 +578,14 @@ func TestTakeoverWaitsForInFlight(t *testing.T) {
 	c1, _ := ts.dial("tok-tw")
 	ts.store.stall()
 	c1.send(batch(7, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}))
-	time.Sleep(50 * time.Millisecond)
+	// Wait until the batch is in the (stalled) pipeline: a fixed sleep was
+	// sometimes too short on a loaded machine, and a takeover before the
+	// server read the batch rightly answers acked 0.
+	for deadline := time.Now().Add(5 * time.Second); !ts.srv.pipeHolds("tw"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("batch never reached the pipeline")
+		}
+	}
 	type res struct {
 		h wire.Hello
 	}

@@ -206,14 +206,15 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sessID := newID()
-	if !s.storageReachable(w, r, device) {
-		return
-	}
-	conn, pre, ok := s.upgradeDevice(w, r, device)
+	pre, ok := s.readWatermark(w, r, device)
 	if !ok {
 		return
 	}
-	sess := s.newSession(conn, pre, sessID, device, r.RemoteAddr)
+	conn, buffered, ok := s.upgradeDevice(w, r, device)
+	if !ok {
+		return
+	}
+	sess := s.newSession(conn, buffered, sessID, device, r.RemoteAddr)
 	old, ok := s.register(sess)
 	if !ok {
 		sess.close(wsconn.Error{Code: wire.CloseGoingAway, Kind: "shutdown", Reason: "server shutting down"})
@@ -226,7 +227,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// this handler returns now and net/http drops its per-connection state.
 	// The handshake slot passes to that goroutine.
 	handshaking = false
-	go s.startSession(sess, old, release)
+	go s.startSession(sess, old, pre, release)
 }
 
 // admitHandshake answers 503 while draining or at a capacity limit, and
@@ -270,20 +271,30 @@ func (s *Server) rejectRateLimited(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// storageReachable checks storage before the upgrade: if it is down the
-// device gets a plain 503 and retries. (The watermark is read again for
-// hello in startSession.)
-func (s *Server) storageReachable(w http.ResponseWriter, r *http.Request, device string) bool {
+// preRead is the watermark read before the upgrade, with the pipeline's
+// idle mark taken just before it: hello reuses it when the device had
+// nothing submitted since (helloAfterIdle).
+type preRead struct {
+	acked uint64
+	mark  idleMark
+}
+
+// readWatermark reads the device's watermark before the upgrade: if
+// storage is down the device gets a plain 503 and retries, and in the
+// common case (nothing of the device in the pipeline meanwhile) the value
+// read is hello.acked, so a handshake costs one watermark read.
+func (s *Server) readWatermark(w http.ResponseWriter, r *http.Request, device string) (preRead, bool) {
+	mark := s.pipe.markIdle(device) // before the read: see markIdle
 	hctx, cancel := context.WithTimeout(r.Context(), s.cfg.HandshakeTimeout)
-	_, err := s.store.Watermark(hctx, device)
+	acked, err := s.store.Watermark(hctx, device)
 	cancel()
 	if err != nil {
 		s.m.handshakes.WithLabelValues("error").Inc()
 		s.log.Warn("device hello", "device", device, "err", err)
 		http.Error(w, "storage unavailable, retry later", http.StatusServiceUnavailable)
-		return false
+		return preRead{}, false
 	}
-	return true
+	return preRead{acked: acked, mark: mark}, true
 }
 
 // upgradeDevice upgrades to the device subprotocol and returns the socket
@@ -333,7 +344,7 @@ func (s *Server) newSession(conn net.Conn, pre []byte, sessID, device, remote st
 
 // startSession sends hello and starts the core's reader; it returns as
 // soon as the session runs, so an idle session holds no goroutine.
-func (s *Server) startSession(sess *session, old *session, release func()) {
+func (s *Server) startSession(sess *session, old *session, pre preRead, release func()) {
 	device, sessID := sess.device, sess.id
 	s.recordOpen(sess)
 	sess.markOpened()
@@ -341,12 +352,13 @@ func (s *Server) startSession(sess *session, old *session, release func()) {
 	// hello.acked must cover every batch an earlier session of this device
 	// (or an HTTP post) already put into the pipeline: otherwise a device
 	// that lost its counter and restarts at acked+1 would have new readings
-	// judged duplicates. So: let a taken-over session's reader finish, wait
-	// until the device has nothing in the pipeline, then read the
-	// watermark. Commands are refused as offline until hello is queued
-	// (helloSent), so hello is the first data frame.
+	// judged duplicates. So: let a taken-over session's reader finish, then
+	// use the watermark read before the upgrade if nothing of the device
+	// entered the pipeline since, or else wait until the device has nothing
+	// in the pipeline and read it again. Commands are refused as offline
+	// until hello is queued (helloSent), so hello is the first data frame.
 	hctx, cancel := context.WithTimeout(s.closingAll, s.cfg.HandshakeTimeout)
-	hello, err := s.helloAfterIdle(hctx, old, device, sessID)
+	hello, err := s.helloAfterIdle(hctx, old, pre, device, sessID)
 	cancel()
 	release() // this handshake is over
 	if err != nil {
@@ -471,9 +483,12 @@ func (sess *session) Closed(e wsconn.Error) {
 	sess.presenceMu.Unlock()
 }
 
-// helloAfterIdle waits for old's reader (if a takeover happened) and for
-// the device's pipeline items to finish, then builds hello.
-func (s *Server) helloAfterIdle(ctx context.Context, old *session, device, sessID string) (wire.Hello, error) {
+// helloAfterIdle waits for old's reader (if a takeover happened), then
+// builds hello: from pre when the device had nothing in the pipeline when
+// pre was read and nothing was submitted since — once old's reader has
+// stopped, nothing of an earlier session can still enter — and otherwise
+// after the device's pipeline items finished, from a fresh read.
+func (s *Server) helloAfterIdle(ctx context.Context, old *session, pre preRead, device, sessID string) (wire.Hello, error) {
 	if old != nil {
 		select {
 		case <-old.conn.ReadStopped():
@@ -481,8 +496,8 @@ func (s *Server) helloAfterIdle(ctx context.Context, old *session, device, sessI
 			return wire.Hello{}, fmt.Errorf("wait for the previous session: %w", ctx.Err())
 		}
 	}
-	if err := s.pipe.waitIdle(ctx, device); err != nil {
-		return wire.Hello{}, fmt.Errorf("wait for in-flight batches: %w", err)
+	if s.pipe.stillIdle(device, pre.mark) {
+		return s.helloWith(device, sessID, pre.acked), nil
 	}
 	return s.hello(ctx, device, sessID)
 }

@@ -102,7 +102,9 @@ func scanDevice(sc scanner) (storage.Device, error) {
 
 // GetDevice returns a registry record; storage.ErrNotFound if absent.
 func (s *Store) GetDevice(ctx context.Context, id string) (storage.Device, error) {
-	d, err := scanDevice(s.r.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE device = ?`, id))
+	// Prepared (lookups.go): an uncached handshake authenticates through
+	// here, so a reconnect storm runs it thousands of times a second.
+	d, err := scanDevice(s.queryRow(ctx, `SELECT `+deviceCols+` FROM devices WHERE device = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("device %s: %w", id, storage.ErrNotFound)
 	}
