@@ -51,6 +51,7 @@ type admission struct {
 	// completions of a storm on, unlike a rate counted over seconds.
 	took      time.Duration
 	returning secondCounts // refused handshakes, by the second told to return
+	done      secondCounts // completed handshakes, by the second they completed in
 }
 
 const (
@@ -77,6 +78,16 @@ const (
 	// needs; a device that returns too early is refused again with a
 	// fresh estimate, which costs the node no store work.
 	retryAfterMax = 15 * time.Second
+	// returnOptimism books refused devices' returns at this multiple of the
+	// measured rate. Most refusals happen in a storm's first seconds, when
+	// the just-started node measures its worst handshake time (pools
+	// connecting, caches cold, the whole fleet arriving at once), and a
+	// promise is never revised: booked at that rate, the fleet came back
+	// over twice the time the warm node needed (a 19,000-device storm: the
+	// node served ~18,700 within 8 s and the rest trickled in until the
+	// cap). Erring early costs a device at most one more refusal, which
+	// does no store work; erring late leaves the node idle.
+	returnOptimism = 2
 	// tookWeight is the weight of one handshake in the moving average of
 	// handshake time: ~1/64 follows a storm's changing cost within a few
 	// hundred handshakes without jumping on one slow one.
@@ -140,9 +151,11 @@ func (a *admission) releaser() func() {
 		if done.Swap(true) {
 			return
 		}
-		d := a.now().Sub(start)
+		now := a.now()
+		d := now.Sub(start)
 		a.mu.Lock()
 		a.took += time.Duration(float64(d-a.took) * tookWeight)
+		a.done.add(now.Unix(), 1)
 		a.mu.Unlock()
 		<-a.slots
 	}
@@ -164,6 +177,11 @@ func (a *admission) refuse() time.Duration {
 	maxSec := int64(retryAfterMax / time.Second)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// slots/took is the rate by Little's law while every slot is busy, but
+	// in a storm took also holds the wait for a CPU crowded by the fleet's
+	// own connects and the refusals: handshakes completed in the last full
+	// second is the rate the node really had, when that is higher.
+	r = max(r, float64(a.done.sum(sec-1, sec-1))) * returnOptimism
 	// Devices already told to come back, plus those waiting, plus this one:
 	// at rate r they need this many seconds.
 	backlog := a.returning.sum(sec+1, sec+maxSec) + a.waiting.Load() + 1

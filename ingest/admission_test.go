@@ -173,7 +173,7 @@ func TestAdmissionRetryAfterSpreadsTheStorm(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			a, _ := newTestAdmission(c.slots, c.took, 0, 0)
-			rate := a.rate()
+			rate := a.rate() * returnOptimism // returns are booked optimistically
 			perSecond := map[int64]int{}
 			for range c.refused {
 				ra := a.refuse()
