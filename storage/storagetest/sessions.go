@@ -77,12 +77,19 @@ func testSessionGroups(t *testing.T, newStore NewStore) {
 			t.Fatalf("%s last_seen = %v, %v; want %v", dev, d.LastSeen, err, want)
 		}
 	}
+	testSessionGroupsLater(t, b, now, wantSeen["grp-1"])
+}
+
+// testSessionGroupsLater goes on from testSessionGroups' state: an older
+// group leaves last_seen alone, and a storm-sized group is one call.
+func testSessionGroupsLater(t *testing.T, b Backend, now, grp1Seen time.Time) {
+	ctx := ctxFor(t)
 	// An older group never moves last_seen back.
 	old := storage.SessionGroup{Opened: []storage.Session{{ID: "g-old", DeviceID: "grp-1", Transport: "ws", StartedAt: now.Add(-time.Hour)}}}
 	if err := b.RecordSessions(ctx, old); err != nil {
 		t.Fatalf("RecordSessions (old): %v", err)
 	}
-	if d, err := b.GetDevice(ctx, "grp-1"); err != nil || d.LastSeen == nil || !d.LastSeen.Equal(wantSeen["grp-1"]) {
+	if d, err := b.GetDevice(ctx, "grp-1"); err != nil || d.LastSeen == nil || !d.LastSeen.Equal(grp1Seen) {
 		t.Fatalf("grp-1 last_seen after an older group = %v, %v", d.LastSeen, err)
 	}
 	// A large group (a reconnect storm's worth) is one call.

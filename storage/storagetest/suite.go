@@ -611,30 +611,7 @@ func testSeries(t *testing.T, newStore NewStore) {
 		if len(s.Points) == 0 || len(s.Points) > c.points {
 			t.Fatalf("%s: %d points, want 1..%d", c.name, len(s.Points), c.points)
 		}
-		var count int64
-		hi, lo := math.Inf(-1), math.Inf(1)
-		for i, p := range s.Points {
-			if i > 0 && !p.Time.After(s.Points[i-1].Time) {
-				t.Fatalf("%s: points not ascending at %d", c.name, i)
-			}
-			if !p.Time.Before(req.To) || p.Time.Before(req.From.Add(-s.Bucket)) {
-				t.Fatalf("%s: point time %v outside [%v, %v)", c.name, p.Time, req.From, req.To)
-			}
-			if p.Min > p.Avg+1e-9 || p.Avg > p.Max+1e-9 || p.Last < p.Min || p.Last > p.Max {
-				t.Fatalf("%s: inconsistent point %+v", c.name, p)
-			}
-			count += p.Count
-			hi, lo = math.Max(hi, p.Max), math.Min(lo, p.Min)
-		}
-		if count != int64(len(rs)) {
-			t.Errorf("%s: counts sum to %d, want %d", c.name, count, len(rs))
-		}
-		if hi != 1000 || lo != -1000 {
-			t.Errorf("%s: spikes lost in downsampling: max %v min %v, want 1000 and -1000", c.name, hi, lo)
-		}
-		if last := s.Points[len(s.Points)-1].Last; !near(last, rs[len(rs)-1].Value) {
-			t.Errorf("%s: last value %v, want %v", c.name, last, rs[len(rs)-1].Value)
-		}
+		checkDownsampled(t, c.name, req, s, rs)
 	}
 
 	// Unknown names give an empty series, not an error.
@@ -649,6 +626,38 @@ func testSeries(t *testing.T, newStore NewStore) {
 		if len(s.Points) != 0 {
 			t.Fatalf("Series(%s/%s): %d points, want 0", r.Device, r.Metric, len(s.Points))
 		}
+	}
+}
+
+// checkDownsampled checks a rollup-sourced series against the raw readings
+// it summarises: points ascending inside the requested window, each point
+// consistent (min <= avg <= max, last within), counts adding up to every
+// reading, the spikes kept and the last value the last reading's.
+func checkDownsampled(t *testing.T, name string, req storage.SeriesRequest, s storage.Series, rs []telemetry.Reading) {
+	t.Helper()
+	var count int64
+	hi, lo := math.Inf(-1), math.Inf(1)
+	for i, p := range s.Points {
+		if i > 0 && !p.Time.After(s.Points[i-1].Time) {
+			t.Fatalf("%s: points not ascending at %d", name, i)
+		}
+		if !p.Time.Before(req.To) || p.Time.Before(req.From.Add(-s.Bucket)) {
+			t.Fatalf("%s: point time %v outside [%v, %v)", name, p.Time, req.From, req.To)
+		}
+		if p.Min > p.Avg+1e-9 || p.Avg > p.Max+1e-9 || p.Last < p.Min || p.Last > p.Max {
+			t.Fatalf("%s: inconsistent point %+v", name, p)
+		}
+		count += p.Count
+		hi, lo = math.Max(hi, p.Max), math.Min(lo, p.Min)
+	}
+	if count != int64(len(rs)) {
+		t.Errorf("%s: counts sum to %d, want %d", name, count, len(rs))
+	}
+	if hi != 1000 || lo != -1000 {
+		t.Errorf("%s: spikes lost in downsampling: max %v min %v, want 1000 and -1000", name, hi, lo)
+	}
+	if last := s.Points[len(s.Points)-1].Last; !near(last, rs[len(rs)-1].Value) {
+		t.Errorf("%s: last value %v, want %v", name, last, rs[len(rs)-1].Value)
 	}
 }
 
