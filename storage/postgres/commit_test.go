@@ -41,12 +41,7 @@ var flushShapes = []struct{ devices, per int }{
 func BenchmarkCommitInsertVsCopy(b *testing.B) {
 	for _, shape := range flushShapes {
 		b.Run(fmt.Sprintf("readings=%d", shape.devices*shape.per), func(b *testing.B) {
-			s := openTestStore(b, newTestDB(b), storage.Retention{})
-			ctx := context.Background()
-			base := time.Now().Add(-time.Minute)
-			if _, err := s.Commit(ctx, benchFlush(shape.devices, shape.per, 1, base)); err != nil {
-				b.Fatal(err)
-			}
+			s, ctx, base := warmBenchStore(b, shape.devices, shape.per)
 			var took [2]time.Duration
 			seq := uint64(2)
 			for b.Loop() {
@@ -81,12 +76,7 @@ func BenchmarkCommitInsertVsCopy(b *testing.B) {
 func BenchmarkCommitSmall(b *testing.B) {
 	for _, shape := range flushShapes[1:3] {
 		b.Run(fmt.Sprintf("readings=%d", shape.devices*shape.per), func(b *testing.B) {
-			s := openTestStore(b, newTestDB(b), storage.Retention{})
-			ctx := context.Background()
-			base := time.Now().Add(-time.Minute)
-			if _, err := s.Commit(ctx, benchFlush(shape.devices, shape.per, 1, base)); err != nil {
-				b.Fatal(err)
-			}
+			s, ctx, base := warmBenchStore(b, shape.devices, shape.per)
 			flushes := make([][]telemetry.Batch, b.N)
 			for i := range flushes {
 				flushes[i] = benchFlush(shape.devices, shape.per, uint64(i+2), base)

@@ -521,13 +521,7 @@ var benchShapes = []struct{ devices, per int }{
 func BenchmarkCopyFromCeiling(b *testing.B) {
 	for _, shape := range benchShapes {
 		b.Run(fmt.Sprintf("readings=%d", shape.devices*shape.per), func(b *testing.B) {
-			s := openTestStore(b, newTestDB(b), storage.Retention{})
-			ctx := context.Background()
-			base := time.Now().Add(-time.Minute)
-			// Register names once, as a warmed-up store would have them.
-			if _, err := s.Commit(ctx, benchFlush(shape.devices, shape.per, 1, base)); err != nil {
-				b.Fatal(err)
-			}
+			s, ctx, base := warmBenchStore(b, shape.devices, shape.per)
 			rows := make([][]any, 0, shape.devices*shape.per)
 			for _, bt := range benchFlush(shape.devices, shape.per, 2, base) {
 				dev, _ := s.deviceIDs.Load(bt.Device)
@@ -556,12 +550,7 @@ func BenchmarkCopyFromCeiling(b *testing.B) {
 func BenchmarkCommit(b *testing.B) {
 	for _, shape := range benchShapes {
 		b.Run(fmt.Sprintf("readings=%d", shape.devices*shape.per), func(b *testing.B) {
-			s := openTestStore(b, newTestDB(b), storage.Retention{})
-			ctx := context.Background()
-			base := time.Now().Add(-time.Minute)
-			if _, err := s.Commit(ctx, benchFlush(shape.devices, shape.per, 1, base)); err != nil {
-				b.Fatal(err)
-			}
+			s, ctx, base := warmBenchStore(b, shape.devices, shape.per)
 			flushes := make([][]telemetry.Batch, 0, 64)
 			seq := uint64(2)
 			b.ResetTimer()
@@ -682,12 +671,7 @@ func TestMigrateDisabled(t *testing.T) {
 func BenchmarkCommitVsCeiling(b *testing.B) {
 	for _, shape := range benchShapes {
 		b.Run(fmt.Sprintf("readings=%d", shape.devices*shape.per), func(b *testing.B) {
-			s := openTestStore(b, newTestDB(b), storage.Retention{})
-			ctx := context.Background()
-			base := time.Now().Add(-time.Minute)
-			if _, err := s.Commit(ctx, benchFlush(shape.devices, shape.per, 1, base)); err != nil {
-				b.Fatal(err)
-			}
+			s, ctx, base := warmBenchStore(b, shape.devices, shape.per)
 			var rows [][]any
 			for _, bt := range benchFlush(shape.devices, shape.per, 2, base) {
 				dev, _ := s.deviceIDs.Load(bt.Device)
@@ -722,4 +706,19 @@ func BenchmarkCommitVsCeiling(b *testing.B) {
 			b.ReportMetric(ceiling.Seconds()/commit.Seconds(), "commit/ceiling")
 		})
 	}
+}
+
+// warmBenchStore opens a store on a fresh test database and commits one
+// flush of the benchmark's shape first, so its device and metric names are
+// registered as in a warmed-up server; the timed flushes then start at seq 2
+// from base.
+func warmBenchStore(b *testing.B, devices, per int) (*Store, context.Context, time.Time) {
+	b.Helper()
+	s := openTestStore(b, newTestDB(b), storage.Retention{})
+	ctx := context.Background()
+	base := time.Now().Add(-time.Minute)
+	if _, err := s.Commit(ctx, benchFlush(devices, per, 1, base)); err != nil {
+		b.Fatal(err)
+	}
+	return s, ctx, base
 }
