@@ -291,15 +291,7 @@ func sample(tb testing.TB, s *meridiantest.Server) (m connBenchSample) {
 			m.goroutines = int(v)
 		}
 	}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.PID()))
-	if err == nil {
-		for _, line := range strings.Split(string(status), "\n") {
-			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-				m.rss = kb * 1024
-			}
-		}
-	}
+	m.rss = float64(procStatusKiB(s.PID(), "VmRSS")) * 1024
 	return m
 }
 
@@ -374,7 +366,7 @@ func connRun(tb testing.TB, srv *meridiantest.Server, tokens []string) connBench
 // the handshake cap) is retried after a short pause.
 func dialDevice(url, token string, retries *atomic.Int64) (net.Conn, io.Reader, error) {
 	for attempt := 0; ; attempt++ {
-		conn, rd, _, err := dialHello(context.Background(), url, token)
+		conn, rd, _, err := dialHello(context.Background(), url, token, &net.Dialer{})
 		if err != nil && attempt < 50 {
 			retries.Add(1)
 			time.Sleep(20 * time.Millisecond)

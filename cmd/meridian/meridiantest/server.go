@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +45,14 @@ type Options struct {
 	// StopTimeout is how long Stop waits after SIGTERM before it kills the
 	// process; 0 is 20 s (above serve's default shutdown grace).
 	StopTimeout time.Duration
+	// Respawn runs serve under a supervisor process, a shell loop that
+	// starts it again the moment it exits (as systemd's Restart= does,
+	// without RestartSec). Crash then kills serve alone and the supervisor
+	// restarts it; Stop and Kill end both. A restart benchmark needs this:
+	// the test process, busy with thousands of device goroutines woken by
+	// the kill, reaped the old process and executed the new one 1-3 s late,
+	// which no supervisor would.
+	Respawn bool
 }
 
 // Server is one `meridian serve` child process, started again (Start) on
@@ -161,6 +170,10 @@ func (s *Server) Launch(tb testing.TB) {
 		env = append(env, "MERIDIAN_DEVICES_ADMIN_KEY="+s.opts.AdminKey)
 	}
 	cmd := exec.Command(s.bin, "serve")
+	if s.opts.Respawn {
+		cmd = exec.Command("/bin/sh", "-c", respawnScript, "meridian-supervisor", s.bin, "serve")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	cmd.Env = CleanEnv(append(env, s.opts.Env...)...)
 	cmd.Dir = filepath.Dir(s.opts.DataDir) // relative paths stay in the test's dir
 	cmd.Stdout, cmd.Stderr = s.logs, s.logs
@@ -179,6 +192,17 @@ func (s *Server) Launch(tb testing.TB) {
 		s.addr = m[1]
 	}
 }
+
+// respawnScript is the supervisor of Options.Respawn: it restarts "$@"
+// whenever it exits, except with status 2 (serve's "bad configuration",
+// which a restart cannot fix); SIGTERM is passed on and ends the loop.
+const respawnScript = `trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; exit $?' TERM
+while :; do
+	"$@" & pid=$!
+	wait "$pid"
+	st=$?
+	[ "$st" -eq 2 ] && exit 2
+done`
 
 // CleanEnv is the environment for a child meridian: this process's
 // environment without any MERIDIAN_* variable (a developer's settings must
@@ -309,15 +333,42 @@ func (s *Server) Kill() {
 	if !s.running() {
 		return
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	if s.opts.Respawn {
+		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL) // the whole process group
+	} else {
+		_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	}
 	<-s.done
 	s.hc.CloseIdleConnections()
+}
+
+// Crash kills serve with SIGKILL and returns at once; the supervisor
+// (Options.Respawn, which Crash needs) starts it again as soon as the
+// kernel has reaped it. It returns the killed process's PID.
+func (s *Server) Crash(tb testing.TB) int {
+	tb.Helper()
+	if !s.opts.Respawn {
+		tb.Fatal("meridiantest: Crash needs Options.Respawn")
+	}
+	pid := s.PID()
+	if pid == 0 {
+		tb.Fatal("meridiantest: no meridian serve running under the supervisor")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		tb.Fatalf("kill meridian serve: %v", err)
+	}
+	return pid
 }
 
 // Signal sends sig to the running process.
 func (s *Server) Signal(sig os.Signal) error {
 	if s.cmd == nil {
 		return errors.New("meridian serve not started")
+	}
+	if s.opts.Respawn {
+		if pid := s.PID(); pid != 0 {
+			return syscall.Kill(pid, sig.(syscall.Signal))
+		}
 	}
 	return s.cmd.Process.Signal(sig)
 }
@@ -362,7 +413,17 @@ func (s *Server) DataDir() string { return s.opts.DataDir }
 func (s *Server) Bin() string { return s.bin }
 
 // PID is the running (or last) process's id.
-func (s *Server) PID() int { return s.cmd.Process.Pid }
+// Under a supervisor (Options.Respawn) it is serve's, 0 between a crash
+// and the restart.
+func (s *Server) PID() int {
+	if !s.opts.Respawn {
+		return s.cmd.Process.Pid
+	}
+	sup := s.cmd.Process.Pid
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", sup, sup))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
 
 // Logs is everything the server has written, over all its starts.
 func (s *Server) Logs() string { return s.logs.String() }
