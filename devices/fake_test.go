@@ -146,6 +146,11 @@ func (f *fakeRepo) LookupDeviceToken(_ context.Context, hash []byte) (storage.De
 	}
 	for _, t := range f.tokens {
 		if bytes.Equal(t.Hash, hash) || (f.loose && len(hash) > 0 && t.Hash[0] == hash[0]) {
+			d, ok := f.devices[t.DeviceID]
+			if !ok { // as the stores' join: a deleted device's tokens are gone
+				break
+			}
+			t.DeviceEnabled = d.Enabled
 			return t, nil
 		}
 	}

@@ -182,6 +182,10 @@ type DeviceToken struct {
 	DeviceID  string     `json:"device"`
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"` // set when rotated out (grace) or revoked
+	// DeviceEnabled is the device's enabled flag, read with the token by
+	// LookupDeviceToken so that authenticating a handshake is one query
+	// (a reconnect storm runs thousands a second); AddDeviceToken ignores it.
+	DeviceEnabled bool `json:"-"`
 }
 
 // APIKey is an operator key record; only the hash is stored.

@@ -199,14 +199,16 @@ func (s *Store) ExpireDeviceTokens(ctx context.Context, device string, keep []by
 	return nil
 }
 
-// LookupDeviceToken finds a token by hash, expired or not.
+// LookupDeviceToken finds a token by hash, expired or not, with its
+// device's enabled flag.
 func (s *Store) LookupDeviceToken(ctx context.Context, hash []byte) (storage.DeviceToken, error) {
 	var t storage.DeviceToken
 	if err := s.ready(); err != nil {
 		return t, err
 	}
-	err := s.pool.QueryRow(ctx, `SELECT hash, device, created_at, expires_at FROM device_tokens WHERE hash = $1`, hash).
-		Scan(&t.Hash, &t.DeviceID, &t.CreatedAt, &t.ExpiresAt)
+	err := s.pool.QueryRow(ctx, `SELECT t.hash, t.device, t.created_at, t.expires_at, d.enabled
+		FROM device_tokens t JOIN devices d USING (device) WHERE t.hash = $1`, hash).
+		Scan(&t.Hash, &t.DeviceID, &t.CreatedAt, &t.ExpiresAt, &t.DeviceEnabled)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, fmt.Errorf("look up token: %w", storage.ErrNotFound)
 	}

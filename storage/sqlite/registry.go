@@ -220,15 +220,17 @@ func nilIfEmpty(b []byte) any {
 	return b
 }
 
-// LookupDeviceToken finds a token by hash; storage.ErrNotFound if absent.
+// LookupDeviceToken finds a token by hash, with its device's enabled flag;
+// storage.ErrNotFound if absent.
 func (s *Store) LookupDeviceToken(ctx context.Context, hash []byte) (storage.DeviceToken, error) {
 	var (
 		t       storage.DeviceToken
 		created string
 		expires sql.NullString
 	)
-	err := s.queryRow(ctx, `SELECT hash, device, created_at, expires_at FROM device_tokens WHERE hash = ?`, hash).
-		Scan(&t.Hash, &t.DeviceID, &created, &expires)
+	err := s.queryRow(ctx, `SELECT t.hash, t.device, t.created_at, t.expires_at, d.enabled
+		FROM device_tokens t JOIN devices d USING (device) WHERE t.hash = ?`, hash).
+		Scan(&t.Hash, &t.DeviceID, &created, &expires, &t.DeviceEnabled)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("device token: %w", storage.ErrNotFound)
 	}

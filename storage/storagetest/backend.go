@@ -53,7 +53,8 @@ type Backend interface {
 	// ExpireDeviceTokens sets ExpiresAt=at on every token of the device that
 	// has none or a later one, except the token whose hash is keep (may be nil).
 	ExpireDeviceTokens(ctx context.Context, device string, keep []byte, at time.Time) error
-	// LookupDeviceToken finds a token by hash; storage.ErrNotFound if absent.
+	// LookupDeviceToken finds a token by hash, with its device's enabled
+	// flag; storage.ErrNotFound if absent.
 	LookupDeviceToken(ctx context.Context, hash []byte) (storage.DeviceToken, error)
 
 	AddAPIKey(ctx context.Context, k storage.APIKey) error

@@ -904,6 +904,23 @@ func testTokens(t *testing.T, newStore NewStore) {
 	if _, err := b.LookupDeviceToken(ctx, []byte("nope")); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("LookupDeviceToken(unknown): %v, want ErrNotFound", err)
 	}
+	// The lookup carries the device's enabled flag (one query per
+	// uncached handshake).
+	enabled := func(want bool) {
+		t.Helper()
+		if tok, err := b.LookupDeviceToken(ctx, []byte("h3")); err != nil || tok.DeviceEnabled != want {
+			t.Fatalf("LookupDeviceToken(h3).DeviceEnabled = %v, %v; want %v", tok.DeviceEnabled, err, want)
+		}
+	}
+	enabled(true)
+	if err := b.SetDeviceEnabled(ctx, "tok-2", false); err != nil {
+		t.Fatalf("SetDeviceEnabled: %v", err)
+	}
+	enabled(false)
+	if err := b.SetDeviceEnabled(ctx, "tok-2", true); err != nil {
+		t.Fatalf("SetDeviceEnabled: %v", err)
+	}
+	enabled(true)
 	// Rotation: keep h2, h1 gets a grace expiry.
 	grace := now.Add(time.Hour)
 	if err := b.ExpireDeviceTokens(ctx, "tok-1", []byte("h2"), grace); err != nil {
