@@ -276,7 +276,13 @@ func (s *server) buildHTTP() error {
 
 // listen binds server.listen (wrapped in TLS when configured).
 func (s *server) listen() error {
-	ln, err := net.Listen("tcp", s.cfg.Server.Listen)
+	// No TCP keep-alive on accepted connections: every long-lived stream
+	// has its own heartbeat (device ping/pong, /v1/live pings, SSE comment
+	// lines) and idle HTTP connections end at server.http.idle_timeout, so
+	// the four setsockopt calls per accept that net.Listen's default adds
+	// bought nothing and cost a reconnect storm 4 of its ~30 syscalls per
+	// handshake.
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", s.cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s (server.listen): %w", s.cfg.Server.Listen, err)
 	}
