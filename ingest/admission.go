@@ -55,15 +55,22 @@ type admission struct {
 }
 
 const (
-	// admissionMaxWait bounds how long a handshake waits for a slot: far
-	// enough under the 10 s default ingest.handshake_timeout (and typical
-	// client connect timeouts) that a waiter still completes, long enough
-	// to absorb the first second of a storm.
-	admissionMaxWait = 2 * time.Second
-	// admissionQueuePerSlot sizes the wait queue: 64 waiters per slot (2,048
-	// with 32 slots) is ~0.5-1 s of handshakes at 2,000-4,000/s; a waiter
-	// is a parked goroutine and an open socket the node holds anyway.
-	admissionQueuePerSlot = 64
+	// admissionMaxWait bounds how long a handshake waits for a slot: under
+	// the 10 s default ingest.handshake_timeout and the client libraries'
+	// 10 s dial timeout with room for the handshake itself, long enough
+	// that a restarted node serves the first seconds of a storm in order
+	// instead of refusing them.
+	admissionMaxWait = 4 * time.Second
+	// admissionQueuePerSlot sizes the wait queue: 256 waiters per slot
+	// (8,192 with 32 slots) is ~2-4 s of handshakes at 2,000-4,000/s. A
+	// waiter is a parked net/http handler, ~16 KiB with its buffers: at
+	// most ~130 MiB for the whole queue, paid only during a storm. Each
+	// waiter is a refusal avoided, and a refusal costs the node an accept,
+	// a parsed request and a 503, and costs the device a whole new
+	// connection later: with 64 per slot a 19,000-device storm answered
+	// ~15,000 503s and its fleet used a third more CPU (docs/benchmarks.md,
+	// "Waiting instead of refusing").
+	admissionQueuePerSlot = 256
 	// assumedHandshake is the handshake time assumed before one has been
 	// measured: 20 ms (several store round trips under load).
 	assumedHandshake = 20 * time.Millisecond
