@@ -37,10 +37,10 @@ import (
 
 // BenchmarkReconnectStorm measures how fast a whole fleet is back after its
 // server dies (issue 13): N devices connected to `meridian serve` (its own
-// process), the server SIGKILLed and started again on the same address,
-// every device reconnecting immediately, honouring
-// Retry-After on 503 and backing off on failed connects, as firmware does
-// (stormFleet). Reported: seconds from SIGKILL and from the restarted
+// process, under a supervisor that restarts it), the server SIGKILLed and
+// started again on the same address, every device reconnecting with the
+// protocol's backoff and honouring Retry-After on 503, as firmware and the
+// Go client do (stormFleet). Reported: seconds from SIGKILL and from the restarted
 // server's first accept until every device has its hello again, handshakes/s
 // over that time, 503s answered, the slowest /metrics scrape during the
 // storm, and session-open records lost (handshakes the restarted server
@@ -51,8 +51,10 @@ import (
 // Env: MERIDIAN_BENCH_STORM_N (devices, default 5000, at most 19000: both
 // processes need N+100 open files), MERIDIAN_BENCH_STORM_RUNS (default 3),
 // MERIDIAN_BENCH_STORM_BACKENDS (default "sqlite,postgres"),
-// MERIDIAN_BENCH_BIN (a prebuilt meridian binary, e.g. an older commit's, to
-// compare; otherwise one is built from this tree).
+// MERIDIAN_BENCH_STORM_BACKOFF (the fleet's reconnect backoff base,max;
+// default 50ms,1s; 1s,1m is the Go client's), MERIDIAN_BENCH_BIN (a prebuilt meridian
+// binary, e.g. an older commit's, to compare; otherwise one is built from
+// this tree).
 func BenchmarkReconnectStorm(b *testing.B) {
 	if os.Getenv("MERIDIAN_BENCH_STORM") != "1" {
 		b.Skip("set MERIDIAN_BENCH_STORM=1 to run (up to 19,000 sockets per side; minutes)")
@@ -140,7 +142,7 @@ func runStorm(b *testing.B, backend string, n int) stormResult {
 		b.Fatal(err)
 	}
 
-	fleet := newStormFleet("ws"+strings.TrimPrefix(base, "http")+"/v1/device", n)
+	fleet := newStormFleet("ws"+strings.TrimPrefix(base, "http")+"/v1/device", n, stormBackoff(b))
 	ctx, stop := context.WithCancel(context.Background())
 	defer func() { stop(); fleet.wg.Wait() }()
 	for i, id := range ids {
@@ -272,14 +274,20 @@ func startTimeline(logs string, killed time.Time) string {
 	return fmt.Sprintf("first log line %.0f ms, serving %.0f ms after SIGKILL", ms(first.Sub(killed)), ms(serving.Sub(killed)))
 }
 
-// stormFleet runs one goroutine per device, as firmware behaves: connect
-// at once when the connection drops; on 503 wait Retry-After; on any other
-// failure (refused while the server is down, a timeout) back off with full
-// jitter from 50 ms doubling up to 1 s (firmware's recommended backoff,
-// docs/protocol.md 7.4, starts at 1 s: this fleet is harsher). Then read
-// hello, note it for the current phase, read until the connection drops.
+// stormFleet runs one goroutine per device and reconnects the way the
+// protocol recommends and the Go client does (docs/protocol.md 7.4,
+// clients/go/meridian): before every attempt, including the first after
+// the connection drops, wait uniform in [0, min(max, base*2^n)] (full
+// jitter), n counting attempts since the last hello; after a 503, wait its
+// Retry-After on top. Then read hello, note it for the current phase, read
+// until the connection drops. The default base and max, 50 ms and 1 s, make
+// a harsher fleet than firmware following the protocol: it reconnects at
+// once and hammers a restarting server with refused connects (the figures
+// in docs/benchmarks.md use it); MERIDIAN_BENCH_STORM_BACKOFF=1s,1m is the
+// Go client's own backoff.
 type stormFleet struct {
 	url     string
+	backoff [2]time.Duration // base, max
 	wg      sync.WaitGroup
 	refused atomic.Int64
 	phase   atomic.Int32 // 0: first connect, 1: after the SIGKILL
@@ -289,39 +297,50 @@ type stormFleet struct {
 	cond    *sync.Cond
 }
 
-const (
-	stormBackoffBase = 50 * time.Millisecond
-	stormBackoffMax  = time.Second
-)
+// stormBackoff reads MERIDIAN_BENCH_STORM_BACKOFF ("base,max").
+func stormBackoff(tb testing.TB) [2]time.Duration {
+	v := envOr("MERIDIAN_BENCH_STORM_BACKOFF", "50ms,1s")
+	b, m, ok := strings.Cut(v, ",")
+	base, err1 := time.ParseDuration(b)
+	max, err2 := time.ParseDuration(m)
+	if !ok || err1 != nil || err2 != nil || base <= 0 || max < base {
+		tb.Fatalf("MERIDIAN_BENCH_STORM_BACKOFF: want base,max such as 1s,1m; got %q", v)
+	}
+	return [2]time.Duration{base, max}
+}
 
-func newStormFleet(url string, n int) *stormFleet {
-	f := &stormFleet{url: url, n: n, hellos: [2]map[int]time.Time{{}, {}}}
+func newStormFleet(url string, n int, backoff [2]time.Duration) *stormFleet {
+	f := &stormFleet{url: url, n: n, backoff: backoff, hellos: [2]map[int]time.Time{{}, {}}}
 	f.cond = sync.NewCond(&f.mu)
 	return f
 }
 
 func (f *stormFleet) device(ctx context.Context, i int, token string) {
 	defer f.wg.Done()
-	failures := 0
+	attempts := -1 // the fleet's first connect is at once
+	var retryAfter time.Duration
 	for ctx.Err() == nil {
-		conn, rd, retryAfter, err := dialHello(ctx, f.url, token, stormSource(i))
-		if err != nil {
-			var pause time.Duration
-			if retryAfter > 0 {
-				f.refused.Add(1)
-				pause = retryAfter
-			} else {
-				ceil := min(stormBackoffBase<<min(failures, 10), stormBackoffMax)
-				pause = time.Duration(mrand.Int64N(int64(ceil) + 1))
-				failures++
-			}
+		if attempts >= 0 {
+			ceil := min(f.backoff[0]<<min(attempts, 16), f.backoff[1])
+			pause := retryAfter + time.Duration(mrand.Int64N(int64(ceil)+1))
 			select {
 			case <-ctx.Done():
+				return
 			case <-time.After(pause):
+			}
+		}
+		attempts++
+		conn, rd, ra, err := dialHello(ctx, f.url, token, stormSource(i))
+		retryAfter = ra
+		if err != nil {
+			if ra > 0 {
+				f.refused.Add(1)
 			}
 			continue
 		}
-		failures = 0
+		// A connection that got its hello counts as healthy: the fleet
+		// had been up long before the kill.
+		attempts = 0
 		f.mu.Lock()
 		if p := f.phase.Load(); f.hellos[p][i].IsZero() {
 			f.hellos[p][i] = time.Now()

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -67,7 +68,7 @@ func (h HTTPConfig) Validate() error {
 // cfg. Write deadlines are left to handlers: /v1/live streams for hours and
 // /v1/query bounds its own whole request.
 func NewServer(cfg HTTPConfig, h http.Handler, errLog *log.Logger) *http.Server {
-	pending := &pendingConns{limit: cfg.MaxPendingConns, state: map[net.Conn]http.ConnState{}}
+	pending := &pendingConns{limit: int64(cfg.MaxPendingConns)}
 	return &http.Server{
 		Handler:           bodyDeadline(cfg.BodyTimeout, h),
 		ReadHeaderTimeout: cfg.HeaderTimeout,
@@ -80,41 +81,46 @@ func NewServer(cfg HTTPConfig, h http.Handler, errLog *log.Logger) *http.Server 
 // pendingConns counts connections in StateNew or StateIdle and closes a new
 // one beyond the limit. ConnState runs on the connection's own goroutine
 // before it reads, so closing there costs the server nothing more.
+//
+// No mutex: net/http calls ConnState for StateNew on its accept loop, so a
+// lock here is taken by the accept loop and by every connection's
+// transitions at once. In a reconnect storm that lock convoyed (a waiter
+// handed the lock sat in a run queue behind thousands of goroutines) and
+// held up accepts and upgrades: a goroutine dump of a 19,000-device storm
+// showed the upgrades of most handshake slots queued on it. The state map
+// is a sync.Map (fine-grained locking) and the count an atomic.
 type pendingConns struct {
-	mu    sync.Mutex
-	limit int
-	n     int
-	state map[net.Conn]http.ConnState
+	limit int64
+	n     atomic.Int64
+	state sync.Map // net.Conn → http.ConnState
 }
 
 func (p *pendingConns) track(c net.Conn, s http.ConnState) {
-	p.mu.Lock()
-	prev, known := p.state[c]
-	wasPending := known && (prev == http.StateNew || prev == http.StateIdle)
-	isPending := s == http.StateNew || s == http.StateIdle
-	switch {
-	case s == http.StateClosed || s == http.StateHijacked:
-		delete(p.state, c)
-	default:
-		p.state[c] = s
+	var prev any
+	var known bool
+	if s == http.StateClosed || s == http.StateHijacked {
+		prev, known = p.state.LoadAndDelete(c)
+	} else {
+		prev, known = p.state.Swap(c, s)
 	}
-	if wasPending {
-		p.n--
+	if known && (prev == http.StateNew || prev == http.StateIdle) {
+		p.n.Add(-1)
 	}
-	over := false
-	if isPending {
-		if s == http.StateNew && p.n >= p.limit {
-			over = true
-		} else {
-			p.n++
+	switch s {
+	case http.StateIdle:
+		p.n.Add(1)
+	case http.StateNew:
+		for {
+			n := p.n.Load()
+			if n >= p.limit {
+				p.state.Delete(c)
+				_ = c.Close()
+				return
+			}
+			if p.n.CompareAndSwap(n, n+1) {
+				return
+			}
 		}
-	}
-	if over {
-		delete(p.state, c)
-	}
-	p.mu.Unlock()
-	if over {
-		_ = c.Close()
 	}
 }
 
