@@ -103,10 +103,11 @@ func TestAdmissionWaitIsBounded(t *testing.T) {
 		waiters  int // already waiting
 		wantWait bool
 	}{
-		// 1 slot at 100 ms a handshake: 10/s; 2 s of wait covers 20 waiters.
+		// 1 slot at 100 ms a handshake: 10/s, counted optimistically as
+		// 20/s; 2 s of wait covers 40 waiters.
 		{"room in the queue and in time", 1, 100 * time.Millisecond, 100, 5, true},
 		{"queue full", 1, 100 * time.Millisecond, 3, 3, false},
-		{"the slots would not reach it within maxWait", 1, 100 * time.Millisecond, 100, 20, false},
+		{"the slots would not reach it within maxWait", 1, 100 * time.Millisecond, 100, 40, false},
 		{"fast handshakes allow a long queue", 4, time.Millisecond, 10_000, 5_000, true},
 	}
 	for _, c := range cases {
