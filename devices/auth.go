@@ -18,47 +18,66 @@ import (
 // ErrUnauthorized (test with errors.Is, or errors.As against
 // interface{ Unauthorized() bool }); any other error is a storage failure.
 func (s *Service) AuthenticateDevice(ctx context.Context, token string) (string, error) {
+	device, _, _, err := s.AuthenticateDeviceAcked(ctx, token)
+	return device, err
+}
+
+// AuthenticateDeviceAcked is AuthenticateDevice that also returns the
+// device's watermark when it asked the store: the token lookup reads it in
+// the same query, so a handshake needs no second read (fresh is false when
+// the answer came from the cache, and acked is then 0).
+func (s *Service) AuthenticateDeviceAcked(ctx context.Context, token string) (device string, acked uint64, fresh bool, err error) {
+	device, rec, err := s.authenticateDevice(ctx, token)
+	if err != nil || rec == nil {
+		return device, 0, false, err
+	}
+	return device, rec.DeviceAcked, true, nil
+}
+
+// authenticateDevice returns the device and, when it asked the store, the
+// token record it read.
+func (s *Service) authenticateDevice(ctx context.Context, token string) (string, *storage.DeviceToken, error) {
 	switch {
 	case token == "":
-		return "", unauthorized("no device token")
+		return "", nil, unauthorized("no device token")
 	case strings.HasPrefix(token, APIKeyPrefix):
-		return "", unauthorized("an API key is not a device token")
+		return "", nil, unauthorized("an API key is not a device token")
 	case !strings.HasPrefix(token, DeviceTokenPrefix):
-		return "", unauthorized("not a device token")
+		return "", nil, unauthorized("not a device token")
 	case len(token) > maxCredentialLen:
-		return "", unauthorized("device token too long")
+		return "", nil, unauthorized("device token too long")
 	}
 	hash := hashSecret(token)
 	now := s.now()
 	if dev, ok := s.tokens.get(hash, now); ok {
 		if dev.tokenExpires != nil && !now.Before(*dev.tokenExpires) {
-			return "", unauthorized("device token expired")
+			return "", nil, unauthorized("device token expired")
 		}
-		return dev.device, nil
+		return dev.device, nil, nil
 	}
 	// Read before the lookup: a revocation that lands while the store is
 	// being asked must keep this answer out of the cache (see credCache).
 	gen := s.tokens.generation()
 	rec, err := s.repo.LookupDeviceToken(ctx, hash)
 	if errors.Is(err, storage.ErrNotFound) {
-		return "", unauthorized("unknown device token")
+		return "", nil, unauthorized("unknown device token")
 	}
 	if err != nil {
-		return "", fmt.Errorf("look up device token: %w", err)
+		return "", nil, fmt.Errorf("look up device token: %w", err)
 	}
 	if !sameHash(rec.Hash, hash) {
-		return "", unauthorized("unknown device token")
+		return "", nil, unauthorized("unknown device token")
 	}
 	if rec.ExpiresAt != nil && !s.now().Before(*rec.ExpiresAt) {
-		return "", unauthorized("device token expired")
+		return "", nil, unauthorized("device token expired")
 	}
 	// The lookup read the device's enabled flag too (a deleted device's
 	// tokens go with it): one query per uncached handshake.
 	if !rec.DeviceEnabled {
-		return "", unauthorized("device disabled")
+		return "", nil, unauthorized("device disabled")
 	}
 	s.tokens.put(hash, rec.DeviceID, cachedDevice{device: rec.DeviceID, tokenExpires: rec.ExpiresAt}, gen, s.now())
-	return rec.DeviceID, nil
+	return rec.DeviceID, &rec, nil
 }
 
 // cachedDevice is what a cached device token resolves to. The token's own

@@ -25,6 +25,8 @@ type fakeRepo struct {
 	loose bool
 	// fail, when set, is returned by every method.
 	fail error
+	// acked holds devices' watermarks, read with their tokens.
+	acked map[string]uint64
 }
 
 func newFakeRepo() *fakeRepo {
@@ -151,6 +153,7 @@ func (f *fakeRepo) LookupDeviceToken(_ context.Context, hash []byte) (storage.De
 				break
 			}
 			t.DeviceEnabled = d.Enabled
+			t.DeviceAcked = f.acked[t.DeviceID]
 			return t, nil
 		}
 	}

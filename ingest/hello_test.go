@@ -2,6 +2,9 @@ package ingest
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,4 +126,100 @@ func (s *Server) pipeHolds(device string) bool {
 	s.pipe.pendMu.Lock()
 	defer s.pipe.pendMu.Unlock()
 	return s.pipe.pending[device] > 0
+}
+
+// ackedAuth is tokenAuth that reads the device's watermark with the token,
+// as devices.Service does in one store query (AckedAuthenticator).
+type ackedAuth struct {
+	tokenAuth
+	store *memStore
+}
+
+func (a ackedAuth) AuthenticateDeviceAcked(ctx context.Context, token string) (string, uint64, bool, error) {
+	dev, err := a.AuthenticateDevice(ctx, token)
+	if err != nil {
+		return "", 0, false, err
+	}
+	a.store.mu.Lock()
+	defer a.store.mu.Unlock()
+	return dev, a.store.wm[dev], true, nil
+}
+
+// TestHelloWatermarkFromTokenLookup: with an AckedAuthenticator, a
+// handshake reads no watermark of its own when the device had nothing in
+// flight since before the token lookup; when one of its batches was in
+// flight or finished meanwhile, the value the lookup read is not trusted
+// and hello covers that batch.
+func TestHelloWatermarkFromTokenLookup(t *testing.T) {
+	ts := startServer(t, nil)
+	s, st := ts.srv, ts.store
+	s.auth = ackedAuth{store: st}
+	reads := func() int64 { return st.watermarkReads.Load() }
+
+	c, h := ts.dial("tok-fused", wire.Subprotocol)
+	if h.Acked != 0 || reads() != 0 {
+		t.Fatalf("first handshake: acked %d, %d watermark reads, want 0 and 0", h.Acked, reads())
+	}
+	c.send(batch(5, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}))
+	if a := c.ack(); a.Seq != 5 {
+		t.Fatalf("ack %+v", a)
+	}
+	c.conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Online("fused") {
+		if time.Now().After(deadline) {
+			t.Fatal("still online")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, h = ts.dial("tok-fused", wire.Subprotocol); h.Acked != 5 || reads() != 0 {
+		t.Fatalf("second handshake: acked %d, %d watermark reads, want 5 and 0", h.Acked, reads())
+	}
+
+	ctx := context.Background()
+	submit := func(device string, seq uint64) <-chan struct{} {
+		t.Helper()
+		done := make(chan struct{})
+		b := telemetry.Batch{Device: device, Seq: seq, Readings: []telemetry.Reading{{Time: now(), Metric: "m", Value: 1}}}
+		if err := s.pipe.submit(ctx, b, func(telemetry.Outcome, error) { close(done) }); err != nil {
+			t.Fatal(err)
+		}
+		return done
+	}
+	r := httptest.NewRequest(http.MethodGet, "/v1/device", nil)
+	cases := []struct {
+		name    string
+		between func(device string) (want uint64, wait func())
+	}{
+		{"a batch finished after the lookup began", func(d string) (uint64, func()) {
+			<-submit(d, 3)
+			return 3, func() {}
+		}},
+		{"a batch in flight during the lookup", func(d string) (uint64, func()) {
+			st.stall()
+			done := submit(d, 4)
+			return 4, func() { st.resume(); <-done }
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			device := "fused-" + strings.ReplaceAll(tc.name, " ", "-")
+			since := s.pipe.markAll()
+			// The lookup's read happens here and sees 0; then the batch.
+			want, wait := tc.between(device)
+			before := reads()
+			pre, ok := s.preRead(httptest.NewRecorder(), r, device, since, 0, true)
+			wait()
+			if !ok {
+				t.Fatal("preRead refused")
+			}
+			h, err := s.helloAfterIdle(ctx, nil, pre, device, "sess")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.Acked != want || reads() == before {
+				t.Fatalf("acked %d after %d watermark reads, want %d after at least one", h.Acked, reads()-before, want)
+			}
+		})
+	}
 }

@@ -94,7 +94,12 @@ type pipeline struct {
 	// (idleMark). A fixed array, not a map per device: it never grows, and
 	// two devices sharing a bucket only cost an extra watermark read.
 	gens [genBuckets]uint64
-	wg   sync.WaitGroup // writer goroutines
+	// touched[bucket] is the value of seq at the bucket's last submission
+	// or completion, under pendMu, for a watermark read made before the
+	// handshake knows which device it is for (quietSince).
+	touched [genBuckets]uint64
+	seq     uint64
+	wg      sync.WaitGroup // writer goroutines
 
 	committed func(telemetry.Batch)
 }
@@ -181,6 +186,8 @@ func (p *pipeline) submit(ctx context.Context, b telemetry.Batch, done func(tele
 	p.pendMu.Lock()
 	p.pending[b.Device]++
 	p.gens[h%genBuckets]++
+	p.seq++
+	p.touched[h%genBuckets] = p.seq
 	p.pendMu.Unlock()
 	p.m.queueReadings.Add(float64(w))
 	shard := p.shards[h%uint64(len(p.shards))]
@@ -397,7 +404,10 @@ func (p *pipeline) finish(items []*item, outcomes []telemetry.Outcome, err error
 			}
 		}
 		it.done(o, err)
+		h := maphash.String(p.seed, it.batch.Device)
 		p.pendMu.Lock()
+		p.seq++
+		p.touched[h%genBuckets] = p.seq
 		if p.pending[it.batch.Device]--; p.pending[it.batch.Device] == 0 {
 			delete(p.pending, it.batch.Device)
 			if ch := p.idle[it.batch.Device]; ch != nil {
@@ -455,6 +465,29 @@ func (p *pipeline) markIdle(device string) idleMark {
 	p.pendMu.Lock()
 	defer p.pendMu.Unlock()
 	return idleMark{gen: p.gens[h%genBuckets], ok: p.pending[device] == 0}
+}
+
+// markAll returns a point in the pipeline's history to pass to quietSince.
+// A handshake takes it before the query that finds out which device the
+// token belongs to and reads the device's watermark with it
+// (AckedAuthenticator).
+func (p *pipeline) markAll() uint64 {
+	p.pendMu.Lock()
+	defer p.pendMu.Unlock()
+	return p.seq
+}
+
+// quietSince reports whether device has nothing in the pipeline and no
+// batch of its bucket was submitted or finished after since (markAll):
+// then none of its batches was in flight at any time since, so a watermark
+// read after since saw every batch of the device ever submitted finished.
+// (A batch in flight at since and finished later touches the bucket; one
+// still in flight is pending.)
+func (p *pipeline) quietSince(device string, since uint64) bool {
+	h := maphash.String(p.seed, device)
+	p.pendMu.Lock()
+	defer p.pendMu.Unlock()
+	return p.pending[device] == 0 && p.touched[h%genBuckets] <= since
 }
 
 // stillIdle reports whether m was taken while device was idle and nothing

@@ -422,29 +422,40 @@ func (s *Server) unregister(sess *session) bool {
 // for stacks that cannot set headers) and resolves it. status is the HTTP
 // status to answer on failure.
 func (s *Server) authenticate(r *http.Request) (device string, status int, err error) {
+	device, _, _, status, err = s.authenticateAcked(r)
+	return device, status, err
+}
+
+// authenticateAcked is authenticate that also returns the device's
+// watermark when the Authenticator read it with the token (fresh).
+func (s *Server) authenticateAcked(r *http.Request) (device string, acked uint64, fresh bool, status int, err error) {
 	token := ""
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, rest, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			return "", http.StatusUnauthorized, errors.New("authorization header must be 'Bearer <device token>'")
+			return "", 0, false, http.StatusUnauthorized, errors.New("authorization header must be 'Bearer <device token>'")
 		}
 		token = strings.TrimSpace(rest)
 	} else {
 		token = r.URL.Query().Get("token")
 	}
 	if token == "" {
-		return "", http.StatusUnauthorized, errors.New("missing device token")
+		return "", 0, false, http.StatusUnauthorized, errors.New("missing device token")
 	}
-	device, err = s.auth.AuthenticateDevice(r.Context(), token)
+	if aa, ok := s.auth.(AckedAuthenticator); ok {
+		device, acked, fresh, err = aa.AuthenticateDeviceAcked(r.Context(), token)
+	} else {
+		device, err = s.auth.AuthenticateDevice(r.Context(), token)
+	}
 	if err != nil {
 		var u interface{ Unauthorized() bool }
 		if errors.As(err, &u) && u.Unauthorized() {
-			return "", http.StatusUnauthorized, errors.New("invalid device token or device disabled")
+			return "", 0, false, http.StatusUnauthorized, errors.New("invalid device token or device disabled")
 		}
 		s.log.Error("authenticate device", "err", err)
-		return "", http.StatusServiceUnavailable, errors.New("cannot check the token now, retry later")
+		return "", 0, false, http.StatusServiceUnavailable, errors.New("cannot check the token now, retry later")
 	}
-	return device, 0, nil
+	return device, acked, fresh, 0, nil
 }
 
 func (s *Server) hello(ctx context.Context, device, session string) (wire.Hello, error) {

@@ -191,7 +191,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	defer endHandshake()
-	device, status, err := s.authenticate(r)
+	since := s.pipe.markAll() // before the token lookup, which may read the watermark too
+	device, acked, fresh, status, err := s.authenticateAcked(r)
 	if err != nil {
 		s.m.handshakes.WithLabelValues("unauthorized").Inc()
 		http.Error(w, err.Error(), status)
@@ -206,7 +207,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sessID := newID()
-	pre, ok := s.readWatermark(w, r, device)
+	pre, ok := s.preRead(w, r, device, since, acked, fresh)
 	if !ok {
 		return
 	}
@@ -277,6 +278,22 @@ func (s *Server) rejectRateLimited(w http.ResponseWriter, r *http.Request) {
 type preRead struct {
 	acked uint64
 	mark  idleMark
+}
+
+// preRead is the watermark hello starts from: the one the token lookup
+// read (fresh) when none of the device's batches was in flight at any time
+// since before that lookup (quietSince), or else one read now
+// (readWatermark). The device's idle mark is taken after the check: the
+// value is current as of then, and helloAfterIdle checks that the device
+// submitted nothing since.
+func (s *Server) preRead(w http.ResponseWriter, r *http.Request, device string, since uint64, acked uint64, fresh bool) (preRead, bool) {
+	if fresh {
+		mark := s.pipe.markIdle(device)
+		if mark.ok && s.pipe.quietSince(device, since) {
+			return preRead{acked: acked, mark: mark}, true
+		}
+	}
+	return s.readWatermark(w, r, device)
 }
 
 // readWatermark reads the device's watermark before the upgrade: if

@@ -182,10 +182,12 @@ type DeviceToken struct {
 	DeviceID  string     `json:"device"`
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"` // set when rotated out (grace) or revoked
-	// DeviceEnabled is the device's enabled flag, read with the token by
-	// LookupDeviceToken so that authenticating a handshake is one query
-	// (a reconnect storm runs thousands a second); AddDeviceToken ignores it.
-	DeviceEnabled bool `json:"-"`
+	// DeviceEnabled and DeviceAcked are the device's enabled flag and
+	// watermark (acked_seq), read with the token by LookupDeviceToken so
+	// that a device handshake is one store query (a reconnect storm runs
+	// thousands a second); AddDeviceToken ignores them.
+	DeviceEnabled bool   `json:"-"`
+	DeviceAcked   uint64 `json:"-"`
 }
 
 // APIKey is an operator key record; only the hash is stored.

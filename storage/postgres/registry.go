@@ -200,15 +200,17 @@ func (s *Store) ExpireDeviceTokens(ctx context.Context, device string, keep []by
 }
 
 // LookupDeviceToken finds a token by hash, expired or not, with its
-// device's enabled flag.
+// device's enabled flag and watermark.
 func (s *Store) LookupDeviceToken(ctx context.Context, hash []byte) (storage.DeviceToken, error) {
 	var t storage.DeviceToken
 	if err := s.ready(); err != nil {
 		return t, err
 	}
-	err := s.pool.QueryRow(ctx, `SELECT t.hash, t.device, t.created_at, t.expires_at, d.enabled
+	var acked int64
+	err := s.pool.QueryRow(ctx, `SELECT t.hash, t.device, t.created_at, t.expires_at, d.enabled, d.acked_seq
 		FROM device_tokens t JOIN devices d USING (device) WHERE t.hash = $1`, hash).
-		Scan(&t.Hash, &t.DeviceID, &t.CreatedAt, &t.ExpiresAt, &t.DeviceEnabled)
+		Scan(&t.Hash, &t.DeviceID, &t.CreatedAt, &t.ExpiresAt, &t.DeviceEnabled, &acked)
+	t.DeviceAcked = uint64(acked)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, fmt.Errorf("look up token: %w", storage.ErrNotFound)
 	}

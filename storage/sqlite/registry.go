@@ -220,17 +220,19 @@ func nilIfEmpty(b []byte) any {
 	return b
 }
 
-// LookupDeviceToken finds a token by hash, with its device's enabled flag;
-// storage.ErrNotFound if absent.
+// LookupDeviceToken finds a token by hash, with its device's enabled flag
+// and watermark; storage.ErrNotFound if absent.
 func (s *Store) LookupDeviceToken(ctx context.Context, hash []byte) (storage.DeviceToken, error) {
 	var (
 		t       storage.DeviceToken
 		created string
 		expires sql.NullString
 	)
-	err := s.queryRow(ctx, `SELECT t.hash, t.device, t.created_at, t.expires_at, d.enabled
+	var acked int64
+	err := s.queryRow(ctx, `SELECT t.hash, t.device, t.created_at, t.expires_at, d.enabled, d.acked_seq
 		FROM device_tokens t JOIN devices d USING (device) WHERE t.hash = ?`, hash).
-		Scan(&t.Hash, &t.DeviceID, &created, &expires, &t.DeviceEnabled)
+		Scan(&t.Hash, &t.DeviceID, &created, &expires, &t.DeviceEnabled, &acked)
+	t.DeviceAcked = uint64(acked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("device token: %w", storage.ErrNotFound)
 	}

@@ -54,7 +54,7 @@ type Backend interface {
 	// has none or a later one, except the token whose hash is keep (may be nil).
 	ExpireDeviceTokens(ctx context.Context, device string, keep []byte, at time.Time) error
 	// LookupDeviceToken finds a token by hash, with its device's enabled
-	// flag; storage.ErrNotFound if absent.
+	// flag and watermark; storage.ErrNotFound if absent.
 	LookupDeviceToken(ctx context.Context, hash []byte) (storage.DeviceToken, error)
 
 	AddAPIKey(ctx context.Context, k storage.APIKey) error

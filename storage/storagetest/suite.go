@@ -913,6 +913,13 @@ func testTokens(t *testing.T, newStore NewStore) {
 		}
 	}
 	enabled(true)
+	// ... and its watermark, as Commit left it.
+	if _, err := b.Commit(ctx, []telemetry.Batch{{Device: "tok-2", Seq: 7, Readings: []telemetry.Reading{{Time: ms(now), Metric: "m", Value: 1}}}}); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if tok, err := b.LookupDeviceToken(ctx, []byte("h3")); err != nil || tok.DeviceAcked != 7 {
+		t.Fatalf("LookupDeviceToken(h3).DeviceAcked = %d, %v; want 7", tok.DeviceAcked, err)
+	}
 	if err := b.SetDeviceEnabled(ctx, "tok-2", false); err != nil {
 		t.Fatalf("SetDeviceEnabled: %v", err)
 	}
