@@ -465,6 +465,11 @@ type sessionLog struct{ l *devices.SessionLog }
 
 var _ ingest.SessionRecorder = sessionLog{}
 
+// The device registry reads a handshake's watermark with its token (one
+// store query per uncached handshake); ingest finds that by an interface
+// check, so keep the wiring honest at compile time.
+var _ ingest.AckedAuthenticator = (*devices.Service)(nil)
+
 func (s sessionLog) SessionOpened(ctx context.Context, i ingest.SessionInfo) error {
 	return s.l.Opened(ctx, storage.Session{ID: i.ID, DeviceID: i.Device, Node: i.Node,
 		RemoteAddr: i.RemoteAddr, Transport: i.Transport, StartedAt: i.Started})
