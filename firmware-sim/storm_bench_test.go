@@ -278,8 +278,8 @@ func startTimeline(logs string, killed time.Time) string {
 // protocol recommends and the Go client does (docs/protocol.md 7.4,
 // clients/go/meridian): before every attempt, including the first after
 // the connection drops, wait uniform in [0, min(max, base*2^n)] (full
-// jitter), n counting attempts since the last hello; after a 503, wait its
-// Retry-After on top. Then read hello, note it for the current phase, read
+// jitter), n counting attempts since the last hello; after a 503 with
+// Retry-After, wait that plus uniform in [0, base], n unchanged. Then read hello, note it for the current phase, read
 // until the connection drops. The default base and max, 50 ms and 1 s, make
 // a harsher fleet than firmware following the protocol: it reconnects at
 // once and hammers a restarting server with refused connects (the figures
@@ -322,6 +322,9 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 	for ctx.Err() == nil {
 		if attempts >= 0 {
 			ceil := min(f.backoff[0]<<min(attempts, 16), f.backoff[1])
+			if retryAfter > 0 { // as the Go client: Retry-After plus one base of jitter
+				ceil = f.backoff[0]
+			}
 			pause := retryAfter + time.Duration(mrand.Int64N(int64(ceil)+1))
 			select {
 			case <-ctx.Done():
@@ -329,7 +332,9 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 			case <-time.After(pause):
 			}
 		}
-		attempts++
+		if retryAfter == 0 {
+			attempts++
+		}
 		conn, rd, ra, err := dialHello(ctx, f.url, token, stormSource(i))
 		retryAfter = ra
 		if err != nil {

@@ -500,15 +500,23 @@ func (c *Client) Run(ctx context.Context) (err error) {
 		if !connected.IsZero() && time.Since(connected) >= c.cfg.HealthyAfter {
 			c.bo.Reset()
 		}
-		wait := c.bo.Next(c.rng)
+		var wait time.Duration
 		var ce *CloseError
 		var he *HandshakeError
 		switch {
 		case errors.As(err, &ce) && ce.Code == wire.CloseTryAgainLater,
 			errors.As(err, &he) && he.Status == http.StatusTooManyRequests:
-			wait += c.cfg.TryLater
+			wait = c.bo.Next(c.rng) + c.cfg.TryLater
 		case errors.As(err, &he) && he.RetryAfter > 0:
-			wait += he.RetryAfter // at least Retry-After, then the backoff
+			// The server named the time, drawn per device over the time it
+			// needs for its whole refused fleet: wait that plus at most one
+			// backoff base, without growing the backoff. A growing
+			// full-jitter window stacked on Retry-After kept the last
+			// devices of a 19,000-device reconnect storm out for seconds
+			// after the server had room (docs/benchmarks.md).
+			wait = he.RetryAfter + time.Duration(c.rng.Int64N(int64(c.cfg.BackoffBase)+1))
+		default:
+			wait = c.bo.Next(c.rng)
 		}
 		c.log.Info("disconnected", "err", err, "retry_in", wait)
 		if !sleep(ctx, wait) {
