@@ -69,7 +69,8 @@ const (
 	// a parsed request and a 503, and costs the device a whole new
 	// connection later: with 64 per slot a 19,000-device storm answered
 	// ~15,000 503s and its fleet used a third more CPU (docs/benchmarks.md,
-	// "Waiting instead of refusing").
+	// "Supervisor restart, a spread fleet, two convoys on the handshake
+	// path").
 	admissionQueuePerSlot = 256
 	// assumedHandshake is the handshake time assumed before one has been
 	// measured: 20 ms (several store round trips under load).

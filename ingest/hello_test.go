@@ -64,15 +64,7 @@ func TestHelloRereadsAfterSubmit(t *testing.T) {
 		}
 		return preRead{acked: acked, mark: m}
 	}
-	submit := func(device string, seq uint64) <-chan struct{} {
-		t.Helper()
-		done := make(chan struct{})
-		b := telemetry.Batch{Device: device, Seq: seq, Readings: []telemetry.Reading{{Time: now(), Metric: "m", Value: 1}}}
-		if err := s.pipe.submit(ctx, b, func(telemetry.Outcome, error) { close(done) }); err != nil {
-			t.Fatal(err)
-		}
-		return done
-	}
+	submit := func(device string, seq uint64) <-chan struct{} { return submitOne(t, s, device, seq) }
 
 	cases := []struct {
 		name string
@@ -177,15 +169,7 @@ func TestHelloWatermarkFromTokenLookup(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	submit := func(device string, seq uint64) <-chan struct{} {
-		t.Helper()
-		done := make(chan struct{})
-		b := telemetry.Batch{Device: device, Seq: seq, Readings: []telemetry.Reading{{Time: now(), Metric: "m", Value: 1}}}
-		if err := s.pipe.submit(ctx, b, func(telemetry.Outcome, error) { close(done) }); err != nil {
-			t.Fatal(err)
-		}
-		return done
-	}
+	submit := func(device string, seq uint64) <-chan struct{} { return submitOne(t, s, device, seq) }
 	r := httptest.NewRequest(http.MethodGet, "/v1/device", nil)
 	cases := []struct {
 		name    string
@@ -222,4 +206,17 @@ func TestHelloWatermarkFromTokenLookup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// submitOne puts a one-reading batch of device into the pipeline directly
+// (as an HTTP post or a taken-over session would) and returns a channel
+// closed once it is done.
+func submitOne(t *testing.T, s *Server, device string, seq uint64) <-chan struct{} {
+	t.Helper()
+	done := make(chan struct{})
+	b := telemetry.Batch{Device: device, Seq: seq, Readings: []telemetry.Reading{{Time: now(), Metric: "m", Value: 1}}}
+	if err := s.pipe.submit(context.Background(), b, func(telemetry.Outcome, error) { close(done) }); err != nil {
+		t.Fatal(err)
+	}
+	return done
 }
