@@ -365,9 +365,9 @@ func (s *Server) Signal(sig os.Signal) error {
 	if s.cmd == nil {
 		return errors.New("meridian serve not started")
 	}
-	if s.opts.Respawn {
+	if ss, ok := sig.(syscall.Signal); ok && s.opts.Respawn {
 		if pid := s.PID(); pid != 0 {
-			return syscall.Kill(pid, sig.(syscall.Signal))
+			return syscall.Kill(pid, ss)
 		}
 	}
 	return s.cmd.Process.Signal(sig)
@@ -413,16 +413,20 @@ func (s *Server) DataDir() string { return s.opts.DataDir }
 func (s *Server) Bin() string { return s.bin }
 
 // PID is the running (or last) process's id.
-// Under a supervisor (Options.Respawn) it is serve's, 0 between a crash
-// and the restart.
+// Under a supervisor (Options.Respawn) it is serve's, the supervisor's
+// child (from Linux's /proc), 0 between a crash and the restart.
 func (s *Server) PID() int {
 	if !s.opts.Respawn {
 		return s.cmd.Process.Pid
 	}
 	sup := s.cmd.Process.Pid
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", sup, sup))
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			return pid
+		}
+	}
+	return 0
 }
 
 // Logs is everything the server has written, over all its starts.
