@@ -276,13 +276,7 @@ func (s *server) buildHTTP() error {
 
 // listen binds server.listen (wrapped in TLS when configured).
 func (s *server) listen() error {
-	// No TCP keep-alive on accepted connections: every long-lived stream
-	// has its own heartbeat (device ping/pong, /v1/live pings, SSE comment
-	// lines) and idle HTTP connections end at server.http.idle_timeout, so
-	// the four setsockopt calls per accept that net.Listen's default adds
-	// bought nothing and cost a reconnect storm 4 of its ~30 syscalls per
-	// handshake.
-	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", s.cfg.Server.Listen)
+	ln, err := front.Listen(s.cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s (server.listen): %w", s.cfg.Server.Listen, err)
 	}
@@ -465,10 +459,7 @@ type sessionLog struct{ l *devices.SessionLog }
 
 var _ ingest.SessionRecorder = sessionLog{}
 
-// The device registry reads a handshake's watermark with its token (one
-// store query per uncached handshake); ingest finds that by an interface
-// check, so keep the wiring honest at compile time.
-var _ ingest.AckedAuthenticator = (*devices.Service)(nil)
+var _ ingest.AckedAuthenticator = (*devices.Service)(nil) // one store query per uncached handshake
 
 func (s sessionLog) SessionOpened(ctx context.Context, i ingest.SessionInfo) error {
 	return s.l.Opened(ctx, storage.Session{ID: i.ID, DeviceID: i.Device, Node: i.Node,

@@ -1,6 +1,7 @@
 package front
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,16 @@ func (h HTTPConfig) Validate() error {
 		return fmt.Errorf("server.http.max_pending_conns: must be >= 1, got %d", h.MaxPendingConns)
 	}
 	return nil
+}
+
+// Listen binds addr (server.listen) for NewServer's server. Accepted
+// connections get no TCP keep-alive: every long-lived stream has its own
+// heartbeat (device ping/pong, /v1/live pings, SSE comment lines) and idle
+// HTTP connections end at server.http.idle_timeout, so the four setsockopt
+// calls per accept that net.Listen's default adds bought nothing and cost a
+// reconnect storm 4 of its ~30 syscalls per handshake.
+func Listen(addr string) (net.Listener, error) {
+	return (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 }
 
 // NewServer builds the one http.Server of `serve` with the deadlines of
