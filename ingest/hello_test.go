@@ -13,37 +13,50 @@ import (
 )
 
 // TestHelloOneWatermarkRead: a handshake of a device with nothing in the
-// pipeline reads the watermark once (before the upgrade) and hello carries
-// that value, also after an earlier session's batches were committed.
+// pipeline reads the watermark once (before the upgrade), or not at all
+// when the authenticator read it with the token (AckedAuthenticator), and
+// hello carries that value, also after an earlier session's batches were
+// committed.
 func TestHelloOneWatermarkRead(t *testing.T) {
-	ts := startServer(t, nil)
-	reads := func() int64 { return ts.store.watermarkReads.Load() }
-
-	c, h := ts.dial("tok-once", wire.Subprotocol)
-	if h.Acked != 0 || reads() != 1 {
-		t.Fatalf("first handshake: acked %d, %d watermark reads, want 0 and 1", h.Acked, reads())
+	cases := []struct {
+		name   string
+		acked  bool // an AckedAuthenticator
+		perDev int64
+	}{
+		{"plain authenticator", false, 1},
+		{"watermark read with the token", true, 0},
 	}
-	c.send(batch(5, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}))
-	if a := c.ack(); a.Seq != 5 {
-		t.Fatalf("ack %+v", a)
-	}
-	c.conn.Close()
-	waitFor := func(cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatal("timed out")
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, nil)
+			if tc.acked {
+				ts.srv.auth = ackedAuth{store: ts.store}
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitFor(func() bool { return !ts.srv.Online("once") })
+			reads := func() int64 { return ts.store.watermarkReads.Load() }
 
-	before := reads()
-	_, h = ts.dial("tok-once", wire.Subprotocol)
-	if h.Acked != 5 || reads()-before != 1 {
-		t.Fatalf("second handshake: acked %d, %d watermark reads, want 5 and 1", h.Acked, reads()-before)
+			c, h := ts.dial("tok-once", wire.Subprotocol)
+			if h.Acked != 0 || reads() != tc.perDev {
+				t.Fatalf("first handshake: acked %d, %d watermark reads, want 0 and %d", h.Acked, reads(), tc.perDev)
+			}
+			c.send(batch(5, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}))
+			if a := c.ack(); a.Seq != 5 {
+				t.Fatalf("ack %+v", a)
+			}
+			c.conn.Close()
+			deadline := time.Now().Add(5 * time.Second)
+			for ts.srv.Online("once") {
+				if time.Now().After(deadline) {
+					t.Fatal("timed out")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+
+			before := reads()
+			_, h = ts.dial("tok-once", wire.Subprotocol)
+			if h.Acked != 5 || reads()-before != tc.perDev {
+				t.Fatalf("second handshake: acked %d, %d watermark reads, want 5 and %d", h.Acked, reads()-before, tc.perDev)
+			}
+		})
 	}
 }
 
@@ -137,36 +150,16 @@ func (a ackedAuth) AuthenticateDeviceAcked(ctx context.Context, token string) (s
 	return dev, a.store.wm[dev], true, nil
 }
 
-// TestHelloWatermarkFromTokenLookup: with an AckedAuthenticator, a
-// handshake reads no watermark of its own when the device had nothing in
-// flight since before the token lookup; when one of its batches was in
-// flight or finished meanwhile, the value the lookup read is not trusted
-// and hello covers that batch.
+// TestHelloWatermarkFromTokenLookup: with an AckedAuthenticator, when one
+// of the device's batches was in flight or finished after the token lookup
+// began, the watermark that lookup read is not trusted and hello covers the
+// batch (TestHelloOneWatermarkRead covers the quiet case: no read of its
+// own).
 func TestHelloWatermarkFromTokenLookup(t *testing.T) {
 	ts := startServer(t, nil)
 	s, st := ts.srv, ts.store
 	s.auth = ackedAuth{store: st}
 	reads := func() int64 { return st.watermarkReads.Load() }
-
-	c, h := ts.dial("tok-fused", wire.Subprotocol)
-	if h.Acked != 0 || reads() != 0 {
-		t.Fatalf("first handshake: acked %d, %d watermark reads, want 0 and 0", h.Acked, reads())
-	}
-	c.send(batch(5, wire.Reading{T: now(), HasT: true, Metric: "m", Value: 1}))
-	if a := c.ack(); a.Seq != 5 {
-		t.Fatalf("ack %+v", a)
-	}
-	c.conn.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Online("fused") {
-		if time.Now().After(deadline) {
-			t.Fatal("still online")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if _, h = ts.dial("tok-fused", wire.Subprotocol); h.Acked != 5 || reads() != 0 {
-		t.Fatalf("second handshake: acked %d, %d watermark reads, want 5 and 0", h.Acked, reads())
-	}
 
 	ctx := context.Background()
 	submit := func(device string, seq uint64) <-chan struct{} { return submitOne(t, s, device, seq) }
