@@ -199,27 +199,6 @@ func (s *Store) ExpireDeviceTokens(ctx context.Context, device string, keep []by
 	return nil
 }
 
-// LookupDeviceToken finds a token by hash, expired or not, with its
-// device's enabled flag and watermark.
-func (s *Store) LookupDeviceToken(ctx context.Context, hash []byte) (storage.DeviceToken, error) {
-	var t storage.DeviceToken
-	if err := s.ready(); err != nil {
-		return t, err
-	}
-	var acked int64
-	err := s.pool.QueryRow(ctx, `SELECT t.hash, t.device, t.created_at, t.expires_at, d.enabled, d.acked_seq
-		FROM device_tokens t JOIN devices d USING (device) WHERE t.hash = $1`, hash).
-		Scan(&t.Hash, &t.DeviceID, &t.CreatedAt, &t.ExpiresAt, &t.DeviceEnabled, &acked)
-	t.DeviceAcked = uint64(acked)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return t, fmt.Errorf("look up token: %w", storage.ErrNotFound)
-	}
-	if err != nil {
-		return t, fmt.Errorf("look up token: %w", err)
-	}
-	return t, nil
-}
-
 // AddAPIKey stores an operator key; storage.ErrExists if id or hash is taken.
 func (s *Store) AddAPIKey(ctx context.Context, k storage.APIKey) error {
 	if err := s.ready(); err != nil {

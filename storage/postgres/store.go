@@ -45,6 +45,11 @@ type Store struct {
 	deviceIDs sync.Map // device name -> int32, never changes once set
 	metricIDs sync.Map // metric name -> int32, never changes once set
 
+	lookups tokenLookups // see tokenlookup.go
+
+	// life ends when the store closes: background work that serves many
+	// callers (setup, token lookup batches) runs under it.
+	life   context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 	// now is the wall clock, replaceable in tests.
@@ -111,6 +116,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		pool:    pool,
 		qpool:   qpool,
 		readyCh: make(chan struct{}),
+		life:    bg,
 		cancel:  cancel,
 		done:    make(chan struct{}),
 		now:     time.Now,

@@ -959,6 +959,28 @@ func testTokens(t *testing.T, newStore NewStore) {
 	if e1, e2 := expiry("h1"), expiry("h2"); !e1.Equal(now) || !e2.Equal(now) {
 		t.Fatalf("after revoke: h1 %v h2 %v, want %v", e1, e2, now)
 	}
+	// A reconnect storm looks tokens up concurrently (the PostgreSQL
+	// backend then sends them in shared queries): each caller gets its own
+	// token, the same hash twice included, and unknown hashes fail alone.
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		hash, dev := []string{"h1", "h2", "h3", "unknown"}[i%4], []string{"tok-1", "tok-1", "tok-2", ""}[i%4]
+		wg.Go(func() {
+			tok, err := b.LookupDeviceToken(ctx, []byte(hash))
+			switch {
+			case dev == "" && !errors.Is(err, storage.ErrNotFound):
+				errs <- fmt.Errorf("concurrent LookupDeviceToken(%s): %v, want ErrNotFound", hash, err)
+			case dev != "" && (err != nil || string(tok.Hash) != hash || tok.DeviceID != dev || !tok.DeviceEnabled):
+				errs <- fmt.Errorf("concurrent LookupDeviceToken(%s) = %+v, %v; want device %s", hash, tok, err, dev)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }
 
 func testAPIKeys(t *testing.T, newStore NewStore) {
