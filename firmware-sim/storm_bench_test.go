@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -166,7 +167,7 @@ func runStorm(b *testing.B, backend string, n int) stormResult {
 	if srv.PID() == oldPID {
 		b.Fatal("/healthz answered by the killed server")
 	}
-	b.Logf("restart: /healthz 200 %.0f ms after SIGKILL; %s", ms(accepting.Sub(killed)), startTimeline(srv.Logs()[logged:], killed))
+	healthz := accepting
 	// Scrape /metrics through the storm, as Prometheus would.
 	var slowest atomic.Int64
 	scrapeCtx, stopScrape := context.WithCancel(ctx)
@@ -193,7 +194,9 @@ func runStorm(b *testing.B, backend string, n int) stormResult {
 		b.Fatalf("after restart only %d of %d devices got hello within 5 min", fleet.count(1), n)
 	}
 	first := fleet.firstHello(1)
+	b.Logf("restart: /healthz 200 %.0f ms, first hello %.0f ms after SIGKILL; %s", ms(healthz.Sub(killed)), ms(first.Sub(killed)), startTimeline(srv.Logs()[logged:], killed))
 	b.Logf("hellos by second after SIGKILL: %v", fleet.perSecond(1, killed))
+	b.Logf("the slowest 5%%: %s", fleet.tail(killed, 0.05))
 	b.Logf("CPU until the last hello: restarted server %.2f s, this process (the fleet) %.2f s, of %.2f s wall on %d cores; server peak RSS %.0f MiB",
 		serverCPU.Seconds(), fleetCPU.Seconds(), done.Sub(killed).Seconds(), runtime.NumCPU(), float64(peak)/1024)
 	if first.Before(accepting) {
@@ -247,10 +250,12 @@ func procStatusKiB(pid int, field string) int64 {
 	return 0
 }
 
-// startTimeline says when the restarted server logged its first line and
-// "meridian serving" (listening), from its log (text format, time=...).
+// startTimeline says when the restarted server logged its first line,
+// "meridian serving" (listening) and "storage ready" (PostgreSQL: set up in
+// the background, handshakes get 503 until then), from its log (text
+// format, time=...).
 func startTimeline(logs string, killed time.Time) string {
-	var first, serving time.Time
+	var first, serving, ready time.Time
 	for _, line := range strings.Split(logs, "\n") {
 		v, ok := strings.CutPrefix(line, "time=")
 		if !ok {
@@ -265,13 +270,19 @@ func startTimeline(logs string, killed time.Time) string {
 		}
 		if strings.Contains(line, `msg="meridian serving"`) {
 			serving = t
-			break
+		}
+		if strings.Contains(line, `msg="storage ready"`) {
+			ready = t
 		}
 	}
 	if serving.IsZero() {
 		return "no start logged"
 	}
-	return fmt.Sprintf("first log line %.0f ms, serving %.0f ms after SIGKILL", ms(first.Sub(killed)), ms(serving.Sub(killed)))
+	out := fmt.Sprintf("first log line %.0f ms, serving %.0f ms after SIGKILL", ms(first.Sub(killed)), ms(serving.Sub(killed)))
+	if !ready.IsZero() {
+		out += fmt.Sprintf(", storage ready %.0f ms", ms(ready.Sub(killed)))
+	}
+	return out
 }
 
 // stormFleet runs one goroutine per device and reconnects the way the
@@ -294,7 +305,11 @@ type stormFleet struct {
 	mu      sync.Mutex
 	n       int
 	hellos  [2]map[int]time.Time // phase → device → its first hello in that phase
-	cond    *sync.Cond
+	// lastFail is, for each device's first hello after the kill, what its
+	// last failed attempt before it met and when: tail() explains the
+	// storm's slowest devices with it.
+	lastFail map[int]stormFail
+	cond     *sync.Cond
 }
 
 // stormBackoff reads MERIDIAN_BENCH_STORM_BACKOFF ("base,max").
@@ -310,7 +325,7 @@ func stormBackoff(tb testing.TB) [2]time.Duration {
 }
 
 func newStormFleet(url string, n int, backoff [2]time.Duration) *stormFleet {
-	f := &stormFleet{url: url, n: n, backoff: backoff, hellos: [2]map[int]time.Time{{}, {}}}
+	f := &stormFleet{url: url, n: n, backoff: backoff, hellos: [2]map[int]time.Time{{}, {}}, lastFail: map[int]stormFail{}}
 	f.cond = sync.NewCond(&f.mu)
 	return f
 }
@@ -319,6 +334,7 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 	defer f.wg.Done()
 	attempts := -1 // the fleet's first connect is at once
 	var retryAfter time.Duration
+	var fail stormFail
 	for ctx.Err() == nil {
 		if attempts >= 0 {
 			ceil := min(f.backoff[0]<<min(attempts, 16), f.backoff[1])
@@ -341,6 +357,7 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 			if ra > 0 {
 				f.refused.Add(1)
 			}
+			fail = stormFail{kind: failKind(err, ra), at: time.Now()}
 			continue
 		}
 		// A connection that got its hello counts as healthy: the fleet
@@ -349,6 +366,9 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 		f.mu.Lock()
 		if p := f.phase.Load(); f.hellos[p][i].IsZero() {
 			f.hellos[p][i] = time.Now()
+			if p == 1 {
+				f.lastFail[i] = fail
+			}
 			f.cond.Broadcast()
 		}
 		f.mu.Unlock()
@@ -357,6 +377,63 @@ func (f *stormFleet) device(ctx context.Context, i int, token string) {
 		stop()
 		conn.Close()
 	}
+}
+
+// stormFail is a failed attempt: what failed, and when.
+type stormFail struct {
+	kind string
+	at   time.Time
+}
+
+// failKind names a failed attempt for the tail summary.
+func failKind(err error, retryAfter time.Duration) string {
+	var ne net.Error
+	switch {
+	case retryAfter > 0:
+		return fmt.Sprintf("503 Retry-After %.0fs", retryAfter.Seconds())
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection reset or closed"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case strings.HasPrefix(err.Error(), "read hello"):
+		return "read hello"
+	default:
+		return "other: " + err.Error()
+	}
+}
+
+// tail summarises the last share of the fleet to get hello after t0: how
+// many, from when, and what each one's last failed attempt was, with the
+// median time from that failure to the hello.
+func (f *stormFleet) tail(t0 time.Time, share float64) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ids := slices.Collect(maps.Keys(f.hellos[1]))
+	slices.SortFunc(ids, func(a, b int) int { return f.hellos[1][a].Compare(f.hellos[1][b]) })
+	ids = ids[len(ids)-max(1, int(float64(len(ids))*share)):]
+	kinds := map[string]int{}
+	var gaps []time.Duration
+	for _, i := range ids {
+		lf := f.lastFail[i]
+		if lf.at.IsZero() {
+			kinds["no failure"]++
+			continue
+		}
+		kinds[lf.kind]++
+		gaps = append(gaps, f.hellos[1][i].Sub(lf.at))
+	}
+	out := fmt.Sprintf("%d devices, hello %.2f-%.2f s after SIGKILL; last failure before it:", len(ids),
+		f.hellos[1][ids[0]].Sub(t0).Seconds(), f.hellos[1][ids[len(ids)-1]].Sub(t0).Seconds())
+	for _, k := range slices.Sorted(maps.Keys(kinds)) {
+		out += fmt.Sprintf(" %s %d;", k, kinds[k])
+	}
+	if len(gaps) > 0 {
+		slices.Sort(gaps)
+		out += fmt.Sprintf(" median %.2f s from it to hello", gaps[len(gaps)/2].Seconds())
+	}
+	return out
 }
 
 // waitPhase waits until every device has had a hello in phase.
