@@ -3,7 +3,6 @@ package ingest
 import (
 	"context"
 	"math"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,14 +19,15 @@ import (
 //     (maxWait, well inside the client's handshake timeout) and by count
 //     (maxQueue), and a handshake joins only if the slots, at the rate they
 //     are completing, would reach it within maxWait.
-//   - A handshake that cannot wait is refused with a Retry-After drawn with
-//     full jitter from [1 s, horizon], where the horizon is how long the
-//     node needs, at its measured handshake rate, to serve every device
-//     already told to come back plus this one; no second is promised to
-//     more devices than the node admits in a second. Refused devices so
-//     return spread evenly at about the rate the node can admit them,
-//     instead of all together after a fixed delay (a fixed "Retry-After: 5"
-//     turned one storm into a wave every five seconds).
+//   - A handshake that cannot wait is refused with a Retry-After: the
+//     earliest second by which the node, at its measured handshake rate,
+//     will have served the waiters ahead of it, every device already told
+//     to come back by then, and this one. The node keeps the schedule of
+//     its promises, so no second is promised to more devices than it
+//     admits in a second: refused devices return spread evenly at about the
+//     rate the node can admit them, instead of all together after a fixed
+//     delay (a fixed "Retry-After: 5" turned one storm into a wave every
+//     five seconds), and no later than that rate needs.
 //
 // Overload policy: never more than cap(slots) handshakes run and maxQueue
 // wait; everything beyond is refused at once (no work done for it) with a
@@ -40,7 +40,6 @@ type admission struct {
 	maxWait  time.Duration
 	maxQueue int64
 	now      func() time.Time
-	jitter   func(n int64) int64 // uniform in [0, n); tests fix it
 
 	waiting atomic.Int64
 
@@ -51,7 +50,7 @@ type admission struct {
 	// completions of a storm on, unlike a rate counted over seconds.
 	took      time.Duration
 	returning secondCounts // refused handshakes, by the second told to return
-	done      secondCounts // completed handshakes, by the second they completed in
+	done      secondCounts // completed handshakes, by the tenth of a second they completed in
 }
 
 const (
@@ -114,7 +113,6 @@ func newAdmission(slots int) *admission {
 		maxQueue: int64(slots) * admissionQueuePerSlot,
 		took:     assumedHandshake,
 		now:      time.Now,
-		jitter:   rand.Int64N,
 	}
 }
 
@@ -170,7 +168,7 @@ func (a *admission) releaser() func() {
 		d := now.Sub(start)
 		a.mu.Lock()
 		a.took += time.Duration(float64(d-a.took) * tookWeight)
-		a.done.add(now.Unix(), 1)
+		a.done.add(tenth(now), 1)
 		a.mu.Unlock()
 		<-a.slots
 	}
@@ -188,31 +186,35 @@ func (a *admission) rate() float64 {
 // refuse picks the Retry-After of a refused handshake and books its return.
 func (a *admission) refuse() time.Duration {
 	r := a.rate()
-	sec := a.now().Unix()
+	now := a.now()
+	sec := now.Unix()
 	maxSec := int64(retryAfterMax / time.Second)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	// slots/took is the rate by Little's law while every slot is busy, but
 	// in a storm took also holds the wait for a CPU crowded by the fleet's
-	// own connects and the refusals: handshakes completed in the last full
-	// second is the rate the node really had, when that is higher.
-	r = max(r, float64(a.done.sum(sec-1, sec-1))) * returnOptimism
-	// Devices already told to come back, plus those waiting, plus this one:
-	// at rate r they need this many seconds.
-	backlog := a.returning.sum(sec+1, sec+maxSec) + a.waiting.Load() + 1
-	horizon := min(max(int64(math.Ceil(float64(backlog)/r)), 1), maxSec)
-	// Full jitter over [1, horizon]; a second already promised to as many
-	// devices as the node admits in a second passes the device on to the
-	// next one with room. Plain full jitter over a horizon that grows with
-	// the backlog would crowd the first seconds (each early refusal draws
-	// from a short horizon): ~6,000 returns in the first second for a
-	// 2,000/s node refusing 19,000, a smaller wave instead of none.
+	// own connects and the refusals: the rate handshakes really completed
+	// at lately is the rate the node has, when that is higher.
+	r = max(r, a.recentRate(now)) * returnOptimism
 	perSec := int64(math.Ceil(r))
-	pick := a.jitter(horizon)
-	after := 1 + pick
-	for i := range horizon {
-		s := 1 + (pick+i)%horizon
-		if a.returning.sum(sec+s, sec+s) < perSec {
+	// The earliest second s by which the node, admitting perSec a second,
+	// has room for this device after the waiters (served first) and the
+	// returns booked for seconds 1..s. Since every earlier second is full
+	// by that measure, second s itself has room: no second gets more than
+	// perSec. The schedule is the node's to keep, so a device gets no
+	// random spread on top: full jitter over [1 s, the time the whole
+	// backlog needs] had told a few devices of every storm's last refusals
+	// to stay away up to 6 s more while the node sat idle (a 19,000-device
+	// storm on PostgreSQL: 18,993 hellos within 7 s, the last 7 at 9 s,
+	// docs/benchmarks.md "Token lookups in shared queries, returns at the
+	// earliest free second"). The client's own jitter (docs/protocol.md)
+	// spreads each second's returns, which arrive spread anyway, as the
+	// refusals were.
+	ahead := a.waiting.Load()
+	after := maxSec
+	for s := int64(1); s <= maxSec; s++ {
+		ahead += a.returning.sum(sec+s, sec+s)
+		if ahead < perSec*s {
 			after = s
 			break
 		}
@@ -221,8 +223,34 @@ func (a *admission) refuse() time.Duration {
 	return time.Duration(after) * time.Second
 }
 
-// secondCounts counts events by Unix second over a sliding span of
-// len(sec) seconds (past or future); older seconds are overwritten.
+// recentRate is the highest rate handshakes completed at over the last
+// 0.3 to 1 s (whole tenths of a second before now's). A storm's first
+// refusals come within its first second of completions: a rate counted over
+// the last full second was still zero then, and the refusals were booked
+// at the cold slots/took, a third of what the node then did (a
+// 19,000-device storm on PostgreSQL: 8,674 hellos in one second, then an
+// idle second, then the refused devices). Windows shorter than 0.3 s are
+// left out: completions come in bursts as a shared token lookup answers.
+// Called with mu held.
+func (a *admission) recentRate(now time.Time) float64 {
+	t := tenth(now)
+	var n int64
+	var best float64
+	for k := int64(1); k <= 10; k++ {
+		n += a.done.sum(t-k, t-k)
+		if k >= 3 {
+			best = max(best, float64(n)*10/float64(k))
+		}
+	}
+	return best
+}
+
+// tenth numbers t's tenth of a second since the Unix epoch.
+func tenth(t time.Time) int64 { return t.UnixMilli() / 100 }
+
+// secondCounts counts events by Unix second (or by any other numbered
+// interval) over a sliding span of len(sec) of them (past or future); older
+// ones are overwritten.
 type secondCounts struct {
 	sec [128]int64
 	n   [128]int64

@@ -158,8 +158,8 @@ func TestAdmissionMeasuresHandshakeTime(t *testing.T) {
 }
 
 // Refused handshakes are told to return spread over the time the node needs
-// to serve them all, never more per second than it can admit (plus jitter
-// noise), and never all at once.
+// to serve them all, never more per second than it can admit, and never all
+// at once.
 func TestAdmissionRetryAfterSpreadsTheStorm(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -200,8 +200,7 @@ func TestAdmissionRetryAfterSpreadsTheStorm(t *testing.T) {
 }
 
 func TestAdmissionRetryAfterIsCapped(t *testing.T) {
-	a, _ := newTestAdmission(1, time.Second, 0, 0)  // 1 handshake/s
-	a.jitter = func(n int64) int64 { return n - 1 } // always the horizon
+	a, _ := newTestAdmission(1, time.Second, 0, 0) // 1 handshake/s
 	for range 500 {
 		if ra := a.refuse(); ra > retryAfterMax {
 			t.Fatalf("Retry-After %v over the cap %v", ra, retryAfterMax)
@@ -209,6 +208,70 @@ func TestAdmissionRetryAfterIsCapped(t *testing.T) {
 	}
 	if ra := a.refuse(); ra != retryAfterMax {
 		t.Fatalf("with 500 devices due at 1/s, Retry-After = %v, want the cap %v", ra, retryAfterMax)
+	}
+}
+
+// A refused device is told the earliest second with room: after the
+// waiters, which are served first, and after the returns already booked
+// for the seconds before it; a second with room left by earlier bookings
+// is used before later ones.
+func TestAdmissionRetryAfterEarliestSecondWithRoom(t *testing.T) {
+	// 8 slots at 16 ms: 500/s, booked at 1,000/s.
+	cases := []struct {
+		name    string
+		waiting int64
+		booked  map[int64]int64 // seconds from now → returns booked
+		want    time.Duration
+	}{
+		{"nothing ahead", 0, nil, time.Second},
+		{"second 1 full", 0, map[int64]int64{1: 1000}, 2 * time.Second},
+		{"waiters fill seconds 1 and 2", 2000, nil, 3 * time.Second},
+		{"room in second 1 after a full second 2", 0, map[int64]int64{1: 10, 2: 1000}, time.Second},
+		{"waiters and returns, room in second 3", 1500, map[int64]int64{1: 400, 2: 150, 3: 100}, 3 * time.Second},
+		{"everything full: the cap", 6000, nil, retryAfterMax},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, clk := newTestAdmission(8, 16*time.Millisecond, 0, 0)
+			a.waiting.Store(c.waiting)
+			now := clk.now().Unix()
+			for s, n := range c.booked {
+				a.returning.add(now+s, n)
+			}
+			if got := a.refuse(); got != c.want {
+				t.Fatalf("Retry-After %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+// Returns are booked at the rate handshakes completed at in the last
+// second's tenths when that beats slots/took: a storm's first refusals come
+// before a whole second of completions has passed.
+func TestAdmissionRetryAfterUsesRecentRate(t *testing.T) {
+	cases := []struct {
+		name   string
+		tenths map[int64]int64 // tenths of a second before now's → completions
+		want   time.Duration
+	}{
+		// 8 slots at 16 ms: 500/s, booked at 1,000/s; 3,000 waiters ahead.
+		{"nothing completed lately", nil, 4 * time.Second},
+		{"1,000 a tenth over the last half second", map[int64]int64{1: 1000, 2: 1000, 3: 1000, 4: 1000, 5: 1000}, time.Second},
+		{"completions in the current tenth do not count yet", map[int64]int64{0: 50_000}, 4 * time.Second},
+		{"one tenth's burst is averaged over 0.3 s", map[int64]int64{1: 300}, 2 * time.Second},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, clk := newTestAdmission(8, 16*time.Millisecond, 0, 0)
+			a.waiting.Store(3000)
+			now := tenth(clk.now())
+			for k, n := range c.tenths {
+				a.done.add(now-k, n)
+			}
+			if got := a.refuse(); got != c.want {
+				t.Fatalf("Retry-After %v, want %v", got, c.want)
+			}
+		})
 	}
 }
 
