@@ -84,11 +84,18 @@ const (
 	// on PostgreSQL (whose pool connects and prepares while the first
 	// refusals are booked at ~500/s), the last third of the fleet came back
 	// at exactly the booked ~500-1,000/s for ten seconds while the warm
-	// node could do 3,000/s. 6 s covers a whole 19,000-device fleet at the
-	// ~3,000/s the target needs; a device that returns too early is refused
-	// again with a fresh, warmer estimate, which costs the node no store
-	// work.
-	retryAfterMax = 6 * time.Second
+	// node could do 3,000/s; with 6 s, a storm whose first second was slow
+	// booked its last 3,700 refusals for second 6 and the node sat idle for
+	// 4 s before them (10.0 s in all; 4 s: medians 6.9 s against 8.0 s,
+	// docs/benchmarks.md "Token lookups in shared queries, returns at the
+	// earliest free second"). 4 s is maxWait: no device is told to stay
+	// away longer than one wait in line. A device that returns too early
+	// waits in line or is refused again with a fresh, warmer estimate,
+	// which costs the node an accept and a 503 and no store work. The
+	// price is for fleets far larger than 4 s of handshakes: their
+	// overflow is refused again every 4 s (with 6 s, every 6 s) until the
+	// node catches up.
+	retryAfterMax = 4 * time.Second
 	// returnOptimism books refused devices' returns at this multiple of the
 	// measured rate. Most refusals happen in a storm's first seconds, when
 	// the just-started node measures its worst handshake time (pools
