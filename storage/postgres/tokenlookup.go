@@ -43,7 +43,11 @@ type tokenResult struct {
 	err error
 }
 
-// tokenLookups is the queue of lookups waiting for a runner.
+// tokenLookups is the queue of lookups waiting for a runner. It holds one
+// entry per caller waiting (or just gone: runners drain it either way), so
+// it is bounded by whatever bounds the callers (ingest.max_handshakes for
+// handshakes), exactly as the pool's own queue of callers waiting for a
+// connection was before.
 type tokenLookups struct {
 	mu      sync.Mutex
 	queue   []*tokenLookup
